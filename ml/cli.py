@@ -1,0 +1,109 @@
+"""`rlxf` command line: generate synthetic MONA, check and land a MONA file, summarise a data home."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from ml.config import PROFILES
+from ml.paths import DataHome, default_home
+
+
+def _home(args: argparse.Namespace) -> DataHome:
+    return DataHome(Path(args.home) if args.home else default_home(args.profile))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ml.data.synthetic import write_synthetic_export
+
+    out = Path(args.out)
+    export, truth = write_synthetic_export(out, out / "truth", args.rows, seed=args.seed, fmt=args.format)
+    print(f"wrote {export} (truth sidecar: {truth})")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Validate a MONA export with the reader, then drop it into the landing folder."""
+    from ml.data.reader import MonaReadError, read_mona_file
+
+    source = Path(args.file)
+    try:
+        mona = read_mona_file(source)
+    except MonaReadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for _, problem in mona.rejected.iterrows():
+        print(f"warning: {source.name} row {problem.source_row} column {problem.column_name}: {problem.problem}",
+              file=sys.stderr)
+    home = _home(args).ensure()
+    target = home.landing / source.name
+    tmp = target.with_name("." + target.name + ".partial")  # hidden until complete: the sensor skips it
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    print(f"{source.name}: {len(mona.rows)} rows ok, {len(mona.rejected)} rejected; landed in {target}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Where a profile's results are, with the headline numbers of each stage that has run."""
+    home = _home(args)
+    print(f"profile {args.profile}: data home {home.root}")
+    if home.warehouse.exists():
+        from ml.data.warehouse import connect
+
+        con = connect(home.warehouse, read_only=True)
+        try:
+            raw = con.execute("select count(*), count(distinct source_file) from raw.mona_conditions").fetchone()
+            print(f"  warehouse   {home.warehouse}: {raw[0]:,} raw rows from {raw[1]} file(s)")
+            tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
+            if "int_mona__labeled" in tables:
+                for label, n in con.execute("select label, count(*) from int_mona__labeled group by 1 order by 1").fetchall():
+                    print(f"              {label:<9} {n:>8,} conditions")
+        finally:
+            con.close()
+    manifest = home.exports / "splits" / "manifest.json"
+    if manifest.exists():
+        snapshot = json.loads(manifest.read_text(encoding="utf-8"))
+        print(f"  splits      {manifest.parent}: {snapshot['rows']} (MET share {snapshot['met_share']})")
+    quarantined = sorted(p.name for p in home.quarantine.glob("*") if not p.name.endswith(".reason.txt")) \
+        if home.quarantine.exists() else []
+    if quarantined:
+        print(f"  quarantine  {home.quarantine}: {', '.join(quarantined)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlxf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+        p.add_argument("--home", default=None, help="data home (default: .rlxf/<profile> in the repository)")
+        return p
+
+    generate = sub.add_parser("generate", help="write a synthetic MONA export")
+    generate.add_argument("--rows", type=int, default=12_000)
+    generate.add_argument("--seed", type=int, default=2024)
+    generate.add_argument("--format", choices=["csv", "xlsx"], default="csv")
+    generate.add_argument("--out", required=True)
+    generate.set_defaults(func=cmd_generate)
+
+    ingest = with_home(sub.add_parser("ingest", help="check a MONA export and drop it into the landing folder"))
+    ingest.add_argument("file")
+    ingest.set_defaults(func=cmd_ingest)
+
+    summary = with_home(sub.add_parser("summary", help="print where a profile's results are"))
+    summary.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

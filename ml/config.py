@@ -1,0 +1,151 @@
+"""Profiles: one setting that chooses data sizes and models everywhere (assets, CLI, tests).
+
+- `smoke`: a few hundred synthetic rows, tiny random models; tests and CI.
+- `demo`: the embedded default run by `make demo`; ~12,000 synthetic conditions plus the paper's
+  sample rows, packaged pretrained models, CPU.
+- `paper`: real MONA exports dropped in the landing folder, full-size hub models, GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Sizes and quality gates for the data platform."""
+
+    synthetic_rows: int  # rows of synthetic MONA written to an empty landing folder (0 = none)
+    synthetic_format: str  # "xlsx" (like the IMF file) or "csv"
+    include_paper_sample: bool  # also land the ten real rows from the paper's Table 2
+    seed: int  # seed of the synthetic generator
+    min_examples: int  # Great Expectations: fewest labeled examples accepted
+    split_share_tolerance: float  # GE: max |share - target| for train/validation/test
+    met_share_bounds: tuple[float, float]  # GE: accepted share of MET labels
+    max_unknown_status_share: float  # GE: statuses missing from the label map, share of rows
+    temporal_holdout_years: int  # most recent years flagged as temporal holdout
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """The BERT reward model: P(MET) from the paper's training-sample text."""
+
+    base_model: str  # "tiny-bert" (random, tests) | "all-minilm-l6-v2" (packaged) | hub id or local path
+    max_length: int = 128  # tokens; MONA conditions are short
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    eval_every_steps: int = 100  # validation macro-F1 every N steps, for early stopping
+    early_stopping_patience: int = 3  # evaluations without improvement before stopping
+    class_weighting: bool = True  # weight the loss by inverse class frequency
+    max_train_examples: int = 0  # 0 = all; smaller for quick runs
+    seed: int = 13
+    gold_seed: int = 31  # the gold model: same recipe, disjoint half of train, other seed
+    min_macro_f1: float = 0.5  # asset check: fail below this test macro-F1
+    dtype: str = "float32"  # "bfloat16" on GPU for the paper profile
+    device: str = "auto"  # "auto" = CUDA when present
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The LLaMA-architecture policy with a LoRA adapter, its SFT warm start and RL tuning."""
+
+    base_model: str  # "tiny-llama" (random, tests) | "smollm2-135m-instruct" (packaged GGUF) | hub id / path
+    dtype: str = "float32"
+    device: str = "auto"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_prompt_tokens: int = 96
+    max_new_tokens: int = 40
+    n_eval_prompts: int = 64  # held-out validation prompts scored during RL
+    sft_enabled: bool = True
+    sft_epochs: float = 1.0
+    sft_learning_rate: float = 2e-4
+    sft_max_examples: int = 2000
+    algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py) or "grpo" (TRL GRPOTrainer)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: DataSettings
+    reward: RewardSettings
+    policy: PolicySettings
+
+    def with_data(self, **changes) -> "Profile":
+        return replace(self, data=replace(self.data, **changes))
+
+    def with_reward(self, **changes) -> "Profile":
+        return replace(self, reward=replace(self.reward, **changes))
+
+    def with_policy(self, **changes) -> "Profile":
+        return replace(self, policy=replace(self.policy, **changes))
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        data=DataSettings(
+            synthetic_rows=1_200,
+            synthetic_format="csv",
+            include_paper_sample=True,
+            seed=7,
+            min_examples=100,
+            split_share_tolerance=0.10,
+            met_share_bounds=(0.25, 0.90),
+            max_unknown_status_share=0.02,
+            temporal_holdout_years=3,
+        ),
+        reward=RewardSettings(base_model="tiny-bert", max_length=64, epochs=4, batch_size=16,
+                              learning_rate=1e-3, eval_every_steps=10, min_macro_f1=0.3),
+        policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=64, max_new_tokens=12,
+                              n_eval_prompts=8, sft_max_examples=64, lora_r=4, lora_alpha=8),
+    ),
+    "demo": Profile(
+        name="demo",
+        data=DataSettings(
+            synthetic_rows=23_000,  # ~12,000 conditions: most appear in several reviews
+            synthetic_format="xlsx",
+            include_paper_sample=True,
+            seed=2024,
+            min_examples=5_000,
+            split_share_tolerance=0.03,
+            met_share_bounds=(0.30, 0.85),
+            max_unknown_status_share=0.01,
+            temporal_holdout_years=3,
+        ),
+        reward=RewardSettings(base_model="all-minilm-l6-v2", max_length=96, epochs=2, batch_size=32,
+                              learning_rate=8e-5, eval_every_steps=60, min_macro_f1=0.6),
+        policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=96, max_new_tokens=40,
+                              n_eval_prompts=48, sft_max_examples=1500),
+    ),
+    "paper": Profile(
+        name="paper",
+        data=DataSettings(
+            synthetic_rows=0,
+            synthetic_format="xlsx",
+            include_paper_sample=False,
+            seed=2024,
+            min_examples=1_000,
+            split_share_tolerance=0.03,
+            met_share_bounds=(0.30, 0.90),
+            max_unknown_status_share=0.01,
+            temporal_holdout_years=3,
+        ),
+        reward=RewardSettings(base_model="bert-base-uncased", max_length=128, epochs=3, batch_size=32,
+                              learning_rate=3e-5, eval_every_steps=200, min_macro_f1=0.75, dtype="bfloat16"),
+        policy=PolicySettings(base_model="meta-llama/Llama-2-7b-hf", dtype="bfloat16", lora_r=16, lora_alpha=32,
+                              max_prompt_tokens=128, max_new_tokens=96, n_eval_prompts=200, sft_max_examples=10000),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None

@@ -1,0 +1,86 @@
+"""Read the dbt split tables and export a validated snapshot of them for model training.
+
+The snapshot is what every model trains and evaluates on: parquet files per split plus a manifest
+with row counts and a content hash, so a model run can record exactly which data it came from.
+Files are written to a temporary folder and swapped in with one rename, so a crash never leaves a
+half-written snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ml.data.warehouse import connect
+
+SPLITS = ("train", "validation", "test")
+SPLITS_TABLE = "main.mona_splits"
+LABELED_TABLE = "main.int_mona__labeled"
+
+
+@dataclass(frozen=True)
+class SplitSnapshot:
+    folder: Path
+    rows: dict[str, int]
+    met_share: dict[str, float]
+    content_hash: str  # sha256 over (condition_id, split, label), sorted: same data -> same hash
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def load_split_tables(warehouse: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mona_splits, int_mona__labeled) as DataFrames, read without taking the write lock."""
+    con = connect(warehouse, read_only=True)
+    try:
+        splits = con.execute(f"select * from {SPLITS_TABLE}").df()
+        labeled = con.execute(f"select condition_id, label, label_reason from {LABELED_TABLE}").df()
+    finally:
+        con.close()
+    return splits, labeled
+
+
+def split_content_hash(splits: pd.DataFrame) -> str:
+    key = splits[["condition_id", "split", "label"]].sort_values("condition_id").astype(str)
+    digest = hashlib.sha256()
+    digest.update("\n".join(key.agg("|".join, axis=1)).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def export_splits(splits: pd.DataFrame, folder: Path) -> SplitSnapshot:
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rows, met_share = {}, {}
+    for split in SPLITS:
+        part = splits[splits["split"] == split].sort_values("condition_id").reset_index(drop=True)
+        part.to_parquet(staging / f"{split}.parquet", index=False)
+        rows[split] = int(len(part))
+        met_share[split] = round(float(part["is_met"].mean()), 4) if len(part) else float("nan")
+    snapshot = SplitSnapshot(folder=folder, rows=rows, met_share=met_share,
+                             content_hash=split_content_hash(splits))
+    (staging / "manifest.json").write_text(json.dumps(
+        {"rows": rows, "met_share": met_share, "content_hash": snapshot.content_hash}, indent=2), encoding="utf-8")
+    # Swap the new snapshot in: the old one is removed only after the new one is complete.
+    previous = folder.with_name(folder.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, previous)
+    os.replace(staging, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+    return snapshot
+
+
+def read_split(folder: Path, split: str) -> pd.DataFrame:
+    path = Path(folder) / f"{split}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"split snapshot {path} does not exist; materialize validated_splits first")
+    return pd.read_parquet(path)

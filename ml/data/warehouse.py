@@ -1,0 +1,68 @@
+"""The DuckDB warehouse: the raw tables that ingestion appends to and dbt reads as sources.
+
+`raw.mona_conditions` keeps every row of every ingested file exactly as read (text columns), with
+its provenance; nothing is updated or deleted, so the warehouse is a lossless history of all exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from ml.data.schema import CANONICAL_COLUMNS
+
+RAW_SCHEMA = "raw"
+RAW_CONDITIONS = f"{RAW_SCHEMA}.mona_conditions"
+RAW_FILES = f"{RAW_SCHEMA}.ingested_files"
+RAW_REJECTED_ROWS = f"{RAW_SCHEMA}.rejected_rows"
+
+PROVENANCE_COLUMNS = ("source_file", "source_sha256", "source_row", "ingested_at")
+
+_DDL = [
+    f"create schema if not exists {RAW_SCHEMA}",
+    f"""create table if not exists {RAW_CONDITIONS} (
+        {", ".join(f"{column} varchar" for column in CANONICAL_COLUMNS)},
+        source_file varchar not null,   -- file name as it arrived in the landing folder
+        source_sha256 varchar not null, -- content hash: the same file twice is ingested once
+        source_row integer not null,    -- row number in the file (1 = first line / spreadsheet row)
+        ingested_at timestamp not null
+    )""",
+    f"""create table if not exists {RAW_FILES} (
+        source_sha256 varchar primary key,
+        source_file varchar not null,
+        sheet varchar,
+        header_row integer,
+        rows_loaded integer not null,
+        rows_rejected integer not null,
+        ingested_at timestamp not null
+    )""",
+    f"""create table if not exists {RAW_REJECTED_ROWS} (
+        source_file varchar not null,
+        source_sha256 varchar not null,
+        source_row integer not null,
+        column_name varchar not null,
+        problem varchar not null,
+        raw_values varchar,             -- JSON of the row as read, so nothing is lost
+        ingested_at timestamp not null
+    )""",
+]
+
+
+class WarehouseError(RuntimeError):
+    """The DuckDB file cannot be opened (missing folder, locked by another process, corrupt)."""
+
+
+def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(f"DuckDB warehouse {path} does not exist; run the ingestion first")
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as error:
+        raise WarehouseError(f"cannot open DuckDB warehouse {path}: {error}") from error
+
+
+def create_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in _DDL:
+        con.execute(statement)

@@ -1,0 +1,25 @@
+"""Shared fixtures: the paper's real MONA rows (from ../shared, as CI has them) and temp data homes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The project runs offline; never let a test reach a model hub or send analytics.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def paper_sample_csv() -> Path:
+    path = SHARED_FIXTURES / "mona_table2_sample.csv"
+    if not path.exists():
+        pytest.fail(f"missing {path}: tests need ../shared/fixtures beside the repository")
+    return path
