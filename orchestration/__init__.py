@@ -1,0 +1,1 @@
+"""Dagster definitions for RLXF on MONA: thin assets over the `ml` library."""

@@ -1,0 +1,26 @@
+"""Data-quality gate before training: the Great Expectations suite over the dbt split table."""
+
+
+import dagster as dg
+
+from ml.data.splits import load_split_tables
+from ml.data.validation import validate_splits
+from orchestration.resources import RlxfSettings
+
+
+@dg.asset_check(
+    asset="mona_splits",
+    name="great_expectations_suite",
+    blocking=True,
+    description="Great Expectations 1.x suite: labels, non-empty text, no condition or arrangement in two "
+                "splits, split shares, class balance, minimum rows, share of unknown statuses. A failure "
+                "stops `validated_splits` and everything downstream.",
+)
+def great_expectations_suite(rlxf: RlxfSettings) -> dg.AssetCheckResult:
+    splits, labeled = load_split_tables(rlxf.data_home().warehouse)
+    validation = validate_splits(splits, labeled, rlxf.get_profile().data)
+    return dg.AssetCheckResult(
+        passed=validation.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**validation.to_metadata(), "expectations": dg.MetadataValue.md(validation.to_markdown())},
+    )

@@ -1,0 +1,53 @@
+"""Resources: which profile runs, where its files live, and the dbt CLI.
+
+Environments differ by these resources, never by `if` in asset code. The environment variables
+RLXF_PROFILE (smoke | demo | paper) and RLXF_HOME (data home folder) are read here and only here.
+"""
+
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource, DbtProject
+
+from ml.config import Profile, get_profile
+from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
+
+
+class RlxfSettings(dg.ConfigurableResource):
+    """The profile (sizes, models, quality gates) and the data home it reads and writes."""
+
+    profile: str = "demo"
+    home: str = ""  # empty: <repo>/.rlxf/<profile>
+
+    def get_profile(self) -> Profile:
+        return get_profile(self.profile)
+
+    def data_home(self) -> DataHome:
+        return DataHome(Path(self.home) if self.home else default_home(self.profile)).ensure()
+
+
+# The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
+DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).with_name("dbt"))
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():
+    # Outside `dagster dev` nothing else writes the manifest (tests, CLI runs): parse once here.
+    subprocess.run([DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", ".", "--profiles-dir", "."],
+                   cwd=DBT_PROJECT_DIR, check=True)
+
+
+def settings_from_env() -> RlxfSettings:
+    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""))
+
+
+def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
+    return {
+        "rlxf": settings or settings_from_env(),
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
+    }
