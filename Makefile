@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
 
 PROFILE ?= demo
 export DAGSTER_HOME := $(CURDIR)/.rlxf/dagster_home

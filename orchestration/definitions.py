@@ -7,26 +7,19 @@ from orchestration.assets.ingestion import raw_mona_conditions
 from orchestration.assets.splits import validated_splits
 from orchestration.assets.warehouse import mona_dbt_models
 from orchestration.checks.data_quality import great_expectations_suite
+from orchestration.jobs import data_platform_job, full_pipeline_job, retraining_job
 from orchestration.resources import build_resources
-
-data_platform_job = dg.define_asset_job(
-    "mona_data_platform",
-    selection=dg.AssetSelection.assets(raw_mona_conditions, validated_splits, mona_dbt_models),
-    description="MONA exports -> DuckDB raw -> dbt models and tests -> GE suite -> validated splits.",
-)
-
-full_pipeline_job = dg.define_asset_job(
-    "rlxf_full_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="The whole graph, from the landing folder to the last report.",
-)
+from orchestration.schedules import weekly_retraining_schedule
+from orchestration.sensors import mona_landing_sensor
 
 
 def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[raw_mona_conditions, mona_dbt_models, validated_splits],
         asset_checks=[great_expectations_suite],
-        jobs=[data_platform_job, full_pipeline_job],
+        jobs=[data_platform_job, full_pipeline_job, retraining_job],
+        sensors=[mona_landing_sensor],
+        schedules=[weekly_retraining_schedule],
         resources=resources or build_resources(),
     )
 
