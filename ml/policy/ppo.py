@@ -1,0 +1,868 @@
+"""PPO for the policy's LoRA adapter against a reward function: RLXF's reinforcement-learning step.
+
+Produces a tuned LoRA adapter (and its value head), a per-step history of diagnostics with stable
+names, and the best adapter by a held-out gold reward, the guard against over-optimising the proxy
+reward model. TRL 1.16 no longer ships a PPO trainer, so PPO lives here on torch + peft, written after
+cleanrl's `ppo.py` and TRL's removed PPO trainer (Ziegler et al. 2019, "Fine-Tuning Language Models
+from Human Preferences"; Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO").
+
+One episode is one answer. The state is the prompt plus the answer so far, the action the next token.
+Every answer token earns -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)), and the last one also
+earns the answer's score (the reward model's P(MET), after penalties and normalisation). The reference
+policy pi_ref is the same network with the LoRA adapter switched off, so no second copy of the model is
+held in memory, and at step 0 (LoRA's B matrices are zero) policy and reference are identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[list[dict], list[str]], list[float]]
+"""(prompt records as the caller passed them, decoded answers) -> one scalar reward per answer."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Mean of `values` over the elements where `mask` is 1."""
+    if axis is None:
+        return (values * mask).sum() / mask.sum()
+    return (values * mask).sum(axis) / mask.sum(axis)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of `values` over the elements where `mask` is 1 (Bessel-corrected when `unbiased`)."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n < 2:
+            raise ValueError("masked_var needs at least two masked-in elements for the unbiased estimate")
+        variance = variance * n / (n - 1)
+    return variance
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked-in elements; with `shift_mean=False` the mean is kept."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per position: (..., V), (...) -> (...)."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logprobs, -1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax(logits)) = logsumexp(z) - sum_i p_i z_i per position: (..., V) -> (...)."""
+    logits = logits.float()
+    probs = F.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, Eq. 16) over answer tokens.
+
+        δ_t = r_t + γ V(s_{t+1}) - V(s_t)
+        Â_t = δ_t + γλ Â_{t+1}        (= Σ_l (γλ)^l δ_{t+l})
+        R_t = Â_t + V(s_t)            (the value target, a TD(λ) return)
+
+    rewards, values, mask: (B, T); `mask` is 1 on the answer tokens, a prefix of each row. The value
+    after an answer's last token is 0: the episode ends there. Returns (advantages, returns), both
+    zero outside the mask.
+    """
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    lastgaelam = torch.zeros_like(rewards[:, 0])  # (B,)
+    advantages_reversed = []
+    for t in reversed(range(T)):
+        nextvalues = values[:, t + 1] if t < T - 1 else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam = delta + gamma * lam * lastgaelam
+        advantages_reversed.append(lastgaelam)
+    advantages = torch.stack(advantages_reversed[::-1], dim=1) * mask  # (B, T)
+    returns = advantages + values  # (B, T)
+    return advantages, returns
+
+
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] over the mask: 1 = perfect values, <= 0 = no better than
+    a constant (cleanrl's diagnostic); nan when the targets do not vary."""
+    var_y = masked_var(y_true, mask, unbiased=False)
+    if var_y == 0:
+        return float("nan")
+    return float(1 - masked_var(y_true - y_pred, mask, unbiased=False) / var_y)
+
+
+def truncate_after_eos(responses: torch.Tensor, eos_token_ids: list[int],
+                       pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each generated row after its first EOS (the EOS is kept: it is the action that ends the
+    answer). responses: (B, R). Returns the padded responses (B, R), the answer mask (B, R) that is 1
+    up to and including the first EOS, and has_eos (B,); a row without EOS keeps all R tokens."""
+    is_eos = torch.isin(responses, torch.tensor(eos_token_ids, device=responses.device))  # (B, R)
+    has_eos = is_eos.any(dim=1)  # (B,)
+    R = responses.shape[1]
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, R - 1, dtype=torch.long))
+    positions = torch.arange(R, device=responses.device).unsqueeze(0)  # (1, R)
+    mask = (positions <= first_eos.unsqueeze(1)).long()  # (B, R)
+    return responses.masked_fill(mask == 0, pad_token_id), mask, has_eos
+
+
+def apply_answer_penalties(scores: torch.Tensor, is_empty: torch.Tensor, is_truncated: torch.Tensor,
+                           empty_answer_penalty: float, truncated_answer_penalty: float) -> torch.Tensor:
+    """Subtract the configured penalties (they add up when both apply): an empty answer says nothing,
+    and an answer still running at max_new_tokens is cut mid-sentence."""
+    return scores - empty_answer_penalty * is_empty.float() - truncated_answer_penalty * is_truncated.float()
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration and small stateful pieces
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of one PPO run (defaults after TRL's PPO trainer and Ziegler et al. 2019)."""
+
+    steps: int = 60  # PPO iterations; each = one rollout of batch_size answers + its update
+    batch_size: int = 16  # prompts per rollout, one sampled answer each
+    mini_batch_size: int = 4  # answers per gradient step
+    ppo_epochs: int = 4  # passes over each rollout
+    learning_rate: float = 1e-4  # Adam step size for the LoRA adapter and the value head
+    max_prompt_tokens: int = 128  # longer prompts keep their last tokens (0 = no limit)
+    add_special_tokens: bool = True  # let the tokenizer add BOS; False when prompt_text already has it
+    max_new_tokens: int = 40  # answer budget; an answer without EOS within it counts as truncated
+    temperature: float = 1.0  # sampling temperature; logprobs use the same tempered distribution
+    top_k: int = 0  # top-k sampling (0 = off)
+    top_p: float = 1.0  # nucleus sampling (1.0 = off)
+    init_kl_coef: float = 0.05  # initial β of the per-token KL penalty -β (log π - log π_ref)
+    target_kl: float | None = 6.0  # per-answer KL the adaptive controller aims at (None = fixed β)
+    kl_horizon: int = 10_000  # answers over which the adaptive controller closes the KL gap
+    gamma: float = 1.0  # discount over answer tokens
+    lam: float = 0.95  # GAE λ
+    cliprange: float = 0.2  # ε of the clipped surrogate (PPO paper Eq. 7)
+    cliprange_value: float = 0.2  # values move at most this far from the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    ent_coef: float = 0.0  # weight of the entropy bonus
+    max_grad_norm: float = 1.0  # clip the global gradient norm of all trainable parameters
+    early_stop_kl: float | None = 0.1  # stop this step's PPO epochs once approx_kl exceeds it (None = never)
+    reward_normalization: bool = True  # scores -> (score - running mean) / running std
+    empty_answer_penalty: float = 1.0  # subtracted from the score of an empty answer
+    truncated_answer_penalty: float = 0.25  # subtracted from the score of an answer with no EOS in max_new_tokens
+    whiten_advantages: bool = True  # normalise advantages per rollout over answer tokens
+    seed: int = 0  # seeds torch, numpy and python at the start of a fresh run
+    checkpoint_every: int = 10  # save checkpoint_dir/last every N steps (0 = only at the end)
+    eval_every: int = 10  # call evaluate() every N steps and at step 0 (0 = never)
+    best_metric: str = "gold_reward"  # evaluate()'s key that picks checkpoint_dir/best (higher is better)
+    log_every: int = 1  # progress line and log_metrics every N steps
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError("PPOConfig.mini_batch_size cannot exceed batch_size")
+
+    @property
+    def num_mini_batches(self) -> int:
+        return math.ceil(self.batch_size / self.mini_batch_size)
+
+
+class FixedKLController:
+    """A constant KL coefficient β."""
+
+    def __init__(self, kl_coef: float):
+        self.kl_coef = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, float]:
+        return {"kl_coef": self.kl_coef}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.kl_coef = float(state["kl_coef"])
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019, Sec. 2.2: a proportional controller that steers the KL to `target`.
+
+        e_t = clip(KL_t / KL_target - 1, -0.2, 0.2)
+        β_{t+1} = β_t (1 + K_β e_t),   K_β = n_steps / horizon
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.kl_coef = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+        self.kl_coef *= 1 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"kl_coef": self.kl_coef}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.kl_coef = float(state["kl_coef"])
+
+
+class RunningMoments:
+    """Running mean and variance of the scores (Chan et al.'s parallel update), for normalisation."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        n = x.numel()
+        batch_mean, batch_var = x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / math.sqrt(self.var + 1e-8)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy with a value head
+# --------------------------------------------------------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """V(s_t): a linear map of the last hidden state, in float32 whatever the model's dtype."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        # V = 0 at the start: the first advantages are the returns themselves, for any backbone scale.
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
+        return self.summary(hidden_states.float()).squeeze(-1)
+
+
+class PolicyWithValueHead(nn.Module):
+    """A peft LoRA causal LM sharing its trunk with a value head (TRL's CausalLMWithValueHead).
+
+    The reference policy is the same module with the adapter disabled, so KL(π || π_ref) costs a
+    forward pass, not a second model in memory.
+    """
+
+    def __init__(self, policy: PeftModel, value_head: ValueHead | None = None):
+        super().__init__()
+        self.policy = policy
+        hidden_size = policy.get_base_model().config.get_text_config().hidden_size
+        device = next(policy.parameters()).device
+        self.value_head = (value_head or ValueHead(hidden_size)).to(device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, K, V) and values (B, K) of the last K = logits_to_keep positions (0 = all)."""
+        output = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=_position_ids(attention_mask), logits_to_keep=logits_to_keep,
+                             output_hidden_states=True, use_cache=False)
+        hidden = output.hidden_states[-1][:, -logits_to_keep:]  # (B, K, H), after the final norm
+        return output.logits, self.value_head(hidden)
+
+    def response_outputs(self, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
+                         response_mask: torch.Tensor, temperature: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log π(a_t|s_t), the entropy of π(·|s_t) and V(s_t) for every answer token: each (B, R).
+
+        Position t reads the hidden state just before answer token t, so the logits at the last
+        prompt token score the first answer token."""
+        R = responses.shape[1]
+        input_ids = torch.cat([queries, responses], dim=1)  # (B, P + R)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)  # (B, P + R)
+        logits, values = self(input_ids, attention_mask, logits_to_keep=R + 1)
+        logits = logits[:, :-1].float() / temperature  # (B, R, V): the sampling distribution
+        return logprobs_from_logits(logits, responses), entropy_from_logits(logits), values[:, :-1]
+
+    @torch.no_grad()
+    def reference_logprobs(self, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
+                           response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        """log π_ref(a_t|s_t): (B, R), the same weights with the LoRA adapter off = the base policy."""
+        R = responses.shape[1]
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        with self.policy.disable_adapter():
+            output = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=_position_ids(attention_mask), logits_to_keep=R + 1, use_cache=False)
+        return logprobs_from_logits(output.logits[:, :-1].float() / temperature, responses)
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() uses them, so training scores the answers
+    under the distribution that sampled them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled answers with everything PPO needs from the sampling policy π_old."""
+
+    prompts: list[dict]
+    queries: torch.Tensor  # (B, P) prompt ids, left-padded
+    query_mask: torch.Tensor  # (B, P)
+    responses: torch.Tensor  # (B, R) answer ids, padded after the first EOS
+    response_mask: torch.Tensor  # (B, R) 1 up to and including the first EOS
+    answers: list[str]  # decoded answers, without special tokens
+    is_empty: torch.Tensor  # (B,) bool
+    is_truncated: torch.Tensor  # (B,) bool: no EOS within max_new_tokens
+    raw_scores: torch.Tensor  # (B,) reward_fn's output
+    scores: torch.Tensor  # (B,) after penalties and normalisation: the reward on the last token
+    logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t)
+    ref_logprobs: torch.Tensor  # (B, R) log π_ref(a_t|s_t)
+    values: torch.Tensor  # (B, R) V_old(s_t)
+    entropy: torch.Tensor  # (B, R) H(π_old(·|s_t))
+    generation_seconds: float
+
+
+@dataclass
+class PPOResult:
+    history: list[dict[str, float]]  # one stats dict per step (see PPOTrainer.step)
+    eval_history: list[dict[str, Any]]  # {"step": s, **evaluate(...)} per evaluation
+    best_step: int | None  # step of the best evaluation by config.best_metric
+    best_metric: float | None
+    final_step: int
+    last_checkpoint: Path | None  # checkpoint_dir/last, resumable
+    best_checkpoint: Path | None  # checkpoint_dir/best: adapter + value head of best_step
+
+
+class PPOTrainer:
+    """PPO on a LoRA adapter. `train()` runs `config.steps` iterations, resuming from
+    `checkpoint_dir/last` when it exists.
+
+    `prompts` are dicts with `prompt_text` plus any metadata; the dicts go to `reward_fn` unchanged
+    with the decoded answers. `evaluate(trainer, step)` runs at step 0, every `config.eval_every`
+    steps and at the last step, and returns numbers (it can sample with `trainer.generate_answers`);
+    the adapter with the highest `config.best_metric` is kept in `checkpoint_dir/best`. Evaluation
+    cannot disturb training: the RNG state is restored after it. A finished run's checkpoint_dir
+    makes `train()` return its saved result without training again.
+    """
+
+    def __init__(self, policy_model: PeftModel, tokenizer: PreTrainedTokenizerBase, config: PPOConfig,
+                 reward_fn: RewardFn, prompts: list[dict], checkpoint_dir: Path | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 log_metrics: Callable[[dict, int], None] | None = None,
+                 evaluate: Callable[[PPOTrainer, int], dict] | None = None):
+        if not prompts:
+            raise ValueError("PPOTrainer needs at least one prompt")
+        if any("prompt_text" not in p for p in prompts):
+            raise ValueError("every prompt record needs a 'prompt_text'")
+        self.policy = policy_model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.reward_fn = reward_fn
+        self.prompts = prompts
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = progress or logger.info
+        self.log_metrics = log_metrics
+        self.evaluate = evaluate
+
+        self.model = PolicyWithValueHead(policy_model)
+        self.device = next(policy_model.parameters()).device
+        self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        if not any(p.requires_grad for p in policy_model.parameters()):
+            raise ValueError("the policy has no trainable (LoRA) parameters")
+        self.optimizer = torch.optim.Adam(self.trainable_params, lr=config.learning_rate, eps=1e-5)
+        self.kl_ctl: AdaptiveKLController | FixedKLController = (
+            AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+            if config.target_kl is not None else FixedKLController(config.init_kl_coef))
+        self.reward_stats = RunningMoments()
+
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token (ml.policy.base.ensure_padding sets one)")
+        self.pad_token_id = tokenizer.pad_token_id
+        self.eos_token_ids = _eos_token_ids(policy_model, tokenizer)
+        self.generation_config = GenerationConfig(
+            do_sample=True, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+            top_k=config.top_k, top_p=config.top_p, pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids, use_cache=True)
+
+        self.step_count = 0
+        self.history: list[dict[str, float]] = []
+        self.eval_history: list[dict[str, Any]] = []
+        self.best_step: int | None = None
+        self.best_metric: float | None = None
+
+    # ---- rollout -----------------------------------------------------------------------------------
+
+    def sample_prompts(self) -> list[dict]:
+        """batch_size prompts, without replacement when there are enough (global torch RNG)."""
+        n, B = len(self.prompts), self.config.batch_size
+        indices = torch.randperm(n)[:B] if n >= B else torch.randint(n, (B,))
+        return [self.prompts[i] for i in indices.tolist()]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[dict], do_sample: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded queries (B, P), their mask (B, P) and the raw generated tokens (B, R)."""
+        encoded = self.tokenizer([p["prompt_text"] for p in prompts], padding=True, padding_side="left",
+                                 add_special_tokens=self.config.add_special_tokens, return_tensors="pt")
+        keep = -self.config.max_prompt_tokens if self.config.max_prompt_tokens else 0  # the prompt's end
+        queries = encoded["input_ids"][:, keep:].to(self.device)  # (B, P)
+        query_mask = encoded["attention_mask"][:, keep:].to(self.device)  # (B, P)
+        generation_config = self.generation_config
+        if not do_sample:
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        output = self.policy.generate(input_ids=queries, attention_mask=query_mask,
+                                      generation_config=generation_config)
+        return queries, query_mask, output[:, queries.shape[1]:]
+
+    def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+        ids = [row[mask.bool()].tolist() for row, mask in zip(responses, response_mask)]
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def generate_answers(self, prompts: list[dict], do_sample: bool = True) -> list[str]:
+        """Answers of the current policy to `prompts`, batch_size at a time (for evaluate callbacks);
+        greedy when not do_sample."""
+        answers = []
+        for i in range(0, len(prompts), self.config.batch_size):
+            _, _, raw = self.generate(prompts[i:i + self.config.batch_size], do_sample=do_sample)
+            responses, response_mask, _ = truncate_after_eos(raw, self.eos_token_ids, self.pad_token_id)
+            answers.extend(self.decode(responses, response_mask))
+        return answers
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[dict]) -> Rollout:
+        """Steps 1-3 of a PPO iteration: sample, score and evaluate answers under π_old and π_ref."""
+        config = self.config
+        self.model.eval()  # no dropout: the ratio π/π_old must be exactly 1 before the first update
+
+        # 1. Generate one answer per prompt by sampling, and cut each after its first EOS.
+        start = time.perf_counter()
+        queries, query_mask, raw_responses = self.generate(prompts)
+        generation_seconds = time.perf_counter() - start
+        responses, response_mask, has_eos = truncate_after_eos(raw_responses, self.eos_token_ids, self.pad_token_id)
+        answers = self.decode(responses, response_mask)
+
+        # 2. Score the answers, penalise empty and truncated ones, normalise with running statistics.
+        raw_scores = torch.tensor(self.reward_fn(prompts, answers), dtype=torch.float32)
+        if raw_scores.shape != (len(prompts),):
+            raise ValueError(f"reward_fn returned {tuple(raw_scores.shape)} rewards for {len(prompts)} answers")
+        is_empty = torch.tensor([not answer for answer in answers])
+        is_truncated = ~has_eos.cpu()
+        scores = apply_answer_penalties(raw_scores, is_empty, is_truncated,
+                                        config.empty_answer_penalty, config.truncated_answer_penalty)
+        if config.reward_normalization:
+            self.reward_stats.update(scores)
+            scores = self.reward_stats.normalize(scores).float()
+
+        # 3. Logprobs, entropies and values of the sampling policy, and reference logprobs (adapter
+        #    off), in chunks of mini_batch_size to bound memory.
+        chunks = []
+        for i in range(0, len(prompts), config.mini_batch_size):
+            part = slice(i, i + config.mini_batch_size)
+            args = (queries[part], query_mask[part], responses[part], response_mask[part], config.temperature)
+            chunks.append((*self.model.response_outputs(*args), self.model.reference_logprobs(*args)))
+        logprobs, entropy, values, ref_logprobs = (torch.cat(parts) for parts in zip(*chunks))
+
+        return Rollout(prompts=prompts, queries=queries, query_mask=query_mask, responses=responses,
+                       response_mask=response_mask, answers=answers, is_empty=is_empty, is_truncated=is_truncated,
+                       raw_scores=raw_scores, scores=scores.to(self.device), logprobs=logprobs,
+                       ref_logprobs=ref_logprobs, values=values, entropy=entropy,
+                       generation_seconds=generation_seconds)
+
+    # ---- one PPO iteration -------------------------------------------------------------------------
+
+    def step(self) -> dict[str, float]:
+        """One PPO iteration; returns its stats (names are stable: they are logged and documented).
+
+        reward_mean/std: the per-answer reward PPO optimises (after penalties and normalisation);
+        score_mean/std: reward_fn's raw output; kl: mean over answers of Σ_t (log π - log π_ref);
+        kl_coef: β used this step; entropy: mean token entropy of π on its own samples;
+        policy_loss, value_loss, approx_kl, clipfrac: means over the minibatch updates;
+        explained_variance: of the returns by the rollout values; answer_length: tokens before EOS;
+        truncated_share, empty_share; tokens_per_s_rollout (generation), tokens_per_s_update;
+        ratio_mean_first_minibatch: mean π/π_old before any update (1 by construction);
+        ppo_updates: minibatch updates done before any early stop; step_seconds.
+        """
+        config = self.config
+        start = time.perf_counter()
+        kl_coef = self.kl_ctl.kl_coef
+
+        # 1.-3. Sample answers, score them, evaluate them under π_old and π_ref.
+        ro = self.rollout(self.sample_prompts())
+        mask = ro.response_mask.float()  # (B, R)
+        B, R = ro.responses.shape
+
+        # 4. Per-token rewards (Ziegler et al. 2019, Eq. 2: R(x, y) = r(x, y) - β log π(y|x)/π_ref(y|x)):
+        #    the KL penalty on every answer token, with the k1 estimator log π - log π_ref (unbiased
+        #    for KL(π || π_ref) under samples from π), plus the score on the last token.
+        kl = (ro.logprobs - ro.ref_logprobs) * mask  # (B, R)
+        non_score_reward = -kl_coef * kl  # (B, R)
+        rewards = non_score_reward.clone()  # (B, R)
+        last_token = ro.response_mask.sum(dim=1) - 1  # (B,)
+        rewards[torch.arange(B, device=self.device), last_token] += ro.scores
+
+        # 5. Advantages and returns by GAE; whiten the advantages over the rollout's answer tokens.
+        advantages, returns = compute_gae(rewards, ro.values, mask, config.gamma, config.lam)  # (B, R) each
+        if config.whiten_advantages and mask.sum() > 1:
+            advantages = masked_whiten(advantages, mask) * mask
+
+        # 6. ppo_epochs passes over shuffled minibatches of the rollout (the model stays in eval mode:
+        #    with dropout the ratio would not be 1 at θ = θ_old).
+        update_start = time.perf_counter()
+        mb_stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
+        ratio_mean_first_minibatch = float("nan")
+        updated_tokens, early_stopped = 0, False
+        for epoch in range(config.ppo_epochs):
+            b_inds = torch.randperm(B)
+            for start_index in range(0, B, config.mini_batch_size):
+                mb_inds = b_inds[start_index:start_index + config.mini_batch_size].to(self.device)
+                mb_mask = mask[mb_inds]  # (b, R)
+                mb_advantages, mb_returns = advantages[mb_inds], returns[mb_inds]  # (b, R)
+                mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds], ro.values[mb_inds]  # (b, R)
+
+                new_logprobs, new_entropy, new_values = self.model.response_outputs(
+                    ro.queries[mb_inds], ro.query_mask[mb_inds], ro.responses[mb_inds],
+                    ro.response_mask[mb_inds], config.temperature)  # (b, R) each
+                logratio = new_logprobs - mb_old_logprobs
+                ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
+
+                with torch.no_grad():
+                    # k3 estimator of KL(π_old || π_θ): E[(r - 1) - log r], unbiased and >= 0
+                    # (Schulman, "Approximating KL Divergence", 2020).
+                    approx_kl = masked_mean((ratio - 1) - logratio, mb_mask).item()
+                    clipfrac = masked_mean(((ratio - 1).abs() > config.cliprange).float(), mb_mask).item()
+                    if epoch == 0 and start_index == 0:
+                        ratio_mean_first_minibatch = masked_mean(ratio, mb_mask).item()
+                if config.early_stop_kl is not None and approx_kl > config.early_stop_kl:
+                    early_stopped = True  # the previous updates already moved π far enough from π_old
+                    break
+
+                # Clipped surrogate objective, PPO paper Eq. 7, as a loss to minimise:
+                # L^CLIP = -E_t[min(r_t Â_t, clip(r_t, 1-ε, 1+ε) Â_t)] = E_t[max(-r_t Â_t, -clip(r_t) Â_t)].
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - config.cliprange, 1 + config.cliprange)
+                pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mb_mask)
+
+                # Clipped value loss: the larger of the plain and the clipped squared errors.
+                v_clipped = mb_old_values + torch.clamp(new_values - mb_old_values,
+                                                        -config.cliprange_value, config.cliprange_value)
+                v_loss_unclipped = (new_values - mb_returns) ** 2
+                v_loss_clipped = (v_clipped - mb_returns) ** 2
+                v_loss = 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mb_mask)
+
+                entropy_loss = masked_mean(new_entropy, mb_mask)
+                loss = pg_loss - config.ent_coef * entropy_loss + config.vf_coef * v_loss
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.trainable_params, config.max_grad_norm)
+                self.optimizer.step()
+
+                updated_tokens += int(mb_mask.sum().item())
+                mb_stats["policy_loss"].append(pg_loss.item())
+                mb_stats["value_loss"].append(v_loss.item())
+                mb_stats["approx_kl"].append(approx_kl)
+                mb_stats["clipfrac"].append(clipfrac)
+            if early_stopped:
+                break
+        update_seconds = time.perf_counter() - update_start
+
+        # Ziegler's controller sees the mean per-answer KL of this rollout.
+        mean_kl = kl.sum(dim=1).mean().item()
+        self.kl_ctl.update(mean_kl, n_steps=B)
+
+        answer_tokens = ro.response_mask.sum().item()
+        answer_lengths = (ro.response_mask.sum(dim=1) - (~ro.is_truncated).long().to(self.device)).float()
+        return {
+            "reward_mean": ro.scores.mean().item(),
+            "reward_std": ro.scores.std().item() if B > 1 else 0.0,
+            "score_mean": ro.raw_scores.mean().item(),
+            "score_std": ro.raw_scores.std().item() if B > 1 else 0.0,
+            "non_score_reward": non_score_reward.sum(dim=1).mean().item(),
+            "kl": mean_kl,
+            "kl_coef": kl_coef,
+            "entropy": masked_mean(ro.entropy, mask).item(),
+            "policy_loss": _mean(mb_stats["policy_loss"]),
+            "value_loss": _mean(mb_stats["value_loss"]),
+            "clipfrac": _mean(mb_stats["clipfrac"]),
+            "approx_kl": _mean(mb_stats["approx_kl"]),
+            "explained_variance": explained_variance(ro.values, returns, mask),
+            "answer_length": answer_lengths.mean().item(),
+            "truncated_share": ro.is_truncated.float().mean().item(),
+            "empty_share": ro.is_empty.float().mean().item(),
+            "ratio_mean_first_minibatch": ratio_mean_first_minibatch,
+            "ppo_updates": float(len(mb_stats["policy_loss"])),
+            "tokens_per_s_rollout": answer_tokens / max(ro.generation_seconds, 1e-9),
+            "tokens_per_s_update": updated_tokens / max(update_seconds, 1e-9),
+            "step_seconds": time.perf_counter() - start,
+        }
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def train(self) -> PPOResult:
+        config = self.config
+        saved_config = self._resume()
+        if saved_config is not None:
+            changed = sorted(k for k, v in asdict(config).items() if k in saved_config and saved_config[k] != v)
+            self.progress(f"resumed from {self._last_dir()} at step {self.step_count}/{config.steps}"
+                          + (f" (config changed: {', '.join(changed)})" if changed else ""))
+        else:
+            _seed_everything(config.seed)
+            if self.evaluate is not None and config.eval_every:
+                self._run_evaluation(0)
+        self.model.eval()
+
+        session_seconds: list[float] = []
+        saved_step = self.step_count
+        while self.step_count < config.steps:
+            stats = self.step()
+            self.step_count += 1
+            step = self.step_count
+            stats["step"] = step
+            self.history.append(stats)
+            session_seconds.append(stats["step_seconds"])
+            if step % config.log_every == 0 or step == config.steps:
+                eta = (config.steps - step) * sum(session_seconds) / len(session_seconds)
+                self.progress(_progress_line(stats, step, config.steps, eta))
+                if self.log_metrics is not None:
+                    self.log_metrics(stats, step)
+            evaluation_due = config.eval_every and (step % config.eval_every == 0 or step == config.steps)
+            if self.evaluate is not None and evaluation_due:
+                self._run_evaluation(step)
+            if self.checkpoint_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                self.save_checkpoint()
+                saved_step = step
+        if self.checkpoint_dir is not None and saved_step != self.step_count:
+            self.save_checkpoint()
+
+        best_dir = self.checkpoint_dir / "best" if self.checkpoint_dir is not None else None
+        return PPOResult(history=list(self.history), eval_history=list(self.eval_history),
+                         best_step=self.best_step, best_metric=self.best_metric, final_step=self.step_count,
+                         last_checkpoint=self._last_dir() if self.checkpoint_dir is not None else None,
+                         best_checkpoint=best_dir if best_dir is not None and best_dir.exists() else None)
+
+    def _run_evaluation(self, step: int) -> None:
+        rng_state = _get_rng_state()  # evaluation may sample; training must not notice
+        result = dict(self.evaluate(self, step))
+        _set_rng_state(rng_state)
+        self.model.eval()
+        self.eval_history.append({"step": step, **result})
+        metric = result.get(self.config.best_metric)
+        if metric is None or not math.isfinite(float(metric)):
+            return
+        if self.best_metric is None or float(metric) > self.best_metric:
+            self.best_step, self.best_metric = step, float(metric)
+            if self.checkpoint_dir is not None:
+                self._save_weights_atomically(self.checkpoint_dir / "best", extra={
+                    "step": step, "metric": self.config.best_metric, "value": float(metric), "evaluation": result})
+            self.progress(f"eval step {step}: best {self.config.best_metric} {float(metric):.4f}")
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def _last_dir(self) -> Path:
+        return self.checkpoint_dir / "last"
+
+    def save_checkpoint(self) -> Path:
+        """checkpoint_dir/last: adapter, value head, optimizer, controller, reward stats, RNG, history.
+
+        Written to a temporary folder and renamed into place, so a crash leaves the previous one."""
+        if self.checkpoint_dir is None:
+            raise ValueError("no checkpoint_dir")
+        state = {
+            "step": self.step_count,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "reward_stats": self.reward_stats.state_dict(),
+            "history": self.history,
+            "eval_history": self.eval_history,
+            "best_step": self.best_step,
+            "best_metric": self.best_metric,
+            "config": asdict(self.config),
+        }
+
+        def write_training_state(folder: Path) -> None:
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(_get_rng_state(), folder / "rng_state.pt")
+
+        return self._save_weights_atomically(self._last_dir(), extra=state, write=write_training_state)
+
+    def _save_weights_atomically(self, final: Path, extra: dict,
+                                 write: Callable[[Path], None] | None = None) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            self.policy.save_pretrained(str(tmp / "adapter"))
+            save_file(self.model.value_head.state_dict(), str(tmp / "value_head.safetensors"))
+            if write is not None:
+                write(tmp)
+            (tmp / "state.json").write_text(json.dumps(extra, indent=1, default=_json_default))
+            _replace_dir(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _resume(self) -> dict | None:
+        """Load checkpoint_dir/last (or the previous one, if a save was interrupted mid-swap); returns
+        the saved config, or None when there is nothing to resume."""
+        if self.checkpoint_dir is None:
+            return None
+        folder = self._last_dir()
+        if not folder.exists():
+            folder = folder.with_name(folder.name + ".old")
+            if not folder.exists():
+                return None
+        state = json.loads((folder / "state.json").read_text())
+        device = str(self.device)
+        adapter_weights = load_peft_weights(str(folder / "adapter"), device=device)
+        loaded = set_peft_model_state_dict(self.policy, adapter_weights, adapter_name=self.policy.active_adapter)
+        if getattr(loaded, "unexpected_keys", None):
+            raise ValueError(f"checkpoint adapter does not fit the policy: {loaded.unexpected_keys[:5]}")
+        self.model.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors"), device=device))
+        # weights_only: tensors, numbers and containers only, never arbitrary pickled objects.
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.reward_stats.load_state_dict(state["reward_stats"])
+        self.step_count = int(state["step"])
+        self.history = state["history"]
+        self.eval_history = state["eval_history"]
+        self.best_step, self.best_metric = state["best_step"], state["best_metric"]
+        _set_rng_state(torch.load(folder / "rng_state.pt", weights_only=True))
+        return state["config"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------------------------------
+
+
+def _eos_token_ids(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the model's generation EOS ids (an
+    instruct model's end-of-turn token is often only the latter)."""
+    ids = {tokenizer.eos_token_id}
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+    ids.discard(None)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an EOS token")
+    return sorted(ids)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _get_rng_state() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as tensors and plain numbers: loadable with
+    torch.load(weights_only=True), no pickled objects."""
+    _, np_keys, np_pos, np_has_gauss, np_cached_gaussian = np.random.get_state()
+    py_version, py_internal, py_gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_cached_gaussian": float(np_cached_gaussian),
+        "python_version": int(py_version),
+        "python_internal": torch.tensor(py_internal, dtype=torch.int64),
+        "python_gauss_next": py_gauss_next,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
+    random.setstate((state["python_version"], tuple(state["python_internal"].tolist()), state["python_gauss_next"]))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap `tmp` in as `final`; between the two renames only `final.old` exists, which _resume reads."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _progress_line(stats: dict[str, float], step: int, steps: int, eta_seconds: float) -> str:
+    """`step 12/60 reward 0.61±0.12 kl 1.3 ent 2.1 pl -0.01 vl 0.04 clip 0.05 len 23 ETA 4m`; the
+    reward shown is reward_fn's raw score (P(MET)), readable across runs unlike the normalised one."""
+    return (f"step {step}/{steps} reward {stats['score_mean']:.2f}±{stats['score_std']:.2f} "
+            f"kl {stats['kl']:.1f} ent {stats['entropy']:.1f} pl {stats['policy_loss']:.2f} "
+            f"vl {stats['value_loss']:.2f} clip {stats['clipfrac']:.2f} len {stats['answer_length']:.0f} "
+            f"ETA {_format_duration(eta_seconds)}")
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+__all__ = [
+    "AdaptiveKLController", "FixedKLController", "PPOConfig", "PPOResult", "PPOTrainer", "PolicyWithValueHead",
+    "RewardFn", "Rollout", "RunningMoments", "ValueHead", "apply_answer_penalties", "compute_gae",
+    "entropy_from_logits", "explained_variance", "logprobs_from_logits", "masked_mean", "masked_var",
+    "masked_whiten", "truncate_after_eos",
+]
