@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class PolicySettings:
     sft_learning_rate: float = 2e-4
     sft_max_examples: int = 2000
     algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py) or "grpo" (TRL GRPOTrainer)
+    ppo: dict = field(default_factory=dict)  # overrides of ml.policy.ppo.PPOConfig fields
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ PROFILES: dict[str, Profile] = {
         ),
         reward=RewardSettings(base_model="tiny-bert", max_length=64, epochs=4, batch_size=16,
                               learning_rate=1e-3, eval_every_steps=10, min_macro_f1=0.3),
-        policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=64, max_new_tokens=12,
-                              n_eval_prompts=8, sft_max_examples=64, lora_r=4, lora_alpha=8),
+        policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=96, max_new_tokens=12,
+                              n_eval_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
+                              ppo={"steps": 4, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+                                   "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 2}),
     ),
     "demo": Profile(
         name="demo",
@@ -121,7 +124,10 @@ PROFILES: dict[str, Profile] = {
         reward=RewardSettings(base_model="all-minilm-l6-v2", max_length=96, epochs=2, batch_size=32,
                               learning_rate=8e-5, eval_every_steps=60, min_macro_f1=0.6),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=96, max_new_tokens=40,
-                              n_eval_prompts=48, sft_max_examples=1500),
+                              n_eval_prompts=48, sft_max_examples=1500,
+                              ppo={"steps": 36, "batch_size": 12, "mini_batch_size": 4, "ppo_epochs": 2,
+                                   "learning_rate": 2e-4, "temperature": 0.8, "init_kl_coef": 0.05,
+                                   "target_kl": 6.0, "kl_horizon": 2000, "eval_every": 6, "checkpoint_every": 6}),
     ),
     "paper": Profile(
         name="paper",
@@ -139,7 +145,10 @@ PROFILES: dict[str, Profile] = {
         reward=RewardSettings(base_model="bert-base-uncased", max_length=128, epochs=3, batch_size=32,
                               learning_rate=3e-5, eval_every_steps=200, min_macro_f1=0.75, dtype="bfloat16"),
         policy=PolicySettings(base_model="meta-llama/Llama-2-7b-hf", dtype="bfloat16", lora_r=16, lora_alpha=32,
-                              max_prompt_tokens=128, max_new_tokens=96, n_eval_prompts=200, sft_max_examples=10000),
+                              max_prompt_tokens=128, max_new_tokens=96, n_eval_prompts=200, sft_max_examples=10000,
+                              ppo={"steps": 200, "batch_size": 64, "mini_batch_size": 16, "ppo_epochs": 4,
+                                   "learning_rate": 1e-4, "temperature": 0.8, "eval_every": 20,
+                                   "checkpoint_every": 20}),
     ),
 }
 

@@ -42,7 +42,17 @@ class DataHome:
         """Synthetic generator sidecars: true P(MET) per condition, never part of an export."""
         return self.root / "truth"
 
+    @property
+    def models(self) -> Path:
+        """Local model folders: training outputs and registry downloads (by name and version)."""
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
     def ensure(self) -> "DataHome":
-        for folder in (self.root, self.landing, self.quarantine, self.exports, self.truth):
+        for folder in (self.root, self.landing, self.quarantine, self.exports, self.truth, self.models,
+                       self.reports):
             folder.mkdir(parents=True, exist_ok=True)
         return self

@@ -333,13 +333,18 @@ class Registry:
         value: float,
         higher_is_better: bool = True,
         comparison: str = "",
+        champion_value: float | None = None,
     ) -> PromotionDecision:
         """Champion/challenger: `version` becomes champion if its `metric` is at least the champion's.
 
         `value` must come from the same evaluation data as the champion's figure; `comparison`
-        records which (e.g. the test split's hash). A losing version becomes `challenger` and the
-        champion alias does not move. Not safe against two promotions of one name at once.
+        records which (e.g. the test split's hash). Pass `champion_value` when the caller re-measured
+        the champion on that same data (new reviews change the test split); otherwise the figure
+        recorded on the champion when it was promoted is used. A losing version becomes
+        `challenger` and the champion alias does not move. Not safe against two promotions of one
+        name at once.
         """
+        measured_champion_value = champion_value
         version, value = str(version), float(value)
         if not math.isfinite(value):
             raise ValueError(f"cannot promote {name} v{version} on a non-finite {metric}={value}")
@@ -355,7 +360,10 @@ class Registry:
         elif champion.version == version:
             promoted, reason = True, f"v{version} is already champion"
         else:
-            champion_value = _as_float(champion.tags.get(metric_tag))
+            if measured_champion_value is not None and math.isfinite(measured_champion_value):
+                champion_value = float(measured_champion_value)
+            else:
+                champion_value = _as_float(champion.tags.get(metric_tag))
             if champion_value is None:
                 promoted = True
                 reason = f"champion v{champion.version} has no recorded {metric}; v{version} ({value:.4g}) replaces it"
@@ -367,7 +375,9 @@ class Registry:
                     f"{metric}={champion_value:.4g} ({'higher' if higher_is_better else 'lower'} is better)"
                 )
             champion_comparison = champion.tags.get("promotion.comparison", "")
-            if comparison and champion_comparison and champion_comparison != comparison:
+            if measured_champion_value is not None:
+                reason += f"; both measured on {comparison or 'the same data'}"
+            elif comparison and champion_comparison and champion_comparison != comparison:
                 reason += f"; note: the champion's figure came from {champion_comparison}, this one from {comparison}"
 
         if promoted:

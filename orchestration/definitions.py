@@ -4,6 +4,8 @@
 import dagster as dg
 
 from orchestration.assets.ingestion import raw_mona_conditions
+from orchestration.assets.policy import base_policy, policy_prompts, ppo_adapter, sft_adapter
+from orchestration.assets.reward import gold_reward_model, reward_model
 from orchestration.assets.splits import validated_splits
 from orchestration.assets.warehouse import mona_dbt_models
 from orchestration.checks.data_quality import great_expectations_suite
@@ -15,12 +17,16 @@ from orchestration.sensors import mona_landing_sensor
 
 def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_mona_conditions, mona_dbt_models, validated_splits],
+        assets=[raw_mona_conditions, mona_dbt_models, validated_splits, reward_model, gold_reward_model,
+                base_policy, policy_prompts, sft_adapter, ppo_adapter],
         asset_checks=[great_expectations_suite],
         jobs=[data_platform_job, full_pipeline_job, retraining_job],
         sensors=[mona_landing_sensor],
         schedules=[weekly_retraining_schedule],
         resources=resources or build_resources(),
+        # One training step at a time: two trainings on a 2-core laptop only fight over the cores.
+        executor=dg.multiprocess_executor.configured(
+            {"tag_concurrency_limits": [{"key": "rlxf/compute", "value": "training", "limit": 1}]}),
     )
 
 

@@ -16,6 +16,7 @@ from dagster_dbt import DbtCliResource, DbtProject
 
 from ml.config import Profile, get_profile
 from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
+from ml.registry import Registry
 
 
 class RlxfSettings(dg.ConfigurableResource):
@@ -23,12 +24,28 @@ class RlxfSettings(dg.ConfigurableResource):
 
     profile: str = "demo"
     home: str = ""  # empty: <repo>/.rlxf/<profile>
+    model_cache: str = ""  # converted base models (SmolLM2 safetensors); empty: <home>/models/base_policy
 
     def get_profile(self) -> Profile:
         return get_profile(self.profile)
 
     def data_home(self) -> DataHome:
         return DataHome(Path(self.home) if self.home else default_home(self.profile)).ensure()
+
+    def model_cache_dir(self) -> Path:
+        return Path(self.model_cache) if self.model_cache else self.data_home().models / "base_policy"
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """MLflow tracking store and model registry; empty `tracking_uri`: a SQLite file in the data home.
+
+    A thin layer over `MlflowClient` (ml/registry.py): the `dagster-mlflow` package is op-style.
+    """
+
+    tracking_uri: str = ""
+
+    def open(self, home: DataHome) -> Registry:
+        return Registry(self.tracking_uri) if self.tracking_uri else Registry.for_home(home.root)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
@@ -43,11 +60,13 @@ if not dbt_project.manifest_path.exists():
 
 
 def settings_from_env() -> RlxfSettings:
-    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""))
+    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""),
+                        model_cache=os.environ.get("RLXF_MODEL_CACHE", ""))
 
 
 def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
         "rlxf": settings or settings_from_env(),
+        "mlflow": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }

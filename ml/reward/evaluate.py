@@ -1,0 +1,183 @@
+"""Test-split evaluation of a reward model, next to the baselines it has to beat.
+
+`evaluate_reward_model` answers "is this P(MET) good enough to be a reward?": discrimination
+(accuracy, per-class and macro precision/recall/F1, ROC-AUC), calibration (Brier, ECE, reliability
+curve), where it fails (by economic area, by test year, on the temporal holdout: the most recent
+years, the closest thing to scoring the future), and against baselines computed in the same call on
+the same rows: TF-IDF word 1-2 grams + logistic regression, and the majority class. On synthetic
+data the truth sidecar gives the Bayes-optimal accuracy, the ceiling no model can pass.
+
+`RewardEvaluation.headline()` is a flat dict of MLflow-safe metric names; `to_markdown()` the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+from ml.reward.calibration import expected_calibration_error, reliability_curve
+from ml.reward.encoder import LABELS
+from ml.reward.model import RewardModel, texts_for_rows
+
+THRESHOLD = 0.5  # predict MET when P(MET) >= THRESHOLD
+METRIC_NAMES = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "precision_met", "recall_met",
+                "f1_met", "precision_non_met", "recall_non_met", "f1_non_met", "roc_auc", "brier", "ece")
+TABLE_METRICS = ("n", "accuracy", "macro_f1", "f1_met", "f1_non_met", "precision_met", "recall_met",
+                 "precision_non_met", "recall_non_met", "roc_auc", "brier", "ece")
+
+
+@dataclass
+class RewardEvaluation:
+    metrics: dict[str, float]  # the model on the test split: METRIC_NAMES
+    holdout_metrics: dict[str, float]  # the model on the test split's temporal-holdout rows
+    baselines: dict[str, dict[str, float]]  # "tfidf_lr", "majority" -> same keys as `metrics`
+    bayes_optimal_accuracy: float  # NaN without a truth sidecar
+    truth_coverage: float  # share of test rows found in the truth sidecar; NaN without one
+    confusion: np.ndarray  # (2, 2): rows true, columns predicted, in LABELS order
+    by_area: pd.DataFrame  # economic_area, n, met_share, mean_p_met, accuracy, macro_f1
+    by_year: pd.DataFrame  # test_year, same columns
+    reliability: pd.DataFrame  # `calibration.reliability_curve` of the model's test P(MET)
+    probs: np.ndarray  # the model's calibrated P(MET) per test row
+    labels: np.ndarray  # is_met per test row
+
+    def headline(self) -> dict[str, float]:
+        """test_*, holdout_*, baseline_<name>_*, bayes_optimal_*; non-finite values (e.g. ROC-AUC of
+        a one-class subset) are left out, so every value can be logged as an MLflow metric."""
+        flat = {f"test_{k}": v for k, v in self.metrics.items()}
+        flat |= {f"holdout_{k}": v for k, v in self.holdout_metrics.items()}
+        for name, metrics in self.baselines.items():
+            flat |= {f"baseline_{name}_{k}": v for k, v in metrics.items()}
+        flat |= {"bayes_optimal_accuracy": self.bayes_optimal_accuracy, "truth_coverage": self.truth_coverage}
+        return {k: float(v) for k, v in flat.items() if math.isfinite(v)}
+
+    def to_markdown(self) -> str:
+        columns = {"reward model": self.metrics, **{f"baseline {k}": v for k, v in self.baselines.items()},
+                   "reward model, temporal holdout": self.holdout_metrics}
+        table = pd.DataFrame({name: [m[k] for k in TABLE_METRICS] for name, m in columns.items()},
+                             index=list(TABLE_METRICS))
+        confusion = pd.DataFrame(self.confusion, index=[f"true {x}" for x in LABELS],
+                                 columns=[f"predicted {x}" for x in LABELS])
+        parts = ["## Reward model on the test split", "", markdown_table(table.reset_index(names="metric")), ""]
+        if math.isfinite(self.bayes_optimal_accuracy):
+            parts += [f"Bayes-optimal accuracy on these rows: {self.bayes_optimal_accuracy:.3f} "
+                      f"(truth found for {self.truth_coverage:.0%} of them).", ""]
+        parts += ["### Confusion matrix", "", markdown_table(confusion.reset_index(names="")), "",
+                  "### By economic area", "", markdown_table(self.by_area), "",
+                  "### By test year", "", markdown_table(self.by_year), ""]
+        return "\n".join(parts)
+
+
+def evaluate_reward_model(model: RewardModel, test: pd.DataFrame, train: pd.DataFrame,
+                          truth: pd.DataFrame | None = None) -> RewardEvaluation:
+    """Score `test` with `model` and with baselines fitted on `train`; `truth` (synthetic data:
+    arrangement_number, description, true_p_met) adds the Bayes-optimal accuracy."""
+    labels = test["is_met"].to_numpy(dtype=int)
+    probs = model.score(test)
+    holdout = test["is_temporal_holdout"].fillna(False).to_numpy(dtype=bool)
+    bayes, coverage = bayes_optimal_accuracy(test, truth) if truth is not None else (math.nan, math.nan)
+    return RewardEvaluation(
+        metrics=classification_metrics(labels, probs),
+        holdout_metrics=classification_metrics(labels[holdout], probs[holdout]),
+        baselines={"tfidf_lr": classification_metrics(labels, tfidf_baseline(train, test)),
+                   "majority": classification_metrics(labels, majority_baseline(train, len(test)))},
+        bayes_optimal_accuracy=bayes, truth_coverage=coverage,
+        confusion=confusion_matrix(labels, predict(probs), labels=[0, 1]),
+        by_area=breakdown(test["economic_area"].fillna("Unknown"), labels, probs, "economic_area"),
+        by_year=breakdown(test["test_year"].astype("string").fillna("unknown"), labels, probs, "test_year"),
+        reliability=reliability_curve(probs, labels), probs=probs, labels=labels)
+
+
+def predict(probs: np.ndarray) -> np.ndarray:
+    return (np.asarray(probs) >= THRESHOLD).astype(int)
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """n, accuracy, precision/recall/F1 per class (`_met`, `_non_met`) and macro, ROC-AUC, Brier, ECE
+    of P(MET) `probs` against 0/1 `labels`; NaN where undefined (no rows; ROC-AUC with one class)."""
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    if len(labels) == 0:
+        return {k: (0.0 if k == "n" else math.nan) for k in METRIC_NAMES}
+    predicted = predict(probs)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, labels=[0, 1], zero_division=0)
+    metrics = {"n": float(len(labels)), "accuracy": float(accuracy_score(labels, predicted)),
+               "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
+               "macro_f1": float(f1.mean())}
+    for index, suffix in ((1, "met"), (0, "non_met")):
+        metrics |= {f"precision_{suffix}": float(precision[index]), f"recall_{suffix}": float(recall[index]),
+                    f"f1_{suffix}": float(f1[index])}
+    metrics["roc_auc"] = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else math.nan
+    metrics["brier"] = float(np.mean((probs - labels) ** 2))
+    metrics["ece"] = expected_calibration_error(probs, labels)
+    return metrics
+
+
+def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    """P(MET) of TF-IDF word 1-2 grams + logistic regression, fitted on the same texts the reward
+    model trains on; class-balanced like the reward model's loss."""
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    features = vectorizer.fit_transform(texts_for_rows(train))
+    classifier = LogisticRegression(max_iter=1000, class_weight="balanced")
+    classifier.fit(features, train["is_met"].to_numpy(dtype=int))
+    return classifier.predict_proba(vectorizer.transform(texts_for_rows(test)))[:, 1]
+
+
+def majority_baseline(train: pd.DataFrame, n_rows: int) -> np.ndarray:
+    """The training MET share for every row: predicts the majority class, and is calibrated overall."""
+    return np.full(n_rows, float(train["is_met"].mean()))
+
+
+def bayes_optimal_accuracy(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[float, float]:
+    """(mean of max(p, 1 - p) over the test rows found in `truth`, share of test rows found), joining
+    on arrangement number as text and whitespace-collapsed description."""
+    p_by_key = truth.assign(key=_truth_keys(truth)).groupby("key")["true_p_met"].mean()
+    p = _truth_keys(test).map(p_by_key).to_numpy(dtype=float)
+    found = ~np.isnan(p)
+    if not found.any():
+        return math.nan, 0.0
+    return float(np.mean(np.maximum(p[found], 1.0 - p[found]))), float(found.mean())
+
+
+def breakdown(groups: pd.Series, labels: np.ndarray, probs: np.ndarray, name: str) -> pd.DataFrame:
+    """n, MET share, mean P(MET), accuracy and macro-F1 of the model per group."""
+    frame = pd.DataFrame({name: groups.to_numpy(), "label": labels, "p": probs})
+    rows = []
+    for value, part in frame.groupby(name, sort=True):
+        metrics = classification_metrics(part["label"].to_numpy(), part["p"].to_numpy())
+        rows.append({name: value, "n": len(part), "met_share": part["label"].mean(), "mean_p_met": part["p"].mean(),
+                     "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
+    return pd.DataFrame(rows, columns=[name, "n", "met_share", "mean_p_met", "accuracy", "macro_f1"])
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table; floats to 3 decimals (written here so no extra package is needed)."""
+    def cell(value: object) -> str:
+        if isinstance(value, float | np.floating):
+            return "" if math.isnan(value) else (f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1
+                                                  else f"{value:.3f}")
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _truth_keys(frame: pd.DataFrame) -> pd.Series:
+    number = frame["arrangement_number"].map(_number_text)
+    description = frame["description"].map(lambda d: " ".join(str(d).split()) if isinstance(d, str) else "")
+    return (number + "|" + description).set_axis(frame.index)
+
+
+def _number_text(value: object) -> str:
+    # Arrangement numbers arrive as text from dbt and as integers (or floats, via NaN) from the sidecar.
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return ""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()

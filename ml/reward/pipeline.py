@@ -1,0 +1,144 @@
+"""One reward-model training as the pipeline runs it: train, evaluate, track, register, promote.
+
+The proxy reward model (what PPO optimises) and the gold reward model (what judges the policy and
+is never optimised against) follow the same recipe on the two disjoint halves of the training split,
+with different seeds. Each training is one MLflow run that records its parameters, the data snapshot
+it came from, per-step validation metrics, test metrics next to the baselines, plots, and the model
+(safetensors + tokenizer), registered as a new version. The version becomes `champion` only if its
+test macro-F1 is at least the current champion's measured on the same test split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ml.config import RewardSettings
+from ml.data.splits import read_split
+from ml.registry import PromotionDecision, Registry
+from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model
+from ml.reward.model import RewardModel
+from ml.reward.plots import save_plots
+from ml.reward.train import split_train_halves, train_reward_model
+
+REWARD_MODEL_NAME = "rlxf-reward-model"
+GOLD_REWARD_MODEL_NAME = "rlxf-gold-reward-model"
+REGISTERED_NAMES = {"proxy": REWARD_MODEL_NAME, "gold": GOLD_REWARD_MODEL_NAME}
+EXPERIMENT = "rlxf-reward-model"
+PROMOTION_METRIC = "test_macro_f1"
+
+
+@dataclass
+class RewardRun:
+    role: str  # "proxy" or "gold"
+    registered_name: str
+    version: str
+    run_id: str
+    decision: PromotionDecision
+    evaluation: RewardEvaluation
+    metrics: dict[str, float]  # headline metrics plus timing
+    model_dir: Path
+    plots: dict[str, Path]
+    split_hash: str
+    train_rows: int
+
+
+def read_truth(truth_dir: Path) -> pd.DataFrame | None:
+    """The synthetic generator's sidecars (true P(MET) per condition), when the data is synthetic."""
+    files = sorted(Path(truth_dir).glob("*.truth.parquet")) if Path(truth_dir).exists() else []
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
+
+
+def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settings: RewardSettings,
+                              registry: Registry, work_dir: Path, profile: str,
+                              progress: Callable[[str], None] = print) -> RewardRun:
+    if role not in REGISTERED_NAMES:
+        raise ValueError(f"role must be one of {sorted(REGISTERED_NAMES)}, not {role!r}")
+    name = REGISTERED_NAMES[role]
+    train, validation, test = (read_split(snapshot, split) for split in ("train", "validation", "test"))
+    manifest = json.loads((Path(snapshot) / "manifest.json").read_text(encoding="utf-8"))
+    half_a, half_b = split_train_halves(train, seed=settings.seed)
+    data, seed = (half_a, settings.seed) if role == "proxy" else (half_b, settings.gold_seed)
+    progress(f"{role} reward model: {settings.base_model} on {len(data):,} training rows "
+             f"(half {'a' if role == 'proxy' else 'b'} of {len(train):,}), {len(validation):,} validation, "
+             f"{len(test):,} test")
+
+    trained = train_reward_model(data, validation, settings, seed=seed, progress=progress)
+    model = trained.reward_model()
+    evaluation = evaluate_reward_model(model, test, data, read_truth(truth_dir))
+    value = evaluation.metrics["macro_f1"]
+    progress(f"{role} reward model: test macro-F1 {value:.3f}, accuracy {evaluation.metrics['accuracy']:.3f} "
+             f"(TF-IDF+LR {evaluation.baselines['tfidf_lr']['accuracy']:.3f}, "
+             f"Bayes-optimal {evaluation.bayes_optimal_accuracy:.3f})")
+
+    model_dir = save_atomically(model, Path(work_dir) / "model")
+    plots = save_plots(evaluation, Path(work_dir) / "plots")
+    champion_value = champion_figure_on(registry, name, test, Path(work_dir) / "champion")
+    metrics = evaluation.headline() | {
+        "train_seconds": trained.train_seconds, "tokens_per_second": trained.tokens_per_second,
+        "train_steps": float(trained.steps), "best_step": float(trained.best_step)}
+
+    params = {**{f"reward.{k}": v for k, v in asdict(settings).items()}, "role": role, "seed": seed,
+              "profile": profile, "train_rows": len(data), "validation_rows": len(validation),
+              "test_rows": len(test), "split_hash": manifest["content_hash"]}
+    with registry.run(EXPERIMENT, run_name=f"{role}-{profile}", params=params,
+                      tags={"role": role, "profile": profile, "base_model": settings.base_model}) as run:
+        for entry in trained.history:
+            run.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=int(entry["step"]))
+        run.log_metrics(metrics)
+        run.log_dict({"rows": manifest["rows"], "met_share": manifest["met_share"],
+                      "content_hash": manifest["content_hash"]}, "data/split_manifest.json")
+        run.log_text(evaluation.to_markdown(), "evaluation/report.md")
+        run.log_dict({"by_area": evaluation.by_area.to_dict(orient="records"),
+                      "by_year": evaluation.by_year.to_dict(orient="records")}, "evaluation/breakdowns.json")
+        for path in plots.values():
+            run.log_figure_png(path)
+        version = registry.register_model(run, model_dir, name, tags={
+            "role": role, "base_model": settings.base_model, "split_hash": manifest["content_hash"],
+            "profile": profile, "test_macro_f1": f"{value:.4f}"})
+        run_id = run.run_id
+    decision = registry.promote(name, version.version, PROMOTION_METRIC, value,
+                                comparison=f"test split {manifest['content_hash'][:12]}",
+                                champion_value=champion_value)
+    progress(f"{name} v{version.version}: {decision.reason}")
+    return RewardRun(role=role, registered_name=name, version=version.version, run_id=run_id, decision=decision,
+                     evaluation=evaluation, metrics=metrics, model_dir=model_dir, plots=plots,
+                     split_hash=manifest["content_hash"], train_rows=len(data))
+
+
+def save_atomically(model: RewardModel, folder: Path) -> Path:
+    """Save into a sibling temp folder, then rename: a crash never leaves a half-written model."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    model.save(staging)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder
+
+
+def champion_figure_on(registry: Registry, name: str, test: pd.DataFrame, scratch: Path) -> float | None:
+    """The current champion's test macro-F1 re-measured on this test split (None without a champion)."""
+    if registry.champion_version(name) is None:
+        return None
+    shutil.rmtree(scratch, ignore_errors=True)
+    champion = RewardModel.load(registry.download_version(name, "champion", scratch))
+    return classification_metrics(test["is_met"].to_numpy(dtype=int), champion.score(test))["macro_f1"]
+
+
+def load_champion_reward(registry: Registry, name: str, cache_root: Path, device: str = "auto") -> tuple[RewardModel, str]:
+    """The champion version of `name`, downloaded once per version into `cache_root`."""
+    info = registry.champion_version(name)
+    if info is None:
+        raise LookupError(f"registered model {name!r} has no champion yet; train it first")
+    folder = Path(cache_root) / name / f"v{info.version}"
+    if not (folder / "model").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        registry.download_version(name, info.version, folder)
+    return RewardModel.load(folder / "model", device=device), info.version

@@ -1,0 +1,71 @@
+"""Reward models: the proxy P(MET) classifier that PPO optimises and the gold one that judges it."""
+
+import dagster as dg
+
+from ml.reward.pipeline import REGISTERED_NAMES, RewardRun, train_and_register_reward
+from orchestration.resources import MlflowRegistry, RlxfSettings
+
+TRAINING_TAGS = {"rlxf/compute": "training"}  # the executor runs one training step at a time
+
+
+def train_role(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry,
+               role: str) -> RewardRun:
+    home, profile = rlxf.data_home(), rlxf.get_profile()
+    with mlflow.open(home) as registry:
+        return train_and_register_reward(
+            role, home.exports / "splits", home.truth, profile.reward, registry,
+            work_dir=home.models / "reward" / role, profile=profile.name, progress=context.log.info)
+
+
+def reward_metadata(run: RewardRun) -> dict:
+    evaluation = run.evaluation
+    return {
+        "test_accuracy": evaluation.metrics["accuracy"],
+        "test_macro_f1": evaluation.metrics["macro_f1"],
+        "test_roc_auc": evaluation.metrics["roc_auc"],
+        "test_ece": evaluation.metrics["ece"],
+        "baseline_tfidf_lr_accuracy": evaluation.baselines["tfidf_lr"]["accuracy"],
+        "baseline_majority_accuracy": evaluation.baselines["majority"]["accuracy"],
+        "bayes_optimal_accuracy": evaluation.bayes_optimal_accuracy,
+        "train_rows": run.train_rows,
+        "train_seconds": run.metrics["train_seconds"],
+        "mlflow_model": f"{run.registered_name} v{run.version}",
+        "mlflow_alias": run.decision.alias,
+        "promotion": run.decision.reason,
+        "mlflow_run_id": run.run_id,
+        "split_hash": run.split_hash,
+        "metrics": dg.MetadataValue.md(evaluation.to_markdown()),
+        **{f"plot_{name}": dg.MetadataValue.path(str(path)) for name, path in run.plots.items()},
+    }
+
+
+@dg.asset(
+    group_name="reward_model",
+    kinds={"pytorch", "transformers", "mlflow"},
+    deps=["validated_splits"],
+    op_tags=TRAINING_TAGS,
+    check_specs=[dg.AssetCheckSpec("macro_f1_above_threshold", asset="reward_model")],
+    description="BERT classifier of P(MET) trained on half a of the training split; PPO's reward. Registered "
+                f"in MLflow as `{REGISTERED_NAMES['proxy']}`; `champion` moves only when test macro-F1 is at "
+                "least the champion's on the same test split.",
+)
+def reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
+    run = train_role(context, rlxf, mlflow, "proxy")
+    threshold = rlxf.get_profile().reward.min_macro_f1
+    macro_f1 = run.evaluation.metrics["macro_f1"]
+    return dg.MaterializeResult(metadata=reward_metadata(run), check_results=[dg.AssetCheckResult(
+        check_name="macro_f1_above_threshold", passed=bool(macro_f1 >= threshold),
+        metadata={"test_macro_f1": macro_f1, "threshold": threshold})])
+
+
+@dg.asset(
+    group_name="reward_model",
+    kinds={"pytorch", "transformers", "mlflow"},
+    deps=["validated_splits"],
+    op_tags=TRAINING_TAGS,
+    description="The same recipe on the disjoint half b of the training split with another seed. It only "
+                "judges the policy (held-out gold reward) and is never optimised against. Registered as "
+                f"`{REGISTERED_NAMES['gold']}`.",
+)
+def gold_reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
+    return dg.MaterializeResult(metadata=reward_metadata(train_role(context, rlxf, mlflow, "gold")))

@@ -1,0 +1,248 @@
+"""The reward model on a tiny random BERT (no download): it learns, calibrates, saves, scores and is
+evaluated consistently with sklearn.
+
+The toy corpus has the real split columns and one rule a model must find in the condition text:
+conditions that "Submit" something are MET, those that "Adopt" something are NON_MET. One training
+run (module fixture) serves every test that needs a trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, roc_auc_score
+
+from ml.config import RewardSettings
+from ml.data.text import reward_input_text
+from ml.reward import (
+    EncoderUnavailableError,
+    RewardModel,
+    TrainedReward,
+    describe_encoder,
+    evaluate_reward_model,
+    expected_calibration_error,
+    fit_temperature,
+    load_encoder,
+    save_plots,
+    split_train_halves,
+    texts_for_rows,
+    train_reward_model,
+)
+from ml.reward.calibration import positive_probability
+
+COUNTRIES = ("Kenya", "Gabon", "Jamaica", "Moldova", "Armenia")
+TYPES = ("ECF", "SBA", "EFF", "PRGF")
+AREAS = ("1.2. Revenue administration, including customs", "6.1. Financial sector legal reforms",
+         "8. Public enterprise reform and pricing")
+OBJECTS = ("the draft budget law", "a medium-term debt strategy", "the central bank audit report",
+           "amendments to the banking act with IMF technical assistance", "a tax expenditure report")
+PROGRESS_LINE = re.compile(r"^step \d+/\d+ loss \d+\.\d{3} val_macro_f1 \d\.\d{3} \d+\.\d it/s ETA \d+(m\d{2})?s$")
+
+
+def make_rows(n: int, seed: int, split: str, first_arrangement: int = 500) -> pd.DataFrame:
+    """`n` conditions in the split layout, 10 per arrangement; "Submit" = MET, "Adopt" = NON_MET."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        met = bool(rng.random() < 0.6)
+        arrangement = first_arrangement + i // 10
+        country, kind, area = COUNTRIES[arrangement % 5], TYPES[arrangement % 4], AREAS[rng.integers(3)]
+        description = f"{'Submit' if met else 'Adopt'} {OBJECTS[rng.integers(len(OBJECTS))]}"
+        year = 2008 + arrangement % 15
+        rows.append({
+            "condition_id": f"c{split}{i:04d}", "arrangement_key": str(arrangement),
+            "arrangement_number": str(arrangement), "country": country, "country_code": country[:3].upper(),
+            "arrangement_type": kind, "economic_code": 21.2, "economic_area": area,
+            "economic_descriptor_number": area.split(" ")[0], "condition_type": "SB", "description": description,
+            "test_date": f"{year}-06-30", "test_year": year, "status_raw": "M" if met else "NM",
+            "label": "MET" if met else "NON_MET", "is_met": int(met),
+            "reward_text": reward_input_text(country, kind, area, description), "split": split,
+            "is_temporal_holdout": year >= 2020,
+        })
+    frame = pd.DataFrame(rows)
+    frame["test_year"] = frame["test_year"].astype("Int64")
+    return frame
+
+
+# A random tiny BERT sits near loss 0.69 for ~40 steps before it finds the verb, so patience spans
+# that plateau; validation macro-F1 then reaches 1.0 by step ~50 and four evaluations later it stops,
+# well before the 130 planned steps.
+SETTINGS = RewardSettings(base_model="tiny-bert", max_length=48, epochs=10, batch_size=16, learning_rate=3e-3,
+                          warmup_ratio=0.1, eval_every_steps=10, early_stopping_patience=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A tiny model's matmuls are too small to split: on a busy 2-core machine two threads made a
+    training step ten times slower (150 ms against 15 ms) by waiting on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, pd.DataFrame]:
+    return {"train": make_rows(200, 1, "train", 500), "validation": make_rows(60, 2, "validation", 600),
+            "test": make_rows(80, 3, "test", 700)}
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> tuple[TrainedReward, list[str]]:
+    lines: list[str] = []
+    return train_reward_model(data["train"], data["validation"], SETTINGS, seed=0, progress=lines.append), lines
+
+
+@pytest.fixture(scope="module")
+def reward(trained) -> RewardModel:
+    return trained[0].reward_model(batch_size=8)
+
+
+def test_tiny_bert_learns_the_toy_rule_and_beats_the_majority_class(trained, reward, data):
+    result, lines = trained
+    test = data["test"]
+    accuracy = accuracy_score(test["is_met"], reward.score(test) >= 0.5)
+    majority = max(test["is_met"].mean(), 1 - test["is_met"].mean())
+    assert accuracy >= majority + 0.2, (accuracy, majority, lines)
+    losses = [entry["loss"] for entry in result.history]
+    assert min(losses[1:]) < 0.5 * losses[0], losses
+    assert result.best_val_macro_f1 >= 0.9
+    # Early stopping kept the best weights, not the last ones.
+    assert result.stopped_early and result.best_step < result.steps < result.planned_steps
+    validation = data["validation"]
+    kept_f1 = f1_score(validation["is_met"], reward.score(validation) >= 0.5, average="macro")
+    assert kept_f1 == pytest.approx(result.best_val_macro_f1)
+    assert all(PROGRESS_LINE.match(line) for line in lines[:-1]), lines
+    assert lines[-1].startswith("done ")
+    # Padded positions: at least one token per row per step, at most max_length.
+    assert result.steps * 1 < result.tokens_processed <= result.steps * SETTINGS.batch_size * SETTINGS.max_length
+    assert result.train_seconds > 0 and result.model_flops > 0
+    assert result.n_params > result.n_params_non_embedding > 0
+
+
+def test_max_train_examples_subsamples_the_training_split(data):
+    settings = RewardSettings(base_model="tiny-bert", max_length=32, epochs=1, batch_size=8, eval_every_steps=100,
+                              max_train_examples=24)
+    result = train_reward_model(data["train"], data["validation"].head(8), settings, seed=0)
+    assert result.planned_steps == result.steps == 3
+    assert len(result.history) == 1  # evaluated once, at the last step
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    margin = rng.normal(0.0, 1.5, 2000)  # true log-odds of MET
+    labels = (rng.random(2000) < 1 / (1 + np.exp(-margin))).astype(int)
+    logits = np.stack([np.zeros_like(margin), 4.0 * margin], axis=1)  # 4x over-confident
+    before = expected_calibration_error(positive_probability(logits), labels)
+    temperature = fit_temperature(logits, labels)
+    after = expected_calibration_error(positive_probability(logits, temperature), labels)
+    assert 3.0 < temperature < 5.5
+    assert after < 0.5 * before, (before, after)
+
+
+def test_save_then_load_scores_identically(reward, data, tmp_path):
+    folder = reward.save(tmp_path / "reward")
+    meta = json.loads((folder / "reward_meta.json").read_text())
+    assert meta["temperature"] == reward.temperature and meta["labels"] == ["NON_MET", "MET"]
+    assert (folder / "model.safetensors").exists()
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))  # nothing pickled
+    loaded = RewardModel.load(folder, batch_size=8)
+    np.testing.assert_allclose(loaded.score(data["test"]), reward.score(data["test"]), atol=1e-6)
+    # A model trained on another text format would score policy answers it never learned to read.
+    (folder / "reward_meta.json").write_text(json.dumps(meta | {"text_format": "Condition: {description}"}))
+    with pytest.raises(ValueError, match="text format"):
+        RewardModel.load(folder)
+
+
+def test_scoring_builds_the_same_texts_as_the_corpus(data):
+    test = data["test"]
+    assert texts_for_rows(test) == test["reward_text"].tolist()
+    assert texts_for_rows(test.to_dict("records")) == test["reward_text"].tolist()
+
+
+def test_bad_inputs_still_get_a_probability(reward):
+    rows = [{"country": None, "arrangement_type": "ECF", "economic_area": "3. Civil service", "description": ""},
+            {"country": "Kenya", "arrangement_type": "NOT-A-FACILITY", "economic_area": float("nan"),
+             "description": None},
+            {"description": "Submit the budget"},  # other fields absent
+            {"country": pd.NA, "arrangement_type": None, "economic_area": None, "description": "x " * 500}]
+    for scores in (reward.score(rows), reward.score(pd.DataFrame(rows))):
+        assert scores.shape == (4,)
+        assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    assert reward.score([]).shape == (0,)
+
+
+def test_scores_come_back_in_input_order_despite_length_sorting(reward):
+    texts = [reward_input_text("Kenya", "ECF", "Fiscal", "Submit " + "the budget " * k) for k in (9, 0, 5, 1, 7, 2, 0)]
+    batched = reward.score_texts(texts, batch_size=3)
+    one_by_one = np.array([reward.score_texts([text])[0] for text in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_split_train_halves_are_disjoint_by_arrangement_and_cover_train(data):
+    train = data["train"]
+    half_a, half_b = split_train_halves(train, seed=31)
+    assert set(half_a["arrangement_key"]).isdisjoint(half_b["arrangement_key"])
+    assert sorted([*half_a["condition_id"], *half_b["condition_id"]]) == sorted(train["condition_id"])
+    assert abs(len(half_a) - len(half_b)) <= 10  # within one arrangement of each other
+    again_a, _ = split_train_halves(train, seed=31)
+    assert again_a["condition_id"].tolist() == half_a["condition_id"].tolist()
+
+
+def test_evaluation_matches_sklearn_and_has_the_baselines(reward, data, tmp_path):
+    test, train = data["test"], data["train"]
+    rng = np.random.default_rng(5)
+    truth = pd.DataFrame({"arrangement_number": test["arrangement_number"].astype(int),
+                          "description": test["description"], "true_p_met": rng.random(len(test))})
+    truth = truth.drop_duplicates(["arrangement_number", "description"])
+    evaluation = evaluate_reward_model(reward, test, train, truth=truth)
+
+    probs, labels = reward.score(test), test["is_met"].to_numpy()
+    predicted = (probs >= 0.5).astype(int)
+    metrics = evaluation.metrics
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert metrics["f1_met"] == pytest.approx(f1_score(labels, predicted))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, probs))
+    assert metrics["brier"] == pytest.approx(brier_score_loss(labels, probs))
+    assert evaluation.confusion.sum() == len(test)
+
+    headline = evaluation.headline()
+    for name in ("test_macro_f1", "baseline_tfidf_lr_accuracy", "baseline_majority_accuracy",
+                 "holdout_accuracy", "bayes_optimal_accuracy"):
+        assert name in headline, name
+    assert all(re.fullmatch(r"[A-Za-z0-9_\-./ ]+", name) for name in headline)
+    assert headline["baseline_majority_accuracy"] == pytest.approx(max(labels.mean(), 1 - labels.mean()))
+    # The sidecar repeats a (arrangement, description) pair for identical conditions: one p per pair.
+    p = test.assign(arrangement_number=test["arrangement_number"].astype(int)).merge(
+        truth, on=["arrangement_number", "description"])["true_p_met"].to_numpy()
+    assert headline["bayes_optimal_accuracy"] == pytest.approx(np.mean(np.maximum(p, 1 - p)))
+    assert headline["truth_coverage"] == 1.0
+
+    holdout = test[test["is_temporal_holdout"]]
+    assert evaluation.holdout_metrics["n"] == len(holdout)
+    assert evaluation.by_area["n"].sum() == len(test) and evaluation.by_year["n"].sum() == len(test)
+    report = evaluation.to_markdown()
+    assert "baseline tfidf_lr" in report and "By economic area" in report and "Bayes-optimal" in report
+    for path in save_plots(evaluation, tmp_path / "plots").values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_bert_is_seeded_and_its_parameters_are_counted():
+    first, _ = load_encoder("tiny-bert", seed=3)
+    second, _ = load_encoder("tiny-bert", seed=3)
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    info = describe_encoder(first)
+    assert info.n_params == sum(p.numel() for p in first.parameters())
+    assert info.hidden_size == 32 and info.num_layers == 2
+
+
+def test_an_encoder_that_is_not_available_offline_fails_clearly():
+    with pytest.raises(EncoderUnavailableError, match="not available offline"):
+        load_encoder("rlxf-no-such-org/no-such-model")
