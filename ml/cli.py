@@ -75,6 +75,36 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """P(MET) of one condition from the champion reward model."""
+    from ml.registry import Registry
+    from ml.reward.pipeline import REWARD_MODEL_NAME, load_champion_reward
+
+    home = _home(args)
+    with Registry.for_home(home.root) as registry:
+        model, version = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
+    p_met = model.score([{"country": args.country, "arrangement_type": args.arrangement,
+                          "economic_area": args.area, "description": args.condition}])[0]
+    print(f"P(MET) = {p_met:.3f}   ({REWARD_MODEL_NAME} v{version}, champion)")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Proposals from the champion policy, each with its P(MET) and the closest historical precedents."""
+    from ml.config import get_profile
+    from ml.recommend import recommend
+
+    home = _home(args)
+    proposals = recommend(home, get_profile(args.profile).policy, args.country, args.arrangement, args.area,
+                          n=args.n, seed=args.seed)
+    print(proposals.header)
+    for i, proposal in enumerate(proposals.items, 1):
+        print(f"\n{i}. {proposal.text}\n   P(MET) = {proposal.p_met:.3f}")
+        for precedent in proposal.precedents:
+            print(f"   - {precedent}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlxf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = with_home(sub.add_parser("ingest", help="check a MONA export and drop it into the landing folder"))
     ingest.add_argument("file")
     ingest.set_defaults(func=cmd_ingest)
+
+    score = with_home(sub.add_parser("score", help="P(MET) of one condition from the champion reward model"))
+    score.add_argument("--country", required=True)
+    score.add_argument("--arrangement", default=None, help="arrangement type, e.g. ECF, EFF, SBA")
+    score.add_argument("--area", default=None, help="economic area, e.g. 'Revenue administration, including customs'")
+    score.add_argument("--condition", required=True, help="the condition's text")
+    score.set_defaults(func=cmd_score)
+
+    recommend = with_home(sub.add_parser("recommend", help="proposals from the champion policy with P(MET)"))
+    recommend.add_argument("--country", required=True)
+    recommend.add_argument("--arrangement", default=None)
+    recommend.add_argument("--area", required=True)
+    recommend.add_argument("-n", type=int, default=3, help="number of proposals")
+    recommend.add_argument("--seed", type=int, default=0)
+    recommend.set_defaults(func=cmd_recommend)
 
     summary = with_home(sub.add_parser("summary", help="print where a profile's results are"))
     summary.set_defaults(func=cmd_summary)

@@ -1,0 +1,429 @@
+"""The evaluation report: `report.md` and a self-contained `report.html`, written to one folder.
+
+The report states the promotion decision first (promoted, or kept as challenger, with both numbers),
+then what a reader needs to believe it: the per-policy headline table, over-optimisation flags, the
+tests of significance, Table-3-style sample answers with their proxy and gold rewards, training curves
+and plots, and an appendix of every headline metric. Both files are rendered from one list of blocks,
+so they say the same thing. The HTML has inline CSS and its PNGs as base64 data URIs (it can be
+mailed or opened from an artifact store with nothing beside it), and a Content-Security-Policy that
+forbids scripts and remote loads. Answers are model output: every piece of text is escaped (HTML, and
+Markdown links/tables), never trusted. Files are written to temporary names and moved into place, so
+a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ml.evaluation.metrics import ALPHA
+from ml.evaluation.plots import save_plots
+from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
+
+DEFAULT_TITLE = "RLXF on MONA: policy evaluation"
+PLOTS_FOLDER = "plots"
+PLOT_CAPTIONS = {
+    "reward_by_policy": "Mean proxy and gold reward per policy, with 95% confidence intervals.",
+    "training_curves": "PPO training: reward (rollouts and evaluations, proxy and gold) and KL to the base policy.",
+    "kl_vs_gold": "Tuned policies' answers: KL to the base policy against gold reward; large markers are means.",
+}
+_CURVE_COLUMNS = ("reward_mean", "proxy_reward", "gold_reward", "kl", "kl_coef", "entropy")
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #4C72B0; padding-bottom: .3rem; }
+h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .9rem; }
+#headline td, #tests td { white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #f0f3f8; }
+tr:nth-child(even) td { background: #fafafa; }
+code { background: #f3f3f3; padding: 0 .2rem; }
+img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1rem 0; }
+figcaption { font-size: .85rem; color: #555; }
+.callout { padding: .6rem .9rem; border-left: 5px solid; margin: .8rem 0; }
+.good { border-color: #55A868; background: #eef7f0; }
+.warn { border-color: #DD8452; background: #fdf2ea; }
+.info { border-color: #4C72B0; background: #eef2f9; }
+"""
+
+
+@dataclass
+class ReportFiles:
+    md: Path
+    html: Path
+    plots: dict[str, Path]
+    headline: dict[str, float]
+
+
+# The report as blocks, rendered twice (Markdown and HTML). Text in blocks is raw; renderers escape it.
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Paragraph:
+    text: str
+    strong: str = ""  # bold lead-in
+    style: str = ""  # "good", "warn", "info": a call-out box in HTML
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame  # already formatted as text
+    html_id: str = ""
+    code_columns: tuple[str, ...] = ()  # cells shown as code (metric names)
+    collapsed: str = ""  # HTML: folded away under this summary line
+
+
+@dataclass
+class Image:
+    name: str
+    path: Path
+    caption: str
+    relative: str = ""  # path from the report folder, for Markdown
+
+
+Block = Heading | Paragraph | Bullets | Table | Image
+
+
+def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd.DataFrame | None = None,
+                 promotion: dict | None = None, title: str = DEFAULT_TITLE) -> ReportFiles:
+    """Writes `report.md`, `report.html` and `plots/*.png` into `folder` (created if needed).
+
+    `promotion`: {"decision": "promoted" | "challenger", "new_value", "champion_value",
+    "champion_version", "version", "reason"} (and optionally "metric"), as the registry decided it;
+    None when no decision was made. Returns the paths and `evaluation.headline()`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = save_plots(evaluation, folder / PLOTS_FOLDER, training_curves)
+    blocks = build_blocks(evaluation, plots, folder, training_curves, promotion, title)
+    md_path, html_path = folder / "report.md", folder / "report.html"
+    _write_atomic(md_path, render_markdown(blocks))
+    _write_atomic(html_path, render_html(blocks, title))
+    return ReportFiles(md=md_path, html=html_path, plots=plots, headline=evaluation.headline())
+
+
+def build_blocks(evaluation: PolicyEvaluation, plots: dict[str, Path], folder: Path,
+                 training_curves: pd.DataFrame | None, promotion: dict | None, title: str) -> list[Block]:
+    blocks: list[Block] = [Heading(1, title), Paragraph(
+        f"{evaluation.n_prompts} held-out prompts; policies: {', '.join(evaluation.policies)}. "
+        "Proxy reward: P(MET) from the reward model the policy was tuned against. Gold reward: P(MET) from "
+        "a reward model trained on disjoint data, never used for training: a proxy gain it does not "
+        "confirm is over-optimisation, not alignment.")]
+    blocks += _decision_blocks(promotion)
+    blocks += _verdict_blocks(evaluation)
+    blocks += [Heading(2, "Policies"), Table(headline_table(evaluation.table), html_id="headline"),
+               Paragraph(_table_notes(evaluation))]
+    blocks += _flag_blocks(evaluation)
+    blocks += [Heading(2, "Tests of significance"), Table(significance_table(evaluation.tests), html_id="tests"),
+               Paragraph("Gain: difference of means over answers. Welch: unequal-variance t-test over answers, "
+                         f"with Hedges' g. Paired bootstrap: {evaluation.n_boot:,} resamples of the prompts both "
+                         "policies answered, each averaged over its samples first; percentile CI, two-sided p "
+                         f"from the null-shifted distribution. Significant means p below {ALPHA}.")]
+    blocks += _sample_blocks(evaluation.scenarios)
+    blocks += _curve_blocks(training_curves, plots, folder)
+    figures = [name for name in ("reward_by_policy", "kl_vs_gold") if name in plots]
+    if figures:
+        blocks.append(Heading(2, "Plots"))
+        blocks += [_image(name, plots, folder) for name in figures]
+    headline = evaluation.headline()
+    blocks += [Heading(2, "Appendix: headline metrics"),
+               Paragraph("Every number logged as an MLflow metric for this evaluation."),
+               Table(pd.DataFrame({"metric": list(headline), "value": [_num(v, 4) for v in headline.values()]}),
+                     html_id="metrics", code_columns=("metric",), collapsed=f"{len(headline)} metrics")]
+    return blocks
+
+
+def headline_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-policy table as text: rewards as `mean (low–high)`; missing values as an em dash."""
+    return pd.DataFrame({
+        "policy": table["policy"],
+        "n": table["n"].map(lambda v: f"{int(v)}"),
+        "prompts": table["n_prompts"].map(lambda v: f"{int(v)}"),
+        "proxy reward (95% CI)": [_with_ci(*row) for row in table[["proxy_mean", "proxy_ci_low", "proxy_ci_high"]]
+                                  .itertuples(index=False)],
+        "gold reward (95% CI)": [_with_ci(*row) for row in table[["gold_mean", "gold_ci_low", "gold_ci_high"]]
+                                 .itertuples(index=False)],
+        "KL to base": table["kl_mean"].map(_num),
+        "tokens": table["tokens_mean"].map(lambda v: _num(v, 1)),
+        "words": table["words_mean"].map(lambda v: _num(v, 1)),
+        "distinct-1": table["distinct_1"].map(_num),
+        "distinct-2": table["distinct_2"].map(_num),
+        "on-topic": table["on_topic_rate"].map(_share),
+        "nearest-train similarity": table["nearest_similarity"].map(_num),
+        "copies": table["copy_share"].map(_share),
+    })
+
+
+def significance_table(tests: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "comparison": [f"{t} vs {c}" for t, c in zip(tests["treatment"], tests["control"])],
+        "reward": tests["metric"],
+        "gain": tests["gain"].map(_signed),
+        "Welch t": tests["welch_t"].map(lambda v: _num(v, 2)),
+        "Welch p": tests["welch_p"].map(_p),
+        "Hedges' g": tests["hedges_g"].map(lambda v: _num(v, 2)),
+        "paired diff (95% CI)": [f"{_signed(d)} ({_signed(lo)} to {_signed(hi)})" for d, lo, hi in
+                                 tests[["bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high"]]
+                                 .itertuples(index=False)],
+        "bootstrap p": tests["bootstrap_p"].map(_p),
+        "prompts paired": tests["n_pairs"].map(lambda v: f"{int(v)}"),
+    })
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + _md(block.text), ""]
+        elif isinstance(block, Paragraph):
+            lead = f"**{_md(block.strong)}** " if block.strong else ""
+            lines += [lead + _md(block.text), ""]
+        elif isinstance(block, Bullets):
+            lines += [f"- {_md(item)}" for item in block.items] + [""]
+        elif isinstance(block, Table):
+            lines += [_md_table(block), ""]
+        elif isinstance(block, Image):
+            lines += [f"![{_md(block.caption)}]({block.relative})", "", f"*{_md(block.caption)}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{_h(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            lead = f"<strong>{_h(block.strong)}</strong> " if block.strong else ""
+            css = f' class="callout {block.style}"' if block.style else ""
+            body.append(f"<p{css}>{lead}{_h(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            body.append("<ul>" + "".join(f"<li>{_h(item)}</li>" for item in block.items) + "</ul>")
+        elif isinstance(block, Table):
+            body.append(_html_table(block))
+        elif isinstance(block, Image):
+            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{_h(block.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{_h(block.caption)}</figcaption></figure>")
+    # No scripts, no remote loads: the page is data, and some of that data is model output.
+    policy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_h(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>", *body, "</body>", "</html>", ""])
+
+
+def _decision_blocks(promotion: dict | None) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Decision")]
+    if not promotion:
+        return blocks + [Paragraph("No promotion decision was made with this evaluation.", style="info")]
+    promoted = str(promotion.get("decision", "")).lower() == "promoted"
+    metric = f" on {promotion['metric']}" if promotion.get("metric") else ""
+    version = f"Version {promotion['version']}" if promotion.get("version") else "The new version"
+    champion = promotion.get("champion_version")
+    champion_value = promotion.get("champion_value")
+    if champion_value is None or (isinstance(champion_value, float) and math.isnan(champion_value)):
+        comparison = f"{version} scored {_num(promotion.get('new_value'))}{metric}; there was no champion to beat."
+    else:
+        comparison = (f"{version} scored {_num(promotion.get('new_value'))}{metric} against "
+                      f"{_num(champion_value)} for the champion{f' (version {champion})' if champion else ''}.")
+    reason = str(promotion.get("reason") or "").strip()
+    reason = f" Reason: {reason}{'' if reason.endswith(('.', '!', '?')) else '.'}" if reason else ""
+    lead = "Promoted to champion." if promoted else "Kept as challenger."
+    return blocks + [Paragraph(comparison + reason, strong=lead, style="good" if promoted else "warn")]
+
+
+def _verdict_blocks(evaluation: PolicyEvaluation) -> list[Block]:
+    tests = evaluation.tests
+    if tests.empty:
+        return [Heading(2, "Verdict"), Paragraph("No comparison could be made: the answers hold no tuned policy "
+                                                 "together with base or random.", style="info")]
+    items = []
+    for comparison, pair in tests.groupby("comparison", sort=False):
+        by_metric = pair.set_index("metric")
+        parts = []
+        for metric in ("proxy", "gold"):
+            test = by_metric.loc[metric]
+            if not math.isfinite(test["gain"]):
+                parts.append(f"{metric} reward not available")
+                continue
+            parts.append(f"{metric} reward {_signed(test['gain'])} (Welch p {_p(test['welch_p'])}, "
+                         f"g {_num(test['hedges_g'], 2)}; paired bootstrap p {_p(test['bootstrap_p'])})")
+        items.append(f"{pair['treatment'].iloc[0]} vs {pair['control'].iloc[0]}: " + "; ".join(parts) + ".")
+    return [Heading(2, "Verdict"), Bullets(items)]
+
+
+def _flag_blocks(evaluation: PolicyEvaluation) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Over-optimisation")]
+    if evaluation.flags.empty:
+        return blocks + [Paragraph("No tuned policy was compared with base: not assessed.", style="info")]
+    for row in evaluation.flags.itertuples(index=False):
+        if row.flagged:
+            blocks.append(Paragraph(f"{row.reason}.", strong=f"{row.policy}: over-optimisation suspected.",
+                                    style="warn"))
+        else:
+            blocks.append(Paragraph(f"{row.reason}.", strong=f"{row.policy}: no over-optimisation signal.",
+                                    style="good" if row.reason.startswith("gold reward confirms") else "info"))
+    blocks.append(Paragraph(
+        f"Rule (vs base, paired bootstrap): flagged when the proxy gain is significant (p below {ALPHA}) and the "
+        "gold gain is not significant or not positive, or when gold falls significantly while proxy rises."))
+    return blocks
+
+
+def _sample_blocks(samples: pd.DataFrame) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Sample answers (the paper's Table 3, extended)")]
+    if samples.empty:
+        return blocks + [Paragraph("No prompts to sample.")]
+    titles = {**{s: s.capitalize() for s in SCENARIOS}, OTHER_SCENARIO: "Other areas"}
+    for scenario, rows in samples.groupby("scenario", sort=False):
+        blocks.append(Heading(3, titles.get(scenario, str(scenario))))
+        for _, prompt_rows in rows.groupby("prompt_id", sort=False):
+            first = prompt_rows.iloc[0]
+            where = ", ".join(_text(first[c]) for c in ("country", "arrangement_type", "economic_area")
+                              if _text(first[c]))
+            blocks.append(Paragraph(_text(first["prompt"]), strong=f"{where}."))
+            blocks.append(Table(pd.DataFrame({
+                "policy": prompt_rows["policy"], "answer": prompt_rows["answer"].map(_text),
+                "proxy": prompt_rows["proxy_reward"].map(_num), "gold": prompt_rows["gold_reward"].map(_num)})))
+    return blocks
+
+
+def _curve_blocks(curves: pd.DataFrame | None, plots: dict[str, Path], folder: Path) -> list[Block]:
+    if curves is None or curves.empty or "step" not in curves:
+        return [Heading(2, "Training curves"), Paragraph("No training curves were given.")]
+    curves = curves.sort_values("step")
+    rows = []
+    for column in _CURVE_COLUMNS:
+        if column in curves:
+            part = curves[["step", column]].dropna()
+            if not part.empty:
+                first, last = part.iloc[0], part.iloc[-1]
+                rows.append({"series": column, "first step": f"{int(first['step'])}", "first": _num(first[column]),
+                             "last step": f"{int(last['step'])}", "last": _num(last[column]),
+                             "change": _signed(last[column] - first[column])})
+    blocks: list[Block] = [Heading(2, "Training curves")]
+    if "training_curves" in plots:
+        blocks.append(_image("training_curves", plots, folder))
+    if rows:
+        blocks.append(Table(pd.DataFrame(rows), html_id="curves"))
+    return blocks
+
+
+def _table_notes(evaluation: PolicyEvaluation) -> str:
+    accuracy = evaluation.area_classifier_accuracy
+    classifier = (f"its accuracy on held-out corpus conditions is {accuracy:.1%}" if math.isfinite(accuracy)
+                  else "the corpus was too small to measure its accuracy")
+    return ("KL to base: nats per answer (none for base and the reference policies). Distinct-n: unique n-grams "
+            "over all n-grams of the policy's answers. On-topic: share of answers that a TF-IDF classifier of "
+            f"economic area, trained on the corpus, assigns to the area asked for ({classifier}). Nearest-train "
+            "similarity: TF-IDF cosine to the closest training condition (lower is more novel); copies: share "
+            f"at or above {evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies "
+            "by construction.")
+
+
+def _image(name: str, plots: dict[str, Path], folder: Path) -> Image:
+    return Image(name, plots[name], PLOT_CAPTIONS.get(name, name),
+                 relative=Path(os.path.relpath(plots[name], folder)).as_posix())
+
+
+def _md_table(block: Table) -> str:
+    def cell(column: str, value: object) -> str:
+        text = _text(value)
+        return f"`{text.replace('`', '')}`" if column in block.code_columns else _md(text)
+
+    columns = list(block.frame.columns)
+    header = "| " + " | ".join(_md(str(c)) for c in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(c, v) for c, v in zip(columns, row)) + " |"
+            for row in block.frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _html_table(block: Table) -> str:
+    def cell(column: str, value: object) -> str:
+        text = _h(_text(value))
+        return f"<td><code>{text}</code></td>" if column in block.code_columns else f"<td>{text}</td>"
+
+    columns = list(block.frame.columns)
+    table_id = f' id="{_h(block.html_id)}"' if block.html_id else ""
+    head = "<tr>" + "".join(f"<th>{_h(str(c))}</th>" for c in columns) + "</tr>"
+    rows = ["<tr>" + "".join(cell(c, v) for c, v in zip(columns, row)) + "</tr>"
+            for row in block.frame.itertuples(index=False)]
+    table = f'<div class="scroll"><table{table_id}><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+    return f"<details><summary>{_h(block.collapsed)}</summary>{table}</details>" if block.collapsed else table
+
+
+def _md(text: str) -> str:
+    """Text made inert in Markdown: HTML escaped, and no link/image syntax, table breaks or newlines
+    (a model could answer `![x](http://tracker)`; a viewer would fetch it)."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    for char in ("\\", "|", "[", "]", "`"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _h(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _num(value: object, digits: int = 3) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if not math.isfinite(number) else f"{number:.{digits}f}"
+
+
+def _signed(value: object) -> str:
+    number = float(value) if value is not None else math.nan
+    return "—" if not math.isfinite(number) else f"{number:+.3f}"
+
+
+def _share(value: object) -> str:
+    number = float(value) if value is not None else math.nan
+    return "—" if not math.isfinite(number) else f"{number:.0%}"
+
+
+def _p(value: object) -> str:
+    number = float(value) if value is not None else math.nan
+    if not math.isfinite(number):
+        return "—"
+    # Small p-values in scientific notation, not "<0.001": the bootstrap's floor (1 / (n_boot + 1))
+    # then shows, and Markdown needs no escaping of "<".
+    return f"{number:.3f}" if number >= 0.001 else f"{number:.1e}"
+
+
+def _with_ci(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.3f} ({low:.3f}–{high:.3f})" if math.isfinite(low) and math.isfinite(high) else f"{mean:.3f}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

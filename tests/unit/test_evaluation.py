@@ -1,0 +1,233 @@
+"""ml.evaluation on synthetic inputs whose answer is known: the statistics, the flags, the report."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.evaluation import (
+    AreaClassifier,
+    NoveltyIndex,
+    distinct_n,
+    evaluate_policies,
+    mean_ci,
+    overoptimisation_flag,
+    paired_bootstrap,
+    scenario_of,
+    scenario_samples,
+    synthetic_inputs,
+    welch_test,
+    write_report,
+)
+
+MLFLOW_SAFE = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
+
+
+@pytest.fixture(scope="module")
+def confirmed():
+    """PPO gains on the proxy and, by a little less, on the gold reward: a real improvement."""
+    inputs = synthetic_inputs(seed=0, ppo_proxy_gain=0.15, ppo_gold_gain=0.10)
+    return inputs, evaluate_policies(inputs.answers, inputs.corpus, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hacked():
+    """PPO gains on the proxy while the gold reward falls: the reward model is being exploited."""
+    inputs = synthetic_inputs(seed=1, ppo_proxy_gain=0.15, ppo_gold_gain=-0.05)
+    return inputs, evaluate_policies(inputs.answers, inputs.corpus, seed=0)
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+def test_identical_distributions_are_not_significant():
+    rng = np.random.default_rng(11)
+    prompts = np.repeat([f"p{i}" for i in range(100)], 2)  # two samples per prompt
+    a, b = rng.normal(0.5, 0.1, 200), rng.normal(0.5, 0.1, 200)
+    welch = welch_test(a, b)
+    boot = paired_bootstrap(pd.Series(a, index=prompts), pd.Series(b, index=prompts), seed=0)
+    assert welch.p > 0.05 and abs(welch.hedges_g) < 0.2
+    assert boot.p > 0.05 and boot.ci_low < 0 < boot.ci_high
+    assert boot.n_pairs == 100
+
+
+def test_shifted_distribution_is_significant_with_sign_and_effect_size():
+    rng = np.random.default_rng(12)
+    prompts = [f"p{i}" for i in range(200)]
+    higher, lower = rng.normal(0.6, 0.1, 200), rng.normal(0.5, 0.1, 200)  # true d = 1.0
+    welch = welch_test(higher, lower)
+    assert welch.p < 0.01 and welch.t > 0
+    assert welch.hedges_g == pytest.approx(1.0, abs=0.25)
+    assert welch_test(lower, higher).t < 0 and welch_test(lower, higher).hedges_g < 0
+    boot = paired_bootstrap(pd.Series(higher, index=prompts), pd.Series(lower, index=prompts), seed=0)
+    assert boot.p < 0.01 and boot.mean_diff == pytest.approx(0.1, abs=0.03)
+    assert 0 < boot.ci_low < 0.1 < boot.ci_high
+
+
+def test_paired_bootstrap_pairs_by_prompt_after_averaging_samples():
+    # Prompts differ a lot in difficulty (sd 0.3) and a beats b by 0.05 on every one: Welch's test over
+    # rows drowns in the prompt spread, the paired bootstrap sees the gain.
+    rng = np.random.default_rng(13)
+    difficulty = rng.normal(0.5, 0.3, 60)
+    prompt_ids = [f"p{i}" for i in range(60)]
+    a = pd.Series(np.repeat(difficulty + 0.05, 3) + rng.normal(0, 0.02, 180), index=np.repeat(prompt_ids, 3))
+    b = pd.Series(difficulty + rng.normal(0, 0.02, 60), index=prompt_ids).sample(frac=1, random_state=0)
+    b["only_in_b"] = 0.0  # unpaired: must be ignored
+    assert welch_test(a, b).p > 0.05
+    boot = paired_bootstrap(a, b, seed=0)
+    assert boot.n_pairs == 60 and boot.p < 0.01
+    assert boot.mean_diff == pytest.approx(0.05, abs=0.01)
+
+
+def test_mean_ci_covers_the_true_mean_at_its_level():
+    rng = np.random.default_rng(14)
+    single = mean_ci(rng.normal(3.0, 1.0, 200))
+    assert single.low < 3.0 < single.high
+    covered = [low <= 3.0 <= high for _, low, high in (mean_ci(rng.normal(3.0, 1.0, 30)) for _ in range(400))]
+    assert 0.92 <= np.mean(covered) <= 0.98
+    assert np.isnan(mean_ci([0.4]).low) and mean_ci([0.4]).mean == 0.4
+    assert mean_ci([0.5, 0.5, np.nan]) == (0.5, 0.5, 0.5)
+
+
+def test_distinct_n_on_hand_examples():
+    texts = ["the cat sat", "The cat ran"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)  # the, cat, sat, ran of 6 words
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # "the cat" twice
+    assert distinct_n(["same words", "same words"], 2) == pytest.approx(0.5)
+    assert np.isnan(distinct_n(["one"], 2))
+
+
+def test_overoptimisation_flag_fires_when_proxy_rises_without_gold():
+    assert overoptimisation_flag(proxy_gain=0.15, proxy_p=0.001, gold_gain=0.01, gold_p=0.6)
+    assert overoptimisation_flag(proxy_gain=0.15, proxy_p=0.001, gold_gain=-0.04, gold_p=0.01)
+    # gold falls significantly while proxy rises without significance: still flagged
+    assert overoptimisation_flag(proxy_gain=0.02, proxy_p=0.3, gold_gain=-0.05, gold_p=0.001)
+
+
+def test_overoptimisation_flag_stays_quiet_when_gold_confirms_or_nothing_moved():
+    assert not overoptimisation_flag(proxy_gain=0.15, proxy_p=0.001, gold_gain=0.10, gold_p=0.001)
+    assert not overoptimisation_flag(proxy_gain=0.01, proxy_p=0.5, gold_gain=-0.01, gold_p=0.6)
+    missing_gold = overoptimisation_flag(proxy_gain=0.15, proxy_p=0.001, gold_gain=float("nan"), gold_p=float("nan"))
+    assert not missing_gold and missing_gold.reason.startswith("not assessed")
+
+
+def test_area_classifier_gets_a_clear_case_right():
+    corpus = synthetic_inputs(seed=0).corpus
+    classifier = AreaClassifier.fit(corpus)
+    assert classifier.holdout_accuracy > 0.9
+    answers = pd.DataFrame({
+        "answer": ["Remove the vat exemptions and raise the excise tax", "Raise the vat rate on services"],
+        "economic_area": ["1.1. Revenue measures, excluding trade policy", "Pension reforms"]})
+    assert list(classifier.on_topic(answers)) == [1.0, 0.0]
+    assert classifier.on_topic_rate(answers) == 0.5
+
+
+def test_novelty_index_flags_an_exact_copy_only():
+    corpus = synthetic_inputs(seed=0).corpus
+    index = NoveltyIndex(corpus["description"])
+    copied = corpus["description"].iloc[7]
+    nearest = index.nearest([copied, "Legislate a carbon levy on aviation fuel with compensating transfers"])
+    assert nearest["is_copy"].tolist() == [True, False]
+    assert nearest["similarity"].iloc[0] == pytest.approx(1.0)
+    assert nearest["nearest"].iloc[0] == copied
+
+
+# --- the evaluation ---------------------------------------------------------------------------------
+
+def test_evaluation_recovers_the_known_gains(confirmed):
+    inputs, evaluation = confirmed
+    table = evaluation.table.set_index("policy")
+    assert list(table.index) == ["base", "sft", "ppo", "random", "historical"]
+    ppo = inputs.answers[inputs.answers["policy"] == "ppo"]
+    assert table.loc["ppo", "proxy_mean"] == pytest.approx(ppo["proxy_reward"].mean())
+    assert table.loc["ppo", "on_topic_rate"] == 1.0
+    assert table.loc["random", "copy_share"] == 1.0  # random answers are corpus conditions
+    tests = evaluation.tests.set_index(["comparison", "metric"])
+    for comparison in ("ppo_vs_base", "ppo_vs_random"):
+        assert tests.loc[(comparison, "proxy"), "gain"] > 0.05
+        assert tests.loc[(comparison, "proxy"), "welch_p"] < 0.01
+        assert tests.loc[(comparison, "proxy"), "bootstrap_p"] < 0.01
+    assert evaluation.overoptimised() == []
+
+
+def test_evaluation_flags_a_proxy_gain_the_gold_reward_denies(hacked):
+    _, evaluation = hacked
+    assert "ppo" in evaluation.overoptimised()
+    headline = evaluation.headline()
+    assert headline["ppo_overoptimised"] == 1.0
+    assert headline["ppo_vs_base_proxy_gain"] > 0 and headline["ppo_vs_base_gold_gain"] < 0
+
+
+def test_headline_names_are_mlflow_safe_and_include_the_paper_test(confirmed):
+    headline = confirmed[1].headline()
+    for name in ("ppo_gold_reward", "ppo_proxy_reward", "ppo_vs_base_gold_gain", "ppo_vs_random_welch_p",
+                 "ppo_vs_base_gold_bootstrap_p", "sft_vs_base_hedges_g", "ppo_kl_to_base", "ppo_distinct_2"):
+        assert name in headline
+    assert all(MLFLOW_SAFE.match(name) for name in headline)
+    assert all(np.isfinite(value) for value in headline.values())
+    assert "base_kl_to_base" not in headline  # NaN values are left out, not logged
+
+
+def test_missing_answer_columns_are_named():
+    with pytest.raises(ValueError, match="gold_reward"):
+        evaluate_policies(pd.DataFrame({"policy": ["ppo"], "prompt_id": ["p"], "economic_area": ["Trade"],
+                                        "answer": ["x"], "proxy_reward": [0.5]}), synthetic_inputs().corpus)
+
+
+def test_scenario_samples_pick_fiscal_trade_and_financial_prompts():
+    areas = {"a": "1.1. Revenue measures, excluding trade policy", "b": "Debt management",
+             "c": "Trade policy (excluding customs reforms)", "d": "Exchange system and restrictions",
+             "e": "Financial sector legal reforms, regulation, and supervision", "f": "Central bank operations and reforms",
+             "g": "Pension reforms", "h": "Public enterprise restructuring and privatization"}
+    answers = pd.DataFrame([{"policy": policy, "prompt_id": pid, "economic_area": area, "country": "KENYA",
+                             "arrangement_type": "ECF", "prompt": f"prompt {pid}", "answer": f"{policy} on {pid}",
+                             "proxy_reward": 0.5, "gold_reward": 0.4}
+                            for pid, area in areas.items() for policy in ("ppo", "base", "random")])
+    samples = scenario_samples(answers, n_per_scenario=2, n_other=1)
+    by_scenario = samples.groupby("scenario", sort=False)["prompt_id"].unique().map(sorted).to_dict()
+    assert by_scenario == {"fiscal": ["a", "b"], "trade and investment": ["c", "d"],
+                           "financial sector": ["e", "f"], "other": ["g"]}
+    assert samples.loc[samples["prompt_id"] == "a", "policy"].tolist() == ["base", "ppo", "random"]
+    assert scenario_of("Restructuring and privatization of financial institutions") == "financial sector"
+    assert scenario_of("8.1. Public enterprise restructuring and privatization") == "other"
+    assert scenario_of("Private sector development and business environment") == "trade and investment"
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def test_report_files_hold_the_numbers_of_the_inputs(hacked, tmp_path):
+    inputs, evaluation = hacked
+    files = write_report(evaluation, tmp_path, inputs.training_curves, inputs.promotion)
+    assert files.md.exists() and files.html.exists()
+    assert set(files.plots) == {"reward_by_policy", "training_curves", "kl_vs_gold"}
+    for path in files.plots.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
+    md = files.md.read_text()
+    answers = inputs.answers
+    ppo_row = next(line for line in md.splitlines() if line.startswith("| ppo |"))
+    assert f"{answers.loc[answers['policy'] == 'ppo', 'proxy_reward'].mean():.3f}" in ppo_row
+    assert f"{answers.loc[answers['policy'] == 'ppo', 'gold_reward'].mean():.3f}" in ppo_row
+    assert "ppo: over-optimisation suspected." in md
+    assert "Kept as challenger." in md and "0.400" in md and "0.500" in md  # both figures of the decision
+    assert "### Fiscal" in md and "### Trade and investment" in md and "### Financial sector" in md
+    assert "](plots/training_curves.png)" in md
+    page = files.html.read_text()
+    assert '<table id="headline">' in page
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "plots/" not in page  # self-contained: nothing linked beside it
+    assert files.headline == evaluation.headline()
+
+
+def test_report_escapes_model_output(confirmed, tmp_path):
+    inputs, _ = confirmed
+    answers = inputs.answers.copy()
+    hostile = "<script>alert(1)</script> ![pixel](http://tracker.example/x.png) | cell"
+    first_fiscal = (answers["policy"] == "ppo") & (answers["prompt_id"] == "p000")
+    answers.loc[first_fiscal, "answer"] = hostile
+    files = write_report(evaluate_policies(answers, inputs.corpus, n_boot=200), tmp_path)
+    md, page = files.md.read_text(), files.html.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "<script>" not in md and "![pixel](" not in md and "\\| cell" in md

@@ -1,0 +1,105 @@
+"""SFT warm start and GRPO on the tiny Llama: what training must change, in a few dozen CPU steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from ml.config import get_profile
+from ml.policy.base import load_base_policy
+from ml.policy.grpo import grpo_reward, train_grpo_adapter
+from ml.policy.prompts import build_policy_prompts, render_prompt
+from ml.policy.sft import train_sft_adapter
+from ml.policy.tiny import build_tiny_llama, shared_cache_dir
+
+# A random tiny model sits near ln(vocab) ~ 10.8 nats; a high learning rate makes the fall visible
+# within a few dozen steps.
+SETTINGS = replace(get_profile("smoke").policy, sft_learning_rate=5e-2, sft_epochs=10.0)
+CONDITIONS = [
+    ("Ghana", "ECF", "Revenue administration, including customs", "Adopt a revised customs code."),
+    ("Uruguay", "SBA", "Restructuring of financial institutions", "Submit the bank restructuring plan."),
+    ("Gabon", "EFF", "Expenditure auditing", "Establish an annual treasury cash plan."),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_base_policy("tiny-llama", shared_cache_dir())[1]
+
+
+@pytest.fixture()
+def splits() -> pd.DataFrame:
+    rows = [{"condition_id": f"c{i}", "country": c, "arrangement_type": a, "economic_area": e, "description": d,
+             "is_met": 1, "label": "MET", "split": "train"} for i, (c, a, e, d) in enumerate(CONDITIONS)]
+    return pd.DataFrame(rows)
+
+
+def test_sft_lowers_the_training_loss_and_saves_an_adapter(tokenizer, tmp_path):
+    model = build_tiny_llama(tokenizer, seed=0)
+    examples = pd.DataFrame([{"prompt": render_prompt(c, a, e), "description": d}
+                             for c, a, e, d in CONDITIONS] * 10)
+    lines: list[str] = []
+
+    result = train_sft_adapter(model, tokenizer, examples, SETTINGS, tmp_path, seed=0, progress=lines.append,
+                               batch_size=2, max_steps=20)
+
+    assert result.steps == 20 and len(result.train_loss) == 20 and len(lines) >= 20
+    first, last = [loss for _, loss in result.train_loss[:4]], [loss for _, loss in result.train_loss[-4:]]
+    assert sum(last) / 4 < sum(first) / 4 - 0.05, result.train_loss
+    assert result.last_loss < result.first_loss
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == SETTINGS.lora_r
+    # The caller's base model comes back without LoRA layers: the adapter lives on disk only.
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_grpo_reward_passes_metadata_and_cleaned_conditions():
+    seen = {}
+
+    def reward_fn(records, conditions):
+        seen.update(records=records, conditions=conditions)
+        return [len(condition) for condition in conditions]
+
+    reward = grpo_reward(reward_fn)
+    scores = reward(prompts=["p", "p"], completions=["Proposed condition: Cap the wage bill. Extra.", "Go"],
+                    prompt_id=["x", "x"], country=["Ghana", "Ghana"], arrangement_type=["ECF", "ECF"],
+                    economic_area=["Tax policy", "Tax policy"], trainer_state=None)
+
+    assert scores == [18.0, 2.0] and all(isinstance(score, float) for score in scores)
+    assert seen["conditions"] == ["Cap the wage bill.", "Go"]
+    assert seen["records"][0] == {"prompt_id": "x", "country": "Ghana", "arrangement_type": "ECF",
+                                  "economic_area": "Tax policy"}
+
+
+def test_grpo_runs_with_kl_against_a_callable_reward(tokenizer, splits, tmp_path):
+    model = build_tiny_llama(tokenizer, seed=0)
+    prompts = build_policy_prompts(splits, "train")
+    calls: list[tuple[list[dict], list[str]]] = []
+
+    def length_share(records, conditions):  # toy reward in [0, 1]: longer answers score higher
+        calls.append((records, conditions))
+        return [min(len(condition) / 80, 1.0) for condition in conditions]
+
+    result = train_grpo_adapter(model, tokenizer, prompts, length_share, SETTINGS, tmp_path, steps=2, seed=0,
+                                beta=0.04, num_generations=4, prompts_per_step=1, learning_rate=1e-2,
+                                progress=lambda line: None)
+
+    assert [row["step"] for row in result.history] == [1, 2]
+    assert all(math.isfinite(row["reward"]) and math.isfinite(row["kl"]) and row["kl"] >= 0
+               for row in result.history)
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    records, conditions = calls[0]
+    assert len(conditions) == 4 and all(isinstance(condition, str) for condition in conditions)
+    assert len({record["prompt_id"] for record in records}) == 1  # one prompt, four answers to it
+    assert records[0]["country"] in {c for c, *_ in CONDITIONS}
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_grpo_refuses_to_run_without_kl(tokenizer, splits, tmp_path):
+    with pytest.raises(ValueError, match="beta"):
+        train_grpo_adapter(build_tiny_llama(tokenizer), tokenizer, build_policy_prompts(splits, "train"),
+                           lambda records, conditions: [0.0] * len(conditions), SETTINGS, tmp_path, steps=1, beta=0.0)
