@@ -13,8 +13,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 PROFILE ?= demo
 export DAGSTER_HOME := $(CURDIR)/.rlxf/dagster_home
+# dbt and dagster from the venv, also for subprocesses, without activating it.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast ui bench-data clean
+.PHONY: venv demo test test-fast ui bench bench-data bench-reward bench-policy chromium clean
 
 venv: $(STAMP)
 
@@ -37,8 +39,15 @@ demo: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/rlxf summary --profile $(PROFILE)
 	@echo "Open the Dagster UI on these results with: make ui"
 
-test: venv
+test: venv chromium
 	$(BIN)/pytest -q
+
+# The HTML report test opens the report in headless Chromium (Debian's package; needs root to install).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the HTML report test"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not installed: the HTML report browser test will be skipped"; fi; }
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not integration"

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+import torch
 
 from ml.config import get_profile
 from ml.policy.base import load_base_policy
@@ -24,6 +25,17 @@ CONDITIONS = [
     ("Uruguay", "SBA", "Restructuring of financial institutions", "Submit the bank restructuring plan."),
     ("Gabon", "EFF", "Expenditure auditing", "Establish an annual treasury cash plan."),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from a second thread, but on the shared 2-core machine OpenMP's
+    two threads spin-wait whenever another process holds a core: with other jobs running, this file
+    took 13 s with one thread and 51 s with two (about 12 s either way on an idle machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
