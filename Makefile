@@ -52,12 +52,31 @@ chromium:
 test-fast: venv
 	$(BIN)/pytest -q -m "not integration"
 
+# Dagster UI (dagster dev, workspace.yaml) and the MLflow UI on the profile's store; localhost only.
 ui: venv $(DAGSTER_HOME)/dagster.yaml
-	@echo "Dagster UI: http://127.0.0.1:3000  (profile $(PROFILE))"
+	@mkdir -p .rlxf/$(PROFILE)
+	@echo "Dagster UI: http://127.0.0.1:3000    MLflow UI: http://127.0.0.1:5000    (profile $(PROFILE))"
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(CURDIR)/.rlxf/$(PROFILE)/mlflow.db \
+		--default-artifact-root $(CURDIR)/.rlxf/$(PROFILE)/mlartifacts & \
+	trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
 	RLXF_PROFILE=$(PROFILE) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: bench-data bench-reward bench-policy
 
 bench-data: venv
 	$(BIN)/python bench/bench_data_platform.py
 
 clean:
 	rm -rf .rlxf dbt_project/target dbt_project/logs
+
+bench-reward: venv
+	$(BIN)/python bench/bench_reward_model.py
+
+# After `make demo`: reads its evaluation and PPO run, measures throughput, runs GRPO at equal wall time.
+bench-policy: venv
+	$(BIN)/python bench/bench_policy.py
+	$(BIN)/python bench/bench_evaluation.py
+
+bench-retraining: venv
+	$(BIN)/python bench/bench_retraining.py --profile smoke

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from ml.config import PolicySettings
@@ -52,6 +52,22 @@ class GRPOResult:
         return self.history[-1]["reward"] if self.history else math.nan
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once a wall-time budget is spent: compares algorithms at equal wall time."""
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_seconds = max_seconds
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.started >= self.max_seconds:
+            control.should_training_stop = True
+        return control
+
+
 def grpo_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
     """Adapt `reward_fn(metadata records, conditions)` to TRL's `(prompts, completions, **columns)`:
     TRL passes every dataset column, repeated once per generation, as a keyword list."""
@@ -77,7 +93,7 @@ def train_grpo_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokeniz
                        reward_fn: RewardFn, settings: PolicySettings, output_dir: Path, steps: int, seed: int = 0,
                        beta: float = 0.04, num_generations: int = 4, progress: Callable[[str], None] = log.info,
                        prompts_per_step: int = 2, learning_rate: float = 5e-5, temperature: float = 1.0,
-                       init_adapter_dir: Path | None = None) -> GRPOResult:
+                       init_adapter_dir: Path | None = None, max_seconds: float | None = None) -> GRPOResult:
     """Run `steps` GRPO updates over `prompts` (from `build_policy_prompts`) and save the adapter
     under `output_dir/adapter`.
 
@@ -114,7 +130,8 @@ def train_grpo_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         model, peft_config = base_model, lora_config(settings)
     trainer = GRPOTrainer(model=model, reward_funcs=grpo_reward(reward_fn), args=config,
                           train_dataset=grpo_dataset(tokenizer, prompts), processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[LogLinesCallback("grpo", progress)])
+                          peft_config=peft_config, callbacks=[LogLinesCallback("grpo", progress)]
+                          + ([TimeBudgetCallback(max_seconds)] if max_seconds else []))
     trainer.remove_callback(PrinterCallback)  # its stdout dicts duplicate the lines sent to `progress`
     adapter_dir = output_dir / ADAPTER_FOLDER
     started = time.perf_counter()

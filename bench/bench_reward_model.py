@@ -1,0 +1,87 @@
+"""Benchmark the reward model on the demo profile (issue #3), all figures from one run:
+
+1. test accuracy and macro-F1 next to TF-IDF + logistic regression and the Bayes-optimal accuracy
+   (targets: >= 97% of Bayes-optimal, >= 2 points above TF-IDF+LR);
+2. training wall time (target < 6 min) and model-FLOPs utilisation, 6 x non-embedding parameters x
+   tokens / time, against a plain torch matmul peak measured in the same run (target >= 30%);
+3. scoring throughput of `RewardModel` against a `transformers` text-classification pipeline called
+   one text at a time (target >= 5x).
+
+    .venv/bin/python bench/bench_reward_model.py [--profile demo] [--home .rlxf/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common import REPO, ensure_split_snapshot, matmul_peak_flops, write_result
+
+from ml.config import get_profile
+from ml.data.splits import read_split
+from ml.reward.evaluate import evaluate_reward_model
+from ml.reward.model import texts_for_rows
+from ml.reward.pipeline import read_truth
+from ml.reward.train import split_train_halves, train_reward_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--pipeline-texts", type=int, default=300, help="texts scored one at a time by the pipeline")
+    args = parser.parse_args()
+    profile = get_profile(args.profile)
+    home = Path(args.home) if args.home else REPO / ".rlxf" / args.profile
+    snapshot = ensure_split_snapshot(args.profile, home)
+    train, validation, test = (read_split(snapshot, s) for s in ("train", "validation", "test"))
+    half_a, _ = split_train_halves(train, seed=profile.reward.seed)
+
+    peak = matmul_peak_flops()
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (fp32, {__import__('torch').get_num_threads()} threads)")
+    trained = train_reward_model(half_a, validation, profile.reward, seed=profile.reward.seed, progress=print)
+    model = trained.reward_model()
+    evaluation = evaluate_reward_model(model, test, half_a, read_truth(home / "truth"))
+    mfu = trained.model_flops / trained.train_seconds / peak
+
+    texts = texts_for_rows(test)
+    start = time.perf_counter()
+    model.score_texts(texts)
+    ours = len(texts) / (time.perf_counter() - start)
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=model.model, tokenizer=model.tokenizer, device=-1, top_k=None)
+    subset = texts[: args.pipeline_texts]
+    start = time.perf_counter()
+    for text in subset:
+        classify(text, truncation=True, max_length=profile.reward.max_length)
+    theirs = len(subset) / (time.perf_counter() - start)
+
+    accuracy, macro_f1 = evaluation.metrics["accuracy"], evaluation.metrics["macro_f1"]
+    tfidf, bayes = evaluation.baselines["tfidf_lr"], evaluation.bayes_optimal_accuracy
+    result = {
+        "profile": args.profile, "encoder": profile.reward.base_model, "train_rows": len(half_a),
+        "test_rows": len(test),
+        "accuracy": accuracy, "macro_f1": macro_f1, "roc_auc": evaluation.metrics["roc_auc"],
+        "ece": evaluation.metrics["ece"], "tfidf_lr_accuracy": tfidf["accuracy"], "tfidf_lr_macro_f1": tfidf["macro_f1"],
+        "majority_accuracy": evaluation.baselines["majority"]["accuracy"], "bayes_optimal_accuracy": bayes,
+        "share_of_bayes_optimal": accuracy / bayes, "points_above_tfidf": 100 * (accuracy - tfidf["accuracy"]),
+        "train_seconds": trained.train_seconds, "train_steps": trained.steps, "tokens": trained.tokens_processed,
+        "tokens_per_second": trained.tokens_per_second, "params_non_embedding": trained.n_params_non_embedding,
+        "matmul_peak_gflops": peak / 1e9, "mfu": mfu,
+        "score_texts_per_s": ours, "pipeline_texts_per_s": theirs, "scoring_speedup": ours / theirs,
+        "targets": {"share_of_bayes_optimal": 0.97, "points_above_tfidf": 2.0, "train_seconds": 360, "mfu": 0.30,
+                    "scoring_speedup": 5.0},
+    }
+    print(f"accuracy {accuracy:.3f} macro-F1 {macro_f1:.3f} | TF-IDF+LR {tfidf['accuracy']:.3f} | "
+          f"Bayes-optimal {bayes:.3f} ({accuracy / bayes:.1%} of it; {result['points_above_tfidf']:+.1f} pts vs TF-IDF)")
+    print(f"training {trained.train_seconds:.0f} s, {trained.tokens_per_second:,.0f} tokens/s, MFU {mfu:.1%} "
+          f"of {peak / 1e9:.0f} GFLOP/s")
+    print(f"scoring: RewardModel {ours:,.0f} texts/s vs pipeline one at a time {theirs:,.0f} texts/s "
+          f"({ours / theirs:.1f}x)")
+    write_result("reward_model", result)
+
+
+if __name__ == "__main__":
+    main()
