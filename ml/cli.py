@@ -68,6 +68,31 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if manifest.exists():
         snapshot = json.loads(manifest.read_text(encoding="utf-8"))
         print(f"  splits      {manifest.parent}: {snapshot['rows']} (MET share {snapshot['met_share']})")
+    if (home.root / "mlflow.db").exists():
+        from ml.registry import Registry
+
+        with Registry.for_home(home.root) as registry:
+            for name in ("rlxf-reward-model", "rlxf-gold-reward-model", "rlxf-policy-adapter"):
+                versions = registry.versions(name) if registry.client.search_registered_models(
+                    f"name = '{name}'") else []
+                champion = next((v.version for v in versions if "champion" in v.aliases), None)
+                if versions:
+                    print(f"  mlflow      {name}: {len(versions)} version(s), champion v{champion}")
+    headline_file = home.reports / "evaluation" / "headline.json"
+    if headline_file.exists():
+        summary = json.loads(headline_file.read_text(encoding="utf-8"))
+        headline = summary["headline"]
+        tuned = summary["algorithm"]
+        print(f"  report      {home.reports / 'evaluation' / 'report.html'}")
+        for policy in ("base", "sft", tuned, "random", "historical"):
+            if f"{policy}_proxy_reward" in headline:
+                print(f"              {policy:<10} proxy P(MET) {headline[f'{policy}_proxy_reward']:.3f}  "
+                      f"gold P(MET) {headline.get(f'{policy}_gold_reward', float('nan')):.3f}  "
+                      f"KL to base {headline.get(f'{policy}_kl_to_base', float('nan')):.2f}")
+        for key in (f"{tuned}_vs_base_proxy_gain", f"{tuned}_vs_base_gold_gain", f"{tuned}_vs_random_welch_p"):
+            if key in headline:
+                print(f"              {key:<28} {headline[key]:.4g}")
+        print(f"              decision: {summary['decision']}")
     quarantined = sorted(p.name for p in home.quarantine.glob("*") if not p.name.endswith(".reason.txt")) \
         if home.quarantine.exists() else []
     if quarantined:

@@ -112,6 +112,9 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
         "champion_value": decision.champion_value, "champion_version": decision.previous_champion_version,
         "version": candidate.version, "reason": decision.reason, "metric": PROMOTION_METRIC})
     answers.to_parquet(folder / "answers.parquet", index=False)
+    (folder / "headline.json").write_text(json.dumps(
+        {"candidate_version": candidate.version, "algorithm": algorithm, "decision": decision.reason,
+         "promoted": decision.promoted, "headline": report.headline}, indent=2, default=float), encoding="utf-8")
     if candidate.run_id:
         registry.client.log_artifacts(candidate.run_id, str(folder), "evaluation_report")
     return EvaluationRun(candidate.version, decision, evaluation, report, answers, time.perf_counter() - started)
