@@ -89,3 +89,19 @@ def test_locked_or_missing_warehouse_gives_clear_error(tmp_path):
         connect(tmp_path / "nowhere.duckdb", read_only=True)
     with pytest.raises(WarehouseError, match="cannot open DuckDB warehouse .*missing_dir"):
         connect(tmp_path / "missing_dir" / "w.duckdb")
+
+
+def test_warehouse_locked_by_another_process_names_the_path(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
+                               "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WarehouseError, match=f"cannot open DuckDB warehouse {path}"):
+            connect(path)
+    finally:
+        holder.kill()
+        holder.wait()
