@@ -127,9 +127,9 @@ PROFILES: dict[str, Profile] = {
                               min_macro_f1=0.6),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=96, max_new_tokens=32,
                               n_eval_prompts=40, sft_max_examples=256,
-                              ppo={"steps": 24, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
+                              ppo={"steps": 40, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
                                    "learning_rate": 3e-4, "temperature": 0.8, "init_kl_coef": 0.05,
-                                   "target_kl": 6.0, "kl_horizon": 1000, "eval_every": 6, "checkpoint_every": 6}),
+                                   "target_kl": 6.0, "kl_horizon": 1000, "eval_every": 8, "checkpoint_every": 8}),
     ),
     "paper": Profile(
         name="paper",
