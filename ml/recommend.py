@@ -63,11 +63,9 @@ def recommend(home: DataHome, settings: PolicySettings, country: str, arrangemen
         champion = registry.champion_version(POLICY_ADAPTER_NAME)
         if champion is None:
             raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
-        folder = home.models / "registry" / POLICY_ADAPTER_NAME / f"v{champion.version}"
-        if not (folder / "model").exists():
-            registry.download_version(POLICY_ADAPTER_NAME, champion.version, folder)
+        policy_dir = registry.cached_version(POLICY_ADAPTER_NAME, champion.version, home.models / "registry")
         reward, reward_version = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
-    model, tokenizer = load_policy(folder / "model", settings, cache_dir or home.models / "base_policy")
+    model, tokenizer = load_policy(policy_dir, settings, cache_dir or home.models / "base_policy")
     prompt = render_prompt(country, arrangement, area)
     answers = generate_answers(model, tokenizer, [chat_text(tokenizer, prompt)], settings.max_new_tokens,
                                temperature=0.8, num_return_sequences=n, seed=seed,

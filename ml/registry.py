@@ -19,6 +19,7 @@ import math
 import os
 import posixpath
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -401,6 +402,14 @@ class Registry:
 
     def champion_version(self, name: str) -> ModelVersionInfo | None:
         return self._alias_version(name, CHAMPION)
+
+    def cached_version(self, name: str, version: str, cache_root: Path) -> Path:
+        """A version's model folder under `cache_root/<name>/v<version>`, downloaded only the first time."""
+        folder = Path(cache_root) / name / f"v{version}"
+        if not (folder / "model").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a download cut short leaves no partial folder in use
+            self.download_version(name, version, folder)
+        return folder / "model"
 
     def download_version(self, name: str, alias_or_version: str | int, dst: Path) -> Path:
         """Download a version (`3`, `"3"` or an alias such as `"champion"`); returns the model folder."""

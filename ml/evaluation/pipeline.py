@@ -10,7 +10,6 @@ the decision with both figures and is logged to the candidate's MLflow run.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,15 +39,6 @@ class EvaluationRun:
     report: ReportFiles
     answers: pd.DataFrame
     seconds: float
-
-
-def registered_policy(registry: Registry, version: str, cache_root: Path) -> Path:
-    """A policy version's stack folder, downloaded once."""
-    folder = Path(cache_root) / POLICY_ADAPTER_NAME / f"v{version}"
-    if not (folder / "model" / STACK_FILE).exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        registry.download_version(POLICY_ADAPTER_NAME, version, folder)
-    return folder / "model"
 
 
 def training_curves(registry: Registry, run_id: str, scratch: Path) -> pd.DataFrame | None:
@@ -81,7 +71,7 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     if not versions:
         raise LookupError(f"no {POLICY_ADAPTER_NAME} version is registered; materialize ppo_adapter first")
     candidate = versions[-1]
-    candidate_dir = registered_policy(registry, candidate.version, models_cache)
+    candidate_dir = registry.cached_version(POLICY_ADAPTER_NAME, candidate.version, models_cache)
     algorithm = PolicyStack.load(candidate_dir).algorithm
     policies: dict[str, Path | None] = {"base": None}
     if sft_dir is not None and (Path(sft_dir) / STACK_FILE).exists():
@@ -89,7 +79,7 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     policies[algorithm] = candidate_dir
     champion = registry.champion_version(POLICY_ADAPTER_NAME)
     if champion is not None and champion.version != candidate.version:
-        policies["champion"] = registered_policy(registry, champion.version, models_cache)
+        policies["champion"] = registry.cached_version(POLICY_ADAPTER_NAME, champion.version, models_cache)
 
     progress(f"evaluating {', '.join(policies)} (+ random, historical) on {len(prompts)} held-out prompts "
              f"x {samples} samples")

@@ -79,7 +79,7 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
 
     model_dir = save_atomically(model, Path(work_dir) / "model")
     plots = save_plots(evaluation, Path(work_dir) / "plots")
-    champion_value = champion_figure_on(registry, name, test, Path(work_dir) / "champion")
+    champion_value = champion_figure_on(registry, name, test, Path(work_dir) / "champion_cache")
     metrics = evaluation.headline() | {
         "train_seconds": trained.train_seconds, "tokens_per_second": trained.tokens_per_second,
         "train_steps": float(trained.steps), "best_step": float(trained.best_step)}
@@ -123,12 +123,12 @@ def save_atomically(model: RewardModel, folder: Path) -> Path:
     return folder
 
 
-def champion_figure_on(registry: Registry, name: str, test: pd.DataFrame, scratch: Path) -> float | None:
+def champion_figure_on(registry: Registry, name: str, test: pd.DataFrame, cache_root: Path) -> float | None:
     """The current champion's test macro-F1 re-measured on this test split (None without a champion)."""
-    if registry.champion_version(name) is None:
+    info = registry.champion_version(name)
+    if info is None:
         return None
-    shutil.rmtree(scratch, ignore_errors=True)
-    champion = RewardModel.load(registry.download_version(name, "champion", scratch))
+    champion = RewardModel.load(registry.cached_version(name, info.version, cache_root))
     return classification_metrics(test["is_met"].to_numpy(dtype=int), champion.score(test))["macro_f1"]
 
 
@@ -137,8 +137,4 @@ def load_champion_reward(registry: Registry, name: str, cache_root: Path, device
     info = registry.champion_version(name)
     if info is None:
         raise LookupError(f"registered model {name!r} has no champion yet; train it first")
-    folder = Path(cache_root) / name / f"v{info.version}"
-    if not (folder / "model").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        registry.download_version(name, info.version, folder)
-    return RewardModel.load(folder / "model", device=device), info.version
+    return RewardModel.load(registry.cached_version(name, info.version, cache_root), device=device), info.version
