@@ -5,7 +5,9 @@
 curve), where it fails (by economic area, by test year, on the temporal holdout: the most recent
 years, the closest thing to scoring the future), and against baselines computed in the same call on
 the same rows: TF-IDF word 1-2 grams + logistic regression, and the majority class. On synthetic
-data the truth sidecar gives the Bayes-optimal accuracy, the ceiling no model can pass.
+data the truth sidecar gives two ceilings: the Bayes-optimal accuracy of a classifier of the
+reward model's input text (the one a model can approach), and the oracle's, which also knows the
+latents the text does not show (condition type, approval year, noise).
 
 `RewardEvaluation.headline()` is a flat dict of MLflow-safe metric names; `to_markdown()` the report.
 """
@@ -37,7 +39,8 @@ class RewardEvaluation:
     metrics: dict[str, float]  # the model on the test split: METRIC_NAMES
     holdout_metrics: dict[str, float]  # the model on the test split's temporal-holdout rows
     baselines: dict[str, dict[str, float]]  # "tfidf_lr", "majority" -> same keys as `metrics`
-    bayes_optimal_accuracy: float  # NaN without a truth sidecar
+    bayes_optimal_accuracy: float  # given the input text; NaN without a truth sidecar
+    oracle_accuracy: float  # knowing every latent, true_p_met; NaN without a truth sidecar
     truth_coverage: float  # share of test rows found in the truth sidecar; NaN without one
     confusion: np.ndarray  # (2, 2): rows true, columns predicted, in LABELS order
     by_area: pd.DataFrame  # economic_area, n, met_share, mean_p_met, accuracy, macro_f1
@@ -53,7 +56,8 @@ class RewardEvaluation:
         flat |= {f"holdout_{k}": v for k, v in self.holdout_metrics.items()}
         for name, metrics in self.baselines.items():
             flat |= {f"baseline_{name}_{k}": v for k, v in metrics.items()}
-        flat |= {"bayes_optimal_accuracy": self.bayes_optimal_accuracy, "truth_coverage": self.truth_coverage}
+        flat |= {"bayes_optimal_accuracy": self.bayes_optimal_accuracy, "oracle_accuracy": self.oracle_accuracy,
+                 "truth_coverage": self.truth_coverage}
         return {k: float(v) for k, v in flat.items() if math.isfinite(v)}
 
     def to_markdown(self) -> str:
@@ -65,7 +69,8 @@ class RewardEvaluation:
                                  columns=[f"predicted {x}" for x in LABELS])
         parts = ["## Reward model on the test split", "", markdown_table(table.reset_index(names="metric")), ""]
         if math.isfinite(self.bayes_optimal_accuracy):
-            parts += [f"Bayes-optimal accuracy on these rows: {self.bayes_optimal_accuracy:.3f} "
+            parts += [f"Bayes-optimal accuracy on these rows, given the input text: {self.bayes_optimal_accuracy:.3f}; "
+                      f"an oracle that also knows the hidden latents: {self.oracle_accuracy:.3f} "
                       f"(truth found for {self.truth_coverage:.0%} of them).", ""]
         parts += ["### Confusion matrix", "", markdown_table(confusion.reset_index(names="")), "",
                   "### By economic area", "", markdown_table(self.by_area), "",
@@ -76,17 +81,18 @@ class RewardEvaluation:
 def evaluate_reward_model(model: RewardModel, test: pd.DataFrame, train: pd.DataFrame,
                           truth: pd.DataFrame | None = None) -> RewardEvaluation:
     """Score `test` with `model` and with baselines fitted on `train`; `truth` (synthetic data:
-    arrangement_number, description, true_p_met) adds the Bayes-optimal accuracy."""
+    arrangement_number, description, true_p_met, p_met_given_text) adds the Bayes-optimal accuracies."""
     labels = test["is_met"].to_numpy(dtype=int)
     probs = model.score(test)
     holdout = test["is_temporal_holdout"].fillna(False).to_numpy(dtype=bool)
     bayes, coverage = bayes_optimal_accuracy(test, truth) if truth is not None else (math.nan, math.nan)
+    oracle, _ = bayes_optimal_accuracy(test, truth, "true_p_met") if truth is not None else (math.nan, math.nan)
     return RewardEvaluation(
         metrics=classification_metrics(labels, probs),
         holdout_metrics=classification_metrics(labels[holdout], probs[holdout]),
         baselines={"tfidf_lr": classification_metrics(labels, tfidf_baseline(train, test)),
                    "majority": classification_metrics(labels, majority_baseline(train, len(test)))},
-        bayes_optimal_accuracy=bayes, truth_coverage=coverage,
+        bayes_optimal_accuracy=bayes, oracle_accuracy=oracle, truth_coverage=coverage,
         confusion=confusion_matrix(labels, predict(probs), labels=[0, 1]),
         by_area=breakdown(test["economic_area"].fillna("Unknown"), labels, probs, "economic_area"),
         by_year=breakdown(test["test_year"].astype("string").fillna("unknown"), labels, probs, "test_year"),
@@ -132,10 +138,14 @@ def majority_baseline(train: pd.DataFrame, n_rows: int) -> np.ndarray:
     return np.full(n_rows, float(train["is_met"].mean()))
 
 
-def bayes_optimal_accuracy(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[float, float]:
+def bayes_optimal_accuracy(test: pd.DataFrame, truth: pd.DataFrame,
+                           column: str = "p_met_given_text") -> tuple[float, float]:
     """(mean of max(p, 1 - p) over the test rows found in `truth`, share of test rows found), joining
-    on arrangement number as text and whitespace-collapsed description."""
-    p_by_key = truth.assign(key=_truth_keys(truth)).groupby("key")["true_p_met"].mean()
+    on arrangement number as text and whitespace-collapsed description; p is `truth[column]`, NaN
+    when a sidecar predates that column."""
+    if column not in truth.columns:
+        return math.nan, math.nan
+    p_by_key = truth.assign(key=_truth_keys(truth)).groupby("key")[column].mean()
     p = _truth_keys(test).map(p_by_key).to_numpy(dtype=float)
     found = ~np.isnan(p)
     if not found.any():

@@ -6,7 +6,8 @@ texts grouped by token length so a batch pads to similar lengths (results come b
 truncation at the training `max_length`.
 
 A saved model is a plain folder: `model.safetensors` + `config.json` + tokenizer files (what
-`save_pretrained` writes) and `reward_meta.json` (temperature, max_length, label order, text format).
+`save_pretrained` writes) and `reward_meta.json` (temperature, max_length, label order, text format,
+and the precision it was evaluated in, which loading keeps so that it scores as it was measured).
 Loading reads safetensors only; no pickle is ever unpickled.
 """
 
@@ -24,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from ml.data.text import reward_input_text
 from ml.reward.calibration import positive_probability
-from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, resolve_device, tokenize
+from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, resolve_device, resolve_dtype, tokenize
 
 META_FILE = "reward_meta.json"
 META_VERSION = 1
@@ -49,8 +50,8 @@ class RewardModel:
         self.temperature = float(temperature)
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
-        self.dtype = dtype
-        self._autocast = autocast_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._autocast = autocast_dtype(self.dtype)
 
     # ----------------------------------------------------------------------------- scoring
 
@@ -90,12 +91,14 @@ class RewardModel:
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         meta = {"version": META_VERSION, "temperature": self.temperature, "max_length": self.max_length,
-                "labels": list(LABELS), "positive_label": LABELS[1], "text_format": TEXT_FORMAT}
+                "labels": list(LABELS), "positive_label": LABELS[1], "text_format": TEXT_FORMAT,
+                "dtype": self.dtype}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return folder
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 64, device: str = "auto", dtype: str = "float32") -> "RewardModel":
+    def load(cls, folder: Path, batch_size: int = 64, device: str = "auto", dtype: str | None = None) -> "RewardModel":
+        """The model saved in `folder`; `dtype` None = the precision it was saved (and evaluated) in."""
         folder = Path(folder)
         meta_path = folder / META_FILE
         if not meta_path.exists():
@@ -107,7 +110,7 @@ class RewardModel:
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return cls(model, tokenizer, temperature=meta["temperature"], max_length=meta["max_length"],
-                   batch_size=batch_size, device=device, dtype=dtype)
+                   batch_size=batch_size, device=device, dtype=dtype or meta.get("dtype", "float32"))
 
 
 def texts_for_rows(rows: Rows) -> list[str]:

@@ -56,7 +56,7 @@ class TrainedReward:
     n_params: int
     n_params_non_embedding: int
     device: str
-    dtype: str
+    dtype: str  # the precision trained and evaluated in ("auto" resolved)
 
     @property
     def tokens_per_second(self) -> float:
@@ -100,7 +100,7 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
                                                 planned_steps)
     weight = class_weights(labels.numpy()).to(device) if settings.class_weighting else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    precision = autocast_dtype(settings.dtype)
+    precision = autocast_dtype(scorer.dtype)  # settings.dtype with "auto" resolved for this device
 
     history: list[dict[str, float]] = []
     best = _BestWeights(patience=settings.early_stopping_patience)
@@ -155,7 +155,7 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
         best_val_macro_f1=best.f1 if best.state else float("nan"), stopped_early=stopped_early,
         train_seconds=train_seconds, eval_seconds=eval_seconds, tokens_processed=tokens,
         n_params=info.n_params, n_params_non_embedding=info.n_params_non_embedding,
-        device=str(device), dtype=settings.dtype)
+        device=str(device), dtype=scorer.dtype)
     report(f"done {step}/{planned_steps} steps in {_duration(train_seconds)} "
            f"({result.tokens_per_second:.0f} tokens/s), best val_macro_f1 {result.best_val_macro_f1:.3f} "
            f"at step {result.best_step}, temperature {temperature:.3f}")

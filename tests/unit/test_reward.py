@@ -153,6 +153,11 @@ def test_save_then_load_scores_identically(reward, data, tmp_path):
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))  # nothing pickled
     loaded = RewardModel.load(folder, batch_size=8)
     np.testing.assert_allclose(loaded.score(data["test"]), reward.score(data["test"]), atol=1e-6)
+    # A model evaluated in bfloat16 is loaded in bfloat16, so it scores as it was measured.
+    in_bf16 = RewardModel(reward.model, reward.tokenizer, reward.temperature, reward.max_length, dtype="bfloat16")
+    reloaded = RewardModel.load(in_bf16.save(tmp_path / "reward_bf16"))
+    assert reloaded.dtype == "bfloat16"
+    np.testing.assert_allclose(reloaded.score(data["test"]), in_bf16.score(data["test"]), atol=1e-6)
     # A model trained on another text format would score policy answers it never learned to read.
     (folder / "reward_meta.json").write_text(json.dumps(meta | {"text_format": "Condition: {description}"}))
     with pytest.raises(ValueError, match="text format"):
@@ -198,7 +203,8 @@ def test_evaluation_matches_sklearn_and_has_the_baselines(reward, data, tmp_path
     test, train = data["test"], data["train"]
     rng = np.random.default_rng(5)
     truth = pd.DataFrame({"arrangement_number": test["arrangement_number"].astype(int),
-                          "description": test["description"], "true_p_met": rng.random(len(test))})
+                          "description": test["description"], "true_p_met": rng.random(len(test)),
+                          "p_met_given_text": rng.random(len(test))})
     truth = truth.drop_duplicates(["arrangement_number", "description"])
     evaluation = evaluate_reward_model(reward, test, train, truth=truth)
 
@@ -219,9 +225,11 @@ def test_evaluation_matches_sklearn_and_has_the_baselines(reward, data, tmp_path
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./ ]+", name) for name in headline)
     assert headline["baseline_majority_accuracy"] == pytest.approx(max(labels.mean(), 1 - labels.mean()))
     # The sidecar repeats a (arrangement, description) pair for identical conditions: one p per pair.
-    p = test.assign(arrangement_number=test["arrangement_number"].astype(int)).merge(
-        truth, on=["arrangement_number", "description"])["true_p_met"].to_numpy()
-    assert headline["bayes_optimal_accuracy"] == pytest.approx(np.mean(np.maximum(p, 1 - p)))
+    joined = test.assign(arrangement_number=test["arrangement_number"].astype(int)).merge(
+        truth, on=["arrangement_number", "description"])
+    for name, column in (("bayes_optimal_accuracy", "p_met_given_text"), ("oracle_accuracy", "true_p_met")):
+        p = joined[column].to_numpy()
+        assert headline[name] == pytest.approx(np.mean(np.maximum(p, 1 - p)))
     assert headline["truth_coverage"] == 1.0
 
     holdout = test[test["is_temporal_holdout"]]
@@ -246,3 +254,16 @@ def test_tiny_bert_is_seeded_and_its_parameters_are_counted():
 def test_an_encoder_that_is_not_available_offline_fails_clearly():
     with pytest.raises(EncoderUnavailableError, match="not available offline"):
         load_encoder("rlxf-no-such-org/no-such-model")
+
+
+def test_auto_precision_resolves_to_what_the_hardware_has(reward):
+    from ml.reward.encoder import resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == "float32" and resolve_dtype("bfloat16", cpu) == "bfloat16"
+    assert resolve_dtype("auto", cpu) in ("float32", "bfloat16")
+    # The model records the concrete precision, so a saved model says what it was measured in.
+    auto = RewardModel(reward.model, reward.tokenizer, reward.temperature, reward.max_length, dtype="auto")
+    assert auto.dtype == resolve_dtype("auto", auto.device)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        RewardModel(reward.model, reward.tokenizer, dtype="float8")

@@ -147,6 +147,25 @@ def test_outcome_is_learnable_from_the_text(demo):
     assert accuracy <= bayes_optimal_accuracy(demo.truth) + 0.03  # no leak beyond the latent model
 
 
+def test_p_met_given_text_is_the_text_classifiers_ceiling(demo):
+    truth = demo.truth[demo.truth["final_outcome"] != "PENDING"]
+    # A function of what the reward model reads: the same four fields give the same P(MET).
+    fields = ["country", "arrangement_type", "economic_descriptor", "description"]
+    assert (truth.groupby(fields)["p_met_given_text"].agg(np.ptp) < 1e-12).all()
+    # The hidden latents average out rather than shift the MET share ...
+    assert truth["p_met_given_text"].mean() == pytest.approx(truth["true_p_met"].mean(), abs=0.01)
+    # ... and knowing them (the oracle) is worth something: prior actions alone are a quarter of rows.
+    assert bayes_optimal_accuracy(truth, "true_p_met") > bayes_optimal_accuracy(truth) + 0.01
+    # Better than what the text shows without the hidden part's distribution (h = 0).
+    observed = 0.30 + truth[["country_effect", "area_effect", "verb_effect"]].sum(axis=1)
+    outcome = (truth["final_outcome"] == "MET").to_numpy()
+
+    def log_loss(p):
+        return -np.mean(np.where(outcome, np.log(p), np.log(1 - p)))
+
+    assert log_loss(truth["p_met_given_text"].to_numpy()) < log_loss(1 / (1 + np.exp(-observed.to_numpy())))
+
+
 def test_descriptions_are_diverse_sentences(demo):
     descriptions = demo.truth["description"]
     assert descriptions.nunique() > 0.8 * len(descriptions)
