@@ -127,9 +127,14 @@ PROFILES: dict[str, Profile] = {
                               learning_rate=1e-4, eval_every_steps=30, min_macro_f1=0.6, dtype="auto"),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=96, max_new_tokens=32,
                               n_eval_prompts=40, sft_max_examples=256,
-                              ppo={"steps": 40, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1,
+                              # Two PPO epochs per rollout: with one, every minibatch is seen once at ratio
+                              # ~1, the clip never acts, and 40 steps moved held-out P(MET) by +0.05-0.09.
+                              # The faster policy can pass 8 nats of KL late in the run: the KL budget
+                              # keeps such checkpoints from being registered.
+                              ppo={"steps": 40, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
                                    "learning_rate": 3e-4, "temperature": 0.8, "init_kl_coef": 0.05,
-                                   "target_kl": 6.0, "kl_horizon": 1000, "eval_every": 8, "checkpoint_every": 8}),
+                                   "target_kl": 6.0, "kl_horizon": 1000, "best_max_kl": 8.0,
+                                   "eval_every": 8, "checkpoint_every": 8}),
     ),
     "paper": Profile(
         name="paper",

@@ -184,6 +184,8 @@ class PPOConfig:
     checkpoint_every: int = 10  # save checkpoint_dir/last every N steps (0 = only at the end)
     eval_every: int = 10  # call evaluate() every N steps and at step 0 (0 = never)
     best_metric: str = "gold_reward"  # evaluate()'s key that picks checkpoint_dir/best (higher is better)
+    best_max_kl: float | None = None  # KL budget: an evaluation whose steps since the previous one averaged
+    # more KL per answer than this cannot become best, however high its metric (None = no budget)
     log_every: int = 1  # progress line and log_metrics every N steps
 
     def __post_init__(self) -> None:
@@ -691,12 +693,23 @@ class PPOTrainer:
         metric = result.get(self.config.best_metric)
         if metric is None or not math.isfinite(float(metric)):
             return
+        recent_kl = self._recent_kl(step)
+        if self.config.best_max_kl is not None and recent_kl > self.config.best_max_kl:
+            self.progress(f"eval step {step}: KL {recent_kl:.2f} over the budget of {self.config.best_max_kl:g} "
+                          f"nats, not a candidate for best")
+            return
         if self.best_metric is None or float(metric) > self.best_metric:
             self.best_step, self.best_metric = step, float(metric)
             if self.checkpoint_dir is not None:
                 self._save_weights_atomically(self.checkpoint_dir / "best", extra={
                     "step": step, "metric": self.config.best_metric, "value": float(metric), "evaluation": result})
             self.progress(f"eval step {step}: best {self.config.best_metric} {float(metric):.4f}")
+
+    def _recent_kl(self, step: int) -> float:
+        """Mean KL per answer of the steps since the previous evaluation (0 at step 0)."""
+        previous = max((e["step"] for e in self.eval_history if e["step"] < step), default=0)
+        kls = [row["kl"] for row in self.history if previous < row["step"] <= step]
+        return float(np.mean(kls)) if kls else 0.0
 
     # ---- checkpoints -------------------------------------------------------------------------------
 

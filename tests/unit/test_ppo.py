@@ -333,6 +333,25 @@ def test_evaluation_keeps_best_checkpoint_and_does_not_disturb_training(tokenize
     assert deterministic(result.history) == deterministic(without_evaluation.history)
 
 
+def test_kl_budget_keeps_an_over_budget_peak_from_becoming_best(tokenizer, tmp_path):
+    gold = {0: 0.1, 2: 0.3, 4: 0.9}
+    small = dict(batch_size=8, mini_batch_size=4, steps=4, eval_every=2)
+    free = make_trainer(tokenizer, **small)
+    free.evaluate = lambda trainer, step: {"gold_reward": gold[step]}
+    history = free.train().history
+    kl_steps_3_4 = (history[2]["kl"] + history[3]["kl"]) / 2
+    # A budget below the KL of steps 3-4 (and above that of steps 1-2) rules out the step-4 peak.
+    budget = (kl_steps_3_4 + max(row["kl"] for row in history[:2])) / 2
+    assert kl_steps_3_4 > budget
+    capped = make_trainer(tokenizer, checkpoint_dir=tmp_path, best_max_kl=budget, **small)
+    capped.evaluate = lambda trainer, step: {"gold_reward": gold[step]}
+    messages: list[str] = []
+    capped.progress = messages.append
+    result = capped.train()
+    assert (result.best_step, result.best_metric) == (2, 0.3)
+    assert any("over the budget" in m for m in messages)
+
+
 def test_resume_reads_the_previous_checkpoint_when_a_save_was_cut_between_renames(tokenizer, tmp_path):
     small = dict(batch_size=8, mini_batch_size=4, checkpoint_every=1)
     make_trainer(tokenizer, checkpoint_dir=tmp_path, steps=1, **small).train()
