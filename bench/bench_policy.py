@@ -56,13 +56,15 @@ def main() -> None:
         candidate = registry.versions(POLICY_ADAPTER_NAME)[-1]
         run = registry.client.get_run(candidate.run_id)
         with tempfile.TemporaryDirectory() as scratch:
-            history = json.loads(Path(registry.client.download_artifacts(
-                candidate.run_id, "training/history.json", scratch)).read_text())["history"]
+            logged = json.loads(Path(registry.client.download_artifacts(
+                candidate.run_id, "training/history.json", scratch)).read_text())
+    history = logged["history"]
     ppo_seconds = float(run.data.metrics["train_seconds"])
     ppo_kl = float(np.mean([row["kl"] for row in history[-5:]]))
-    # The registered adapter is the checkpoint at the gold peak: its KL is that of the steps leading to it.
-    best_step = int(float(run.data.metrics.get("best_step", len(history))) or len(history))
-    ppo_kl_at_best = float(np.mean([row["kl"] for row in history if best_step - 5 < row["step"] <= best_step]))
+    # The registered adapter is the checkpoint at the gold peak within the KL budget: the KL that
+    # budget judged it by is that of the steps since the evaluation before it.
+    best_step = int(candidate.tags["best_step"])
+    ppo_kl_at_best = next(e["kl_since_previous_eval"] for e in logged["eval_history"] if e["step"] == best_step)
 
     # Throughput and MFU of rollout and update, measured here next to the matmul peak.
     peak = matmul_peak_flops()
@@ -96,7 +98,7 @@ def main() -> None:
         "targets": {"ppo_minus_base_p_met": 0.10, "ppo_kl": 8.0, "ppo_wall_seconds": 900},
     }
     print(f"PPO - base held-out P(MET): {result['ppo_minus_base_p_met']:+.3f} (target +0.10); "
-          f"KL to reference {ppo_kl_at_best:.2f} nats over the 5 steps up to the registered step {best_step} "
+          f"KL to reference {ppo_kl_at_best:.2f} nats over the steps up to the registered step {best_step} "
           f"({ppo_kl:.2f} over the last 5; target < 8); PPO wall time {ppo_seconds / 60:.1f} min")
     print(f"rollout {rollout_tps:,.0f} tokens/s, update {update_tps:,.0f} tokens/s, update MFU {update_mfu:.1%} "
           f"of {peak / 1e9:.0f} GFLOP/s")

@@ -52,7 +52,7 @@ For condition i (country c, economic area a, action verb v, type t, approval yea
 final outcome ~ Bernoulli(P(MET)); the truth sidecar keeps p and every component. The reward
 model reads country, arrangement type, area and description, which show the country, area and verb
 effects but not the condition type, the approval year or the noise; the sidecar's
-`p_met_given_text` integrates those out (`p_met_given_text`), so a model's accuracy can be compared
+`p_met_given_text` integrates those out, so a model's accuracy can be compared
 with the ceiling it can actually reach, `bayes_optimal_accuracy` (about 0.74), next to the
 oracle's, which knows every latent (`true_p_met`, about 0.76).
 """
@@ -436,6 +436,10 @@ HIDDEN_LATENTS = ("type_effect", "era_effect", "noise")
 OBSERVED_LATENTS = ("country_effect", "area_effect", "verb_effect")
 _YEAR_IN_TEXT = r"\b((?:19|20)\d\d)\b"
 _MIN_GROUP = 30
+# A group's hidden part enters as at most this many quantiles: the expectation stays exact to well
+# under 0.001, and a million-row export needs (distinct observed logits x 512) floats per group, not
+# members x members.
+_HIDDEN_QUANTILES = 512
 
 
 def p_met_given_text(truth: pd.DataFrame) -> np.ndarray:
@@ -462,11 +466,12 @@ def p_met_given_text(truth: pd.DataFrame) -> np.ndarray:
     coarse = keys.groupby(["arrangement_type", "deadline"], sort=False).ngroup().to_numpy()
     group = np.where(np.bincount(fine)[fine] >= _MIN_GROUP, fine, -1 - coarse)
     out = np.empty(len(truth))
-    for value in np.unique(group):
-        members = np.flatnonzero(group == value)
-        pool = members[assessed[members]] if assessed[members].any() else members
-        logits = observed[members, None] + hidden[None, pool]
-        out[members] = (1.0 / (1.0 + np.exp(-logits))).mean(axis=1)
+    for members in pd.Series(group).groupby(group).indices.values():
+        pool = hidden[members[assessed[members]] if assessed[members].any() else members]
+        if len(pool) > _HIDDEN_QUANTILES:
+            pool = np.quantile(pool, (np.arange(_HIDDEN_QUANTILES) + 0.5) / _HIDDEN_QUANTILES)
+        levels, level_of = np.unique(observed[members], return_inverse=True)
+        out[members] = (1.0 / (1.0 + np.exp(-(levels[:, None] + pool[None, :])))).mean(axis=1)[level_of]
     return out
 
 

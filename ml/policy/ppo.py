@@ -689,11 +689,11 @@ class PPOTrainer:
         result = dict(self.evaluate(self, step))
         _set_rng_state(rng_state)
         self.model.eval()
-        self.eval_history.append({"step": step, **result})
+        recent_kl = self._recent_kl(step)
+        self.eval_history.append({"step": step, **result, "kl_since_previous_eval": recent_kl})
         metric = result.get(self.config.best_metric)
         if metric is None or not math.isfinite(float(metric)):
             return
-        recent_kl = self._recent_kl(step)
         if self.config.best_max_kl is not None and recent_kl > self.config.best_max_kl:
             self.progress(f"eval step {step}: KL {recent_kl:.2f} over the budget of {self.config.best_max_kl:g} "
                           f"nats, not a candidate for best")

@@ -85,8 +85,7 @@ def evaluate_reward_model(model: RewardModel, test: pd.DataFrame, train: pd.Data
     labels = test["is_met"].to_numpy(dtype=int)
     probs = model.score(test)
     holdout = test["is_temporal_holdout"].fillna(False).to_numpy(dtype=bool)
-    bayes, coverage = bayes_optimal_accuracy(test, truth) if truth is not None else (math.nan, math.nan)
-    oracle, _ = bayes_optimal_accuracy(test, truth, "true_p_met") if truth is not None else (math.nan, math.nan)
+    bayes, oracle, coverage = bayes_optimal_accuracies(test, truth) if truth is not None else (math.nan,) * 3
     return RewardEvaluation(
         metrics=classification_metrics(labels, probs),
         holdout_metrics=classification_metrics(labels[holdout], probs[holdout]),
@@ -138,19 +137,24 @@ def majority_baseline(train: pd.DataFrame, n_rows: int) -> np.ndarray:
     return np.full(n_rows, float(train["is_met"].mean()))
 
 
-def bayes_optimal_accuracy(test: pd.DataFrame, truth: pd.DataFrame,
-                           column: str = "p_met_given_text") -> tuple[float, float]:
-    """(mean of max(p, 1 - p) over the test rows found in `truth`, share of test rows found), joining
-    on arrangement number as text and whitespace-collapsed description; p is `truth[column]`, NaN
-    when a sidecar predates that column."""
-    if column not in truth.columns:
-        return math.nan, math.nan
-    p_by_key = truth.assign(key=_truth_keys(truth)).groupby("key")[column].mean()
-    p = _truth_keys(test).map(p_by_key).to_numpy(dtype=float)
-    found = ~np.isnan(p)
+def bayes_optimal_accuracies(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[float, float, float]:
+    """(given the input text, oracle, share of test rows found in `truth`): mean of max(p, 1 - p) over
+    the test rows found, with p = `p_met_given_text` and `true_p_met`; joined once on arrangement
+    number as text and whitespace-collapsed description. NaN for a column a sidecar predates."""
+    columns = [c for c in ("p_met_given_text", "true_p_met") if c in truth.columns]
+    p_by_key = truth.assign(key=_truth_keys(truth)).groupby("key")[columns].mean()
+    joined = p_by_key.reindex(_truth_keys(test).to_numpy())
+    found = joined.notna().all(axis=1).to_numpy() if columns else np.zeros(len(test), dtype=bool)
     if not found.any():
-        return math.nan, 0.0
-    return float(np.mean(np.maximum(p[found], 1.0 - p[found]))), float(found.mean())
+        return math.nan, math.nan, (0.0 if columns else math.nan)
+
+    def ceiling(column: str) -> float:
+        if column not in columns:
+            return math.nan
+        p = joined[column].to_numpy(dtype=float)[found]
+        return float(np.mean(np.maximum(p, 1.0 - p)))
+
+    return ceiling("p_met_given_text"), ceiling("true_p_met"), float(found.mean())
 
 
 def breakdown(groups: pd.Series, labels: np.ndarray, probs: np.ndarray, name: str) -> pd.DataFrame:
