@@ -1,7 +1,8 @@
 """Benchmark the RL-tuned policy on the demo profile (issue #4). Run after `make demo`.
 
 - held-out mean P(MET) of the base, SFT and PPO policies from the demo run's evaluation (the same
-  prompts and samples; target: PPO >= base + 0.10) and PPO's mean KL to its reference (target < 8 nats);
+  prompts and samples; target: PPO >= base + 0.10), their on-topic rate and answer length, and PPO's
+  mean KL to its reference (target < 8 nats);
 - PPO wall time from the demo run (target < 15 min);
 - tokens/s of rollout generation and of the PPO update, and the update's model-FLOPs utilisation
   (6 x parameters x tokens / time) against a torch matmul peak measured in this run (a few PPO steps);
@@ -28,10 +29,11 @@ from ml.evaluation.collect import collect_answers
 from ml.paths import DataHome
 from ml.policy.base import apply_lora
 from ml.policy.pipeline import (POLICY_ADAPTER_NAME, PolicyStack, load_policy, ppo_config_for, prompt_records,
-                                reward_fn_for, write_stack)
+                                reward_fns, write_stack)
 from ml.policy.ppo import PPOTrainer
 from ml.registry import Registry
 from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
+from ml.reward.topic import AreaClassifier
 
 
 def main() -> None:
@@ -47,12 +49,17 @@ def main() -> None:
     if not answers_path.exists():
         raise SystemExit(f"{answers_path} is missing: run `make demo` first")
     answers = pd.read_parquet(answers_path)
-    held_out = answers.groupby("policy")[["proxy_reward", "gold_reward", "kl_to_base"]].mean()
+    held_out = answers.groupby("policy")[["proxy_reward", "gold_reward", "kl_to_base", "n_tokens"]].mean()
+    # The on-topic rate as the evaluation measured it: a generic answer can score P(MET) without
+    # being a condition for the area the prompt asked for.
+    headline = json.loads((home.reports / "evaluation" / "headline.json").read_text())["headline"]
+    held_out["on_topic"] = [headline.get(f"{policy}_on_topic_rate", np.nan) for policy in held_out.index]
     print(held_out.round(3).to_string())
 
     with Registry.for_home(home.root) as registry:
         proxy, _ = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
         gold, _ = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, home.models / "registry")
+        proxy_fn, _ = reward_fns(home.exports / "splits", settings, proxy, gold, profile.reward.seed)
         candidate = registry.versions(POLICY_ADAPTER_NAME)[-1]
         run = registry.client.get_run(candidate.run_id)
         with tempfile.TemporaryDirectory() as scratch:
@@ -78,7 +85,7 @@ def main() -> None:
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
     config = ppo_config_for(settings, seed=1)
     config.steps, config.eval_every, config.checkpoint_every = args.throughput_steps, 0, 0
-    trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, reward_fn_for(proxy), train_records,
+    trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, proxy_fn, train_records,
                          progress=print)
     stats = trainer.train().history
     rollout_tps = float(np.mean([s["tokens_per_s_rollout"] for s in stats]))
@@ -89,6 +96,9 @@ def main() -> None:
         "profile": args.profile, "base_model": settings.base_model, "policy_version": candidate.version,
         "heldout_p_met": {policy: float(row.proxy_reward) for policy, row in held_out.iterrows()},
         "heldout_gold": {policy: float(row.gold_reward) for policy, row in held_out.iterrows()},
+        "heldout_on_topic": {policy: float(row.on_topic) for policy, row in held_out.iterrows()},
+        "heldout_answer_tokens": {policy: float(row.n_tokens) for policy, row in held_out.iterrows()},
+        "topic_weight": settings.topic_weight,
         "ppo_minus_base_p_met": float(held_out.loc["ppo", "proxy_reward"] - held_out.loc["base", "proxy_reward"]),
         "ppo_kl_to_reference_last_steps": ppo_kl, "ppo_best_step": best_step,
         "ppo_kl_to_reference_at_best_step": ppo_kl_at_best,
@@ -110,7 +120,7 @@ def main() -> None:
         if sft_dir.exists():
             base = base.merge_and_unload()
         with tempfile.TemporaryDirectory() as scratch:
-            grpo = train_grpo_adapter(base, tokenizer, prompts[prompts["split"] == "train"], reward_fn_for(proxy),
+            grpo = train_grpo_adapter(base, tokenizer, prompts[prompts["split"] == "train"], proxy_fn,
                                       settings, Path(scratch), steps=10_000, seed=1, progress=print,
                                       learning_rate=config.learning_rate, temperature=config.temperature,
                                       max_seconds=ppo_seconds)
@@ -118,13 +128,16 @@ def main() -> None:
             stack = write_stack(Path(scratch) / "grpo_policy", PolicyStack(
                 settings.base_model, [*adapters, "rl_adapter"], "grpo"), {**adapters, "rl_adapter": grpo.adapter_dir})
             test_prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
-            grpo_answers = collect_answers(test_prompts, read_split(home.exports / "splits", "train"), {"grpo": stack},
+            corpus = read_split(home.exports / "splits", "train")
+            grpo_answers = collect_answers(test_prompts, corpus, {"grpo": stack},
                                            settings, cache, proxy, gold, samples=2, seed=profile.data.seed)
         grpo_rows = grpo_answers[grpo_answers.policy == "grpo"]
+        on_topic = AreaClassifier.fit(corpus, seed=profile.data.seed).on_topic_rate(grpo_rows)
         result["grpo"] = {"wall_seconds": grpo.seconds, "steps": grpo.steps,
                           "heldout_p_met": float(grpo_rows.proxy_reward.mean()),
                           "heldout_gold": float(grpo_rows.gold_reward.mean()),
-                          "kl_to_base_heldout": float(grpo_rows.kl_to_base.mean())}
+                          "kl_to_base_heldout": float(grpo_rows.kl_to_base.mean()), "on_topic": on_topic,
+                          "answer_tokens": float(grpo_rows.n_tokens.mean())}
         print(f"GRPO at equal wall time ({grpo.seconds / 60:.1f} min, {grpo.steps} steps): held-out P(MET) "
               f"{result['grpo']['heldout_p_met']:.3f} vs PPO {held_out.loc['ppo', 'proxy_reward']:.3f}")
     write_result("policy", result)

@@ -67,6 +67,10 @@ class PolicySettings:
     sft_learning_rate: float = 2e-4
     sft_max_examples: int = 2000
     algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py) or "grpo" (TRL GRPOTrainer)
+    # RL reward = P(MET) x P(asked area | answer)^topic_weight (0 = the paper's P(MET) alone). Without the
+    # topic term PPO found short generic answers ("Provide a detailed plan of action") that both reward
+    # models rate as implementable as real conditions.
+    topic_weight: float = 1.0
     ppo: dict = field(default_factory=dict)  # overrides of ml.policy.ppo.PPOConfig fields
 
 

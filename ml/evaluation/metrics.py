@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
+
+from ml.reward.topic import AreaClassifier, area_key  # noqa: F401  (re-exported: the on-topic rate)
 
 ALPHA = 0.05  # significance level of every test and flag in the report
 _TOKEN = re.compile(r"\w+")
-_AREA_NUMBER = re.compile(r"^\s*\d{1,2}\.(?:\d\.?)?\s+")
 
 
 class MeanCI(NamedTuple):
@@ -123,75 +123,6 @@ def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int
     extreme = np.abs(boot - observed) >= abs(observed) - 1e-12  # |shifted| as large as observed
     p = (1 + int(extreme.sum())) / (n_boot + 1)
     return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), len(diffs))
-
-
-def area_key(area: object) -> str | None:
-    """An economic area as a comparison key: without MONA's leading number, case- and space-folded,
-    so "1.8. Budget preparation" and "budget  preparation" match."""
-    if not isinstance(area, str) or not area.strip():
-        return None
-    return " ".join(_AREA_NUMBER.sub("", area).split()).casefold()
-
-
-class AreaClassifier:
-    """TF-IDF word 1-2 grams + logistic regression from a condition's text to its economic area,
-    trained on the corpus. An answer is on topic when the area it is classified into is the area its
-    prompt asked for. A policy can score reward with a well-met condition from another area; this
-    catches it. `holdout_accuracy` (on a seeded 20% of the corpus the model did not see) says how far
-    the on-topic rate can be trusted: a weak classifier under-reports it for every policy alike.
-    """
-
-    def __init__(self, vectorizer: TfidfVectorizer, model: LogisticRegression | None, classes: list[str],
-                 holdout_accuracy: float):
-        self.vectorizer = vectorizer
-        self.model = model  # None when the corpus has a single area
-        self.classes = classes  # area keys the classifier can predict
-        self.holdout_accuracy = holdout_accuracy
-
-    @classmethod
-    def fit(cls, corpus: pd.DataFrame, seed: int = 0, holdout_share: float = 0.2,
-            min_rows_for_holdout: int = 50) -> AreaClassifier:
-        """Fits on `corpus.description` -> `corpus.economic_area` (rows missing either are skipped)."""
-        texts = corpus["description"].where(corpus["description"].map(lambda d: isinstance(d, str)), None)
-        keys = corpus["economic_area"].map(area_key)
-        usable = texts.notna() & keys.notna()
-        texts, keys = texts[usable].astype(str).to_numpy(), keys[usable].astype(str).to_numpy()
-        if len(texts) == 0:
-            raise ValueError("corpus has no rows with both a description and an economic_area")
-        order = np.random.default_rng(seed).permutation(len(texts))
-        n_holdout = int(len(texts) * holdout_share) if len(texts) >= min_rows_for_holdout else 0
-        holdout, train = order[:n_holdout], order[n_holdout:]
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-        features = vectorizer.fit_transform(texts[train])
-        classes = sorted(set(keys[train]))
-        model = None
-        if len(classes) > 1:
-            model = LogisticRegression(max_iter=2000, C=4.0)
-            model.fit(features, keys[train])
-        classifier = cls(vectorizer, model, classes, math.nan)
-        if n_holdout:
-            classifier.holdout_accuracy = float(np.mean(classifier.predict(texts[holdout]) == keys[holdout]))
-        return classifier
-
-    def predict(self, texts: Iterable[object]) -> np.ndarray:
-        """The area key (see `area_key`) each text is classified into."""
-        texts = [t if isinstance(t, str) else "" for t in texts]
-        if self.model is None:
-            return np.array([self.classes[0]] * len(texts), dtype=object)
-        return self.model.predict(self.vectorizer.transform(texts)).astype(object)
-
-    def on_topic(self, answers: pd.DataFrame) -> np.ndarray:
-        """Per row of `answers` (columns `answer`, `economic_area`): 1.0 when the answer is classified
-        into the area asked for, 0.0 when not, NaN when the asked area is unknown to the classifier
-        (it could never agree, so the row says nothing about the policy)."""
-        asked = answers["economic_area"].map(area_key).to_numpy(dtype=object)
-        predicted = self.predict(answers["answer"])
-        known = np.array([a in self.classes for a in asked], dtype=bool)
-        return np.where(known, (predicted == asked).astype(float), math.nan)
-
-    def on_topic_rate(self, answers: pd.DataFrame) -> float:
-        flags = self.on_topic(answers)
-        return float(np.nanmean(flags)) if np.isfinite(flags).any() else math.nan
 
 
 class NoveltyIndex:

@@ -32,6 +32,8 @@ from ml.policy.ppo import PPOConfig, PPOTrainer, RewardFn
 from ml.policy.prompts import answer_to_condition, build_policy_prompts, build_sft_examples, chat_text
 from ml.registry import Registry
 from ml.reward.model import RewardModel
+from ml.reward.topic import AreaClassifier
+from ml.reward.train import split_train_halves
 
 POLICY_ADAPTER_NAME = "rlxf-policy-adapter"
 POLICY_EXPERIMENT = "rlxf-policy"
@@ -59,16 +61,35 @@ def prompt_records(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) ->
             for row in prompts.itertuples(index=False)]
 
 
-def reward_fn_for(model: RewardModel) -> RewardFn:
-    """P(MET) of each answer, read as a condition proposed for its prompt's country, arrangement and area."""
+def reward_fn_for(model: RewardModel, topic: AreaClassifier | None = None, topic_weight: float = 0.0) -> RewardFn:
+    """P(MET) of each answer, read as a condition proposed for its prompt's country, arrangement and
+    area; with a `topic` classifier and `topic_weight` w > 0, times P(asked area | answer)^w, so that
+    the reward is high only for an implementable condition about the area the prompt asked for."""
 
-    def p_met(records: list[dict], answers: list[str]) -> list[float]:
+    def reward(records: list[dict], answers: list[str]) -> list[float]:
         rows = [{"country": r.get("country"), "arrangement_type": r.get("arrangement_type"),
                  "economic_area": r.get("economic_area"), "description": answer_to_condition(a)}
                 for r, a in zip(records, answers)]
-        return model.score(rows).tolist()
+        p_met = model.score(rows)
+        if topic is None or topic_weight == 0:
+            return p_met.tolist()
+        on_topic = topic.asked_area_probability([row["description"] for row in rows],
+                                                [row["economic_area"] for row in rows])
+        return (p_met * on_topic ** topic_weight).tolist()
 
-    return p_met
+    return reward
+
+
+def reward_fns(snapshot: Path, settings: PolicySettings, proxy: RewardModel, gold: RewardModel,
+               reward_seed: int) -> tuple[RewardFn, RewardFn]:
+    """The proxy reward PPO trains on and the gold reward that judges it. With a topic term, each side's
+    area classifier learns from the training half its reward model learned from, so the judge shares
+    none of the proxy's data."""
+    if settings.topic_weight == 0:
+        return reward_fn_for(proxy), reward_fn_for(gold)
+    half_a, half_b = split_train_halves(read_split(snapshot, "train"), seed=reward_seed)
+    return (reward_fn_for(proxy, AreaClassifier.fit(half_a, seed=reward_seed), settings.topic_weight),
+            reward_fn_for(gold, AreaClassifier.fit(half_b, seed=reward_seed + 1), settings.topic_weight))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +196,7 @@ def ppo_config_for(settings: PolicySettings, seed: int) -> PPOConfig:
 
 def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path,
                    sft_dir: Path | None, proxy: RewardModel, gold: RewardModel, versions: dict[str, str],
-                   registry: Registry, work_dir: Path, profile: str, seed: int,
+                   registry: Registry, work_dir: Path, profile: str, seed: int, reward_seed: int,
                    progress: Progress = print) -> RLRun:
     """PPO (or GRPO) against the proxy reward; every `eval_every` steps the validation prompts are
     scored by proxy and gold, and the adapter at the gold reward's peak is the one registered."""
@@ -185,7 +206,7 @@ def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettin
         model = model.merge_and_unload()  # SFT becomes the reference: the RL adapter starts from it
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
     eval_records = prompt_records(prompts[prompts["split"] == "validation"], tokenizer)
-    proxy_fn, gold_fn = reward_fn_for(proxy), reward_fn_for(gold)
+    proxy_fn, gold_fn = reward_fns(snapshot, settings, proxy, gold, reward_seed)
     config = ppo_config_for(settings, seed)
     base_adapters = {"sft_adapter": Path(sft_dir) / "sft_adapter"} if sft_dir is not None else {}
     params = {**{f"policy.{k}": v for k, v in asdict(settings).items() if k != "ppo"},

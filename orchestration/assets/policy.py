@@ -63,8 +63,9 @@ def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.Mat
 @dg.asset(group_name="policy", kinds={"pytorch", "peft", "mlflow"},
           deps=["policy_prompts", "sft_adapter", "reward_model", "gold_reward_model"], op_tags=TRAINING_TAGS,
           description="RL from experience feedback: PPO (ml/policy/ppo.py; or TRL GRPO) on a LoRA adapter with reward "
-                      "= champion reward model's P(MET). The registered adapter is the checkpoint at the held-out "
-                      f"gold reward's peak; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
+                      "= champion reward model's P(MET) x P(asked area | answer)^topic_weight. The registered adapter "
+                      "is the checkpoint at the held-out gold reward's peak; registered as "
+                      f"`{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 def ppo_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
     settings = profile.policy
@@ -76,7 +77,7 @@ def ppo_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: M
                              rlxf.model_cache_dir(), sft_dir(rlxf) if use_sft else None, proxy, gold,
                              {"proxy": proxy_version, "gold": gold_version}, registry,
                              work_dir=home.models / "policy" / settings.algorithm, profile=profile.name,
-                             seed=profile.data.seed, progress=context.log.info)
+                             seed=profile.data.seed, reward_seed=profile.reward.seed, progress=context.log.info)
     curve = pd.DataFrame(run.history)[["step", "score_mean", "kl", "kl_coef", "entropy"]] \
         if run.history and "score_mean" in run.history[0] else pd.DataFrame(run.history)
     return dg.MaterializeResult(metadata={

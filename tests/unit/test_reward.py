@@ -267,3 +267,22 @@ def test_auto_precision_resolves_to_what_the_hardware_has(reward):
     assert auto.dtype == resolve_dtype("auto", auto.device)
     with pytest.raises(ValueError, match="unknown dtype"):
         RewardModel(reward.model, reward.tokenizer, dtype="float8")
+
+
+def test_topic_term_keeps_the_reward_for_conditions_about_the_asked_area(reward):
+    from ml.evaluation import synthetic_inputs
+    from ml.policy.pipeline import reward_fn_for
+    from ml.reward.topic import AreaClassifier
+
+    topic = AreaClassifier.fit(synthetic_inputs(seed=0).corpus)
+    area = "1.1. Revenue measures, excluding trade policy"
+    answers = ["Remove the vat exemptions and raise the excise tax", "Provide a detailed plan of action"]
+    on_topic = topic.asked_area_probability(answers, [area, area])
+    assert on_topic[0] > 0.5 > on_topic[1]  # a revenue measure is about revenue; a generic plan is not
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": area}] * 2
+    p_met = np.array(reward_fn_for(reward)(records, answers))
+    combined = np.array(reward_fn_for(reward, topic, topic_weight=1.0)(records, answers))
+    np.testing.assert_allclose(combined, p_met * on_topic, rtol=1e-5)
+    np.testing.assert_allclose(reward_fn_for(reward, topic, topic_weight=0.0)(records, answers), p_met, rtol=1e-6)
+    # An area the classifier never saw takes nothing away: there is nothing to judge it by.
+    assert topic.asked_area_probability(answers, ["Space programme", None]).tolist() == [1.0, 1.0]

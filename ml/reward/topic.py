@@ -1,0 +1,107 @@
+"""Is a text about the economic area it was asked for? `AreaClassifier` answers with a probability.
+
+The policy evaluation reports the share of answers classified into the asked area (the on-topic rate);
+the RL reward can multiply P(MET) by P(asked area | answer), so that a short generic answer ("Provide
+a detailed plan of action"), which a P(MET) model may rate as implementable as any real condition,
+earns little unless it is a condition for the area the prompt named.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+_AREA_NUMBER = re.compile(r"^\s*\d{1,2}\.(?:\d\.?)?\s+")
+
+
+def area_key(area: object) -> str | None:
+    """An economic area as a comparison key: without MONA's leading number, case- and space-folded,
+    so "1.8. Budget preparation" and "budget  preparation" match."""
+    if not isinstance(area, str) or not area.strip():
+        return None
+    return " ".join(_AREA_NUMBER.sub("", area).split()).casefold()
+
+
+class AreaClassifier:
+    """TF-IDF word 1-2 grams + logistic regression from a condition's text to its economic area,
+    trained on the corpus. An answer is on topic when the area it is classified into is the area its
+    prompt asked for. A policy can score reward with a well-met condition from another area; this
+    catches it. `holdout_accuracy` (on a seeded 20% of the corpus the model did not see) says how far
+    the on-topic rate can be trusted: a weak classifier under-reports it for every policy alike.
+    """
+
+    def __init__(self, vectorizer: TfidfVectorizer, model: LogisticRegression | None, classes: list[str],
+                 holdout_accuracy: float):
+        self.vectorizer = vectorizer
+        self.model = model  # None when the corpus has a single area
+        self.classes = classes  # area keys the classifier can predict
+        self.holdout_accuracy = holdout_accuracy
+
+    @classmethod
+    def fit(cls, corpus: pd.DataFrame, seed: int = 0, holdout_share: float = 0.2,
+            min_rows_for_holdout: int = 50) -> AreaClassifier:
+        """Fits on `corpus.description` -> `corpus.economic_area` (rows missing either are skipped)."""
+        texts = corpus["description"].where(corpus["description"].map(lambda d: isinstance(d, str)), None)
+        keys = corpus["economic_area"].map(area_key)
+        usable = texts.notna() & keys.notna()
+        texts, keys = texts[usable].astype(str).to_numpy(), keys[usable].astype(str).to_numpy()
+        if len(texts) == 0:
+            raise ValueError("corpus has no rows with both a description and an economic_area")
+        order = np.random.default_rng(seed).permutation(len(texts))
+        n_holdout = int(len(texts) * holdout_share) if len(texts) >= min_rows_for_holdout else 0
+        holdout, train = order[:n_holdout], order[n_holdout:]
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+        features = vectorizer.fit_transform(texts[train])
+        classes = sorted(set(keys[train]))
+        model = None
+        if len(classes) > 1:
+            model = LogisticRegression(max_iter=2000, C=4.0)
+            model.fit(features, keys[train])
+        classifier = cls(vectorizer, model, classes, math.nan)
+        if n_holdout:
+            classifier.holdout_accuracy = float(np.mean(classifier.predict(texts[holdout]) == keys[holdout]))
+        return classifier
+
+    def predict(self, texts: Iterable[object]) -> np.ndarray:
+        """The area key (see `area_key`) each text is classified into."""
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        if self.model is None:
+            return np.array([self.classes[0]] * len(texts), dtype=object)
+        return self.model.predict(self.vectorizer.transform(texts)).astype(object)
+
+    def on_topic(self, answers: pd.DataFrame) -> np.ndarray:
+        """Per row of `answers` (columns `answer`, `economic_area`): 1.0 when the answer is classified
+        into the area asked for, 0.0 when not, NaN when the asked area is unknown to the classifier
+        (it could never agree, so the row says nothing about the policy)."""
+        asked = answers["economic_area"].map(area_key).to_numpy(dtype=object)
+        predicted = self.predict(answers["answer"])
+        known = np.array([a in self.classes for a in asked], dtype=bool)
+        return np.where(known, (predicted == asked).astype(float), math.nan)
+
+    def on_topic_rate(self, answers: pd.DataFrame) -> float:
+        flags = self.on_topic(answers)
+        return float(np.nanmean(flags)) if np.isfinite(flags).any() else math.nan
+
+    def asked_area_probability(self, texts: Iterable[object], areas: Iterable[object]) -> np.ndarray:
+        """P(asked area | text) per (text, asked area) pair; 1.0 where the asked area is unknown to the
+        classifier (or it knows a single area): there is nothing to judge, so nothing is taken away."""
+        texts, keys = list(texts), [area_key(a) for a in areas]
+        if len(texts) != len(keys):
+            raise ValueError(f"{len(texts)} texts but {len(keys)} areas")
+        probability = np.ones(len(texts))
+        if self.model is None or not texts:
+            return probability
+        column = {area: i for i, area in enumerate(self.model.classes_)}
+        known = np.array([key in column for key in keys], dtype=bool)
+        if known.any():
+            chosen = np.flatnonzero(known)
+            proba = self.model.predict_proba(self.vectorizer.transform(
+                [t if isinstance(t, str) else "" for t in (texts[i] for i in chosen)]))
+            probability[chosen] = proba[np.arange(len(chosen)), [column[keys[i]] for i in chosen]]
+        return probability
