@@ -3,7 +3,8 @@
 The newest registered policy (the candidate) is evaluated on the held-out test prompts together with
 the base and SFT policies, the current champion (when it is another version), and the random and
 historical reference policies. The candidate becomes `champion` of `rlxf-policy-adapter` only if its
-held-out gold reward is at least the champion's on the same prompts and samples; the report states
+held-out gold reward (as RL defines it: the gold model's P(MET), with the profile's topic term) is at
+least the champion's on the same prompts and samples; the report states
 the decision with both figures and is logged to the candidate's MLflow run.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ml.config import Profile
@@ -23,7 +25,8 @@ from ml.evaluation.collect import collect_answers
 from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack, reward_fns
+from ml.policy.prompts import KEY_COLUMNS
 from ml.registry import PromotionDecision, Registry
 from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
 
@@ -87,9 +90,16 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
                               seed=profile.data.seed, progress=progress)
     evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed)
 
-    candidate_gold = float(answers.loc[answers["policy"] == algorithm, "gold_reward"].mean())
-    champion_gold = (float(answers.loc[answers["policy"] == "champion", "gold_reward"].mean())
-                     if "champion" in policies else None)
+    # The champion is judged by the gold reward as RL defines it (P(MET), times the topic term when the
+    # profile has one), so a policy of generic answers cannot keep the title on P(MET) alone.
+    _, gold_fn = reward_fns(snapshot, profile.policy, proxy, gold, profile.reward.seed)
+
+    def heldout_gold(policy: str) -> float:
+        rows = answers[answers["policy"] == policy]
+        return float(np.mean(gold_fn(rows[list(KEY_COLUMNS)].to_dict("records"), rows["answer"].tolist())))
+
+    candidate_gold = heldout_gold(algorithm)
+    champion_gold = heldout_gold("champion") if "champion" in policies else None
     decision = registry.promote(POLICY_ADAPTER_NAME, candidate.version, PROMOTION_METRIC, candidate_gold,
                                 comparison=f"{len(prompts)} test prompts x {samples} samples",
                                 champion_value=champion_gold)

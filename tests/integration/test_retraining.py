@@ -91,6 +91,29 @@ def test_first_files_produce_champions(world):
     assert (world.home.reports / "evaluation" / "report.html").exists()
 
 
+def test_policy_champion_is_judged_by_the_gold_reward_as_rl_defines_it(world):
+    """The smoke profile has the topic term on: the promotion figure is the gold P(MET) times the gold
+    side's P(asked area | answer), which is below the gold P(MET) alone."""
+    import numpy as np
+    import pandas as pd
+
+    from ml.policy.pipeline import reward_fns
+
+    profile = get_profile("smoke")
+    assert profile.policy.topic_weight > 0
+    answers = pd.read_parquet(world.home.reports / "evaluation" / "answers.parquet")
+    candidate = answers[answers["policy"] == profile.policy.algorithm]
+    with world.registry() as registry:
+        proxy, _ = load_champion_reward(registry, REWARD_MODEL_NAME, world.home.models / "registry")
+        gold, _ = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, world.home.models / "registry")
+        recorded = float(registry.versions(POLICY_ADAPTER_NAME)[0].tags["promotion.new_value"])
+    _, gold_fn = reward_fns(world.home.exports / "splits", profile.policy, proxy, gold, profile.reward.seed)
+    records = candidate[["country", "arrangement_type", "economic_area"]].to_dict("records")
+    expected = float(np.mean(gold_fn(records, candidate["answer"].tolist())))
+    assert recorded == pytest.approx(expected, abs=1e-6)
+    assert recorded < candidate["gold_reward"].mean()
+
+
 def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(world):
     before = world.state()
     new_file, _ = write_synthetic_export(world.home.landing, world.home.truth, 600, seed=77, fmt="csv")
