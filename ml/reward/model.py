@@ -45,10 +45,6 @@ class RewardModel:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            # Texts here are a few dozen tokens: on CPU, plain matmul attention beats the fused SDPA
-            # kernel (built for long sequences) by ~6% texts/s on MiniLM; on GPU the fused kernel wins.
-            model.set_attn_implementation("eager")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.temperature = float(temperature)
@@ -113,8 +109,17 @@ class RewardModel:
                              f"with labels {meta.get('labels')}; this code scores {TEXT_FORMAT!r} with {LABELS}")
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(model, tokenizer, temperature=meta["temperature"], max_length=meta["max_length"],
+        return cls(for_scoring(model, resolve_device(device)), tokenizer, temperature=meta["temperature"], max_length=meta["max_length"],
                    batch_size=batch_size, device=device, dtype=dtype or meta.get("dtype", "float32"))
+
+
+def for_scoring(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """`model`, set up for scoring only (not for a model still in training, whose attention kernel stays
+    as it was trained): the texts are a few dozen tokens, and on CPU plain matmul attention beats the
+    fused SDPA kernel, built for long sequences, by ~6% texts/s on MiniLM; on GPU the fused kernel wins."""
+    if device.type == "cpu":
+        model.set_attn_implementation("eager")
+    return model
 
 
 def texts_for_rows(rows: Rows) -> list[str]:

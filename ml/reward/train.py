@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from ml.config import RewardSettings
 from ml.reward.calibration import fit_temperature
 from ml.reward.encoder import autocast_dtype, describe_encoder, load_encoder, pad_batch, resolve_device, tokenize
-from ml.reward.model import RewardModel, texts_for_rows
+from ml.reward.model import RewardModel, for_scoring, texts_for_rows
 
 Progress = Callable[[str], None]
 MAX_GRAD_NORM = 1.0
@@ -68,8 +68,9 @@ class TrainedReward:
         return 6.0 * self.n_params_non_embedding * self.tokens_processed
 
     def reward_model(self, batch_size: int = 64) -> RewardModel:
-        return RewardModel(self.model, self.tokenizer, temperature=self.temperature, max_length=self.max_length,
-                           batch_size=batch_size, device=self.device, dtype=self.dtype)
+        return RewardModel(for_scoring(self.model, torch.device(self.device)), self.tokenizer,
+                           temperature=self.temperature, max_length=self.max_length, batch_size=batch_size,
+                           device=self.device, dtype=self.dtype)
 
 
 def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: RewardSettings, seed: int,
