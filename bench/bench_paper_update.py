@@ -16,32 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import matmul_peak_flops
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ml.config import get_profile
 from ml.policy.base import apply_lora
 from ml.policy.ppo import PPOConfig, PPOTrainer
+from ml.policy.prompts import chat_text, render_prompt
 
-QUESTION = ("Given the economic indicators and historical performance of {country}, what would be an appropriate "
-            "policy proposal under the {arrangement} for achieving {area}? Describe the proposed condition.")
-SCENARIOS = [("Ghana", "ECF", "Revenue administration"), ("Egypt", "EFF", "Public enterprise reform"),
-             ("Pakistan", "SBA", "Financial sector"), ("Ukraine", "EFF", "Central bank operations")]
-
-
-def gpu_matmul_peak(size: int = 8192, repeats: int = 20) -> float:
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+SCENARIOS = [("Ghana", "ECF", "Revenue administration, including customs"),
+             ("Egypt", "EFF", "Public enterprise reform and pricing"), ("Pakistan", "SBA", "Financial sector"),
+             ("Ukraine", "EFF", "Central bank operations and reforms")]
 
 
 def main() -> None:
@@ -66,22 +55,17 @@ def main() -> None:
     params = model.num_parameters()
     print(f"Llama-2-7B-shaped model: {params / 1e9:.2f}B parameters, built in {time.perf_counter() - started:.0f} s")
 
-    prompts = []
-    for i in range(256):
-        country, arrangement, area = SCENARIOS[i % len(SCENARIOS)]
-        text = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION.format(
-            country=country, arrangement=arrangement, area=area)}], tokenize=False, add_generation_prompt=True)
-        prompts.append({"prompt_text": text})
-    ppo = PPOConfig(**{"max_new_tokens": settings.max_new_tokens, "max_prompt_tokens": settings.max_prompt_tokens,
-                       "seed": 0, **settings.ppo, "steps": args.steps, "eval_every": 0, "checkpoint_every": 0,
-                       "add_special_tokens": False})
+    # The paper's prompt through the tokenizer's chat template, as the pipeline's prompt records have it.
+    prompts = [{"prompt_text": chat_text(tokenizer, render_prompt(*SCENARIOS[i % len(SCENARIOS)]))}
+               for i in range(256)]
+    ppo = replace(PPOConfig.for_policy(settings, seed=0), steps=args.steps, eval_every=0, checkpoint_every=0)
 
     def answer_length(_records: list[dict], answers: list[str]) -> list[float]:
         return [min(len(a.split()), 40) / 40 for a in answers]
 
     trainer = PPOTrainer(apply_lora(model, settings), tokenizer, ppo, answer_length, prompts, progress=print)
     history = trainer.train().history
-    peak = gpu_matmul_peak()
+    peak = matmul_peak_flops(size=8192, dtype=torch.bfloat16, device="cuda")
     timed = history[1:] if len(history) > 1 else history  # the first step pays CUDA warm-up
     mean = lambda key: sum(s[key] for s in timed) / len(timed)  # noqa: E731
     update_tps = mean("tokens_per_s_update")

@@ -28,9 +28,9 @@ from ml.data.splits import read_split
 from ml.evaluation.collect import collect_answers
 from ml.paths import DataHome
 from ml.policy.base import apply_lora
-from ml.policy.pipeline import (POLICY_ADAPTER_NAME, PolicyStack, load_policy, ppo_config_for, prompt_records,
+from ml.policy.pipeline import (POLICY_ADAPTER_NAME, PolicyStack, load_policy, prompt_records,
                                 reward_fns, write_stack)
-from ml.policy.ppo import PPOTrainer
+from ml.policy.ppo import PPOConfig, PPOTrainer
 from ml.registry import Registry
 from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
 from ml.reward.topic import AreaClassifier
@@ -83,7 +83,7 @@ def main() -> None:
     params = model.num_parameters()
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
-    config = ppo_config_for(settings, seed=1)
+    config = PPOConfig.for_policy(settings, seed=1)
     config.steps, config.eval_every, config.checkpoint_every = args.throughput_steps, 0, 0
     trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, proxy_fn, train_records,
                          progress=print)

@@ -110,5 +110,6 @@ def scoring_throughput(score: Callable[[list[str]], object], texts: list[str], r
         rates.append(len(texts) / (time.perf_counter() - start))
     return float(np.median(rates))
 
+
 if __name__ == "__main__":
     main()

@@ -17,14 +17,18 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
+                      device: str = "cpu") -> float:
     """FLOP/s of a plain torch matmul on this machine, now: the denominator of model-FLOPs utilisation."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.matmul(a, b)  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(a, b)
+        sync()  # a CUDA matmul returns before it has run
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 

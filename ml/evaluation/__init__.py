@@ -9,7 +9,6 @@ known answer.
 
 from ml.evaluation.metrics import (
     ALPHA,
-    AreaClassifier,
     BootstrapResult,
     MeanCI,
     NoveltyIndex,
@@ -32,6 +31,7 @@ from ml.evaluation.summary import (
     scenario_samples,
 )
 from ml.evaluation.synthetic import EvaluationInputs, synthetic_inputs
+from ml.reward.topic import AreaClassifier
 
 __all__ = [
     "ALPHA",

@@ -25,8 +25,7 @@ from ml.evaluation.collect import collect_answers
 from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack, reward_fns
-from ml.policy.prompts import KEY_COLUMNS
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack, topic_classifiers, topic_factor
 from ml.registry import PromotionDecision, Registry
 from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
 
@@ -91,12 +90,15 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed)
 
     # The champion is judged by the gold reward as RL defines it (P(MET), times the topic term when the
-    # profile has one), so a policy of generic answers cannot keep the title on P(MET) alone.
-    _, gold_fn = reward_fns(snapshot, profile.policy, proxy, gold, profile.reward.seed)
+    # profile has one), so a policy of generic answers cannot keep the title on P(MET) alone. The
+    # answers are conditions already, so their gold P(MET) is the `gold_reward` column.
+    _, gold_topic = topic_classifiers(snapshot, profile.policy, profile.reward.seed)
 
     def heldout_gold(policy: str) -> float:
         rows = answers[answers["policy"] == policy]
-        return float(np.mean(gold_fn(rows[list(KEY_COLUMNS)].to_dict("records"), rows["answer"].tolist())))
+        factor = topic_factor(gold_topic, profile.policy.topic_weight, rows["answer"].tolist(),
+                              rows["economic_area"].tolist())
+        return float(np.mean(rows["gold_reward"].to_numpy() * factor))
 
     candidate_gold = heldout_gold(algorithm)
     champion_gold = heldout_gold("champion") if "champion" in policies else None

@@ -23,9 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluation.metrics import (
-    AreaClassifier,
     NoveltyIndex,
-    area_key,
     distinct_n,
     mean_ci,
     overoptimisation_flag,
@@ -33,6 +31,7 @@ from ml.evaluation.metrics import (
     tokens,
     welch_test,
 )
+from ml.reward.topic import AreaClassifier, area_key
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")

@@ -70,26 +70,38 @@ def reward_fn_for(model: RewardModel, topic: AreaClassifier | None = None, topic
         rows = [{"country": r.get("country"), "arrangement_type": r.get("arrangement_type"),
                  "economic_area": r.get("economic_area"), "description": answer_to_condition(a)}
                 for r, a in zip(records, answers)]
-        p_met = model.score(rows)
-        if topic is None or topic_weight == 0:
-            return p_met.tolist()
-        on_topic = topic.asked_area_probability([row["description"] for row in rows],
-                                                [row["economic_area"] for row in rows])
-        return (p_met * on_topic ** topic_weight).tolist()
+        factor = topic_factor(topic, topic_weight, [row["description"] for row in rows],
+                              [row["economic_area"] for row in rows])
+        return (model.score(rows) * factor).tolist()
 
     return reward
 
 
+def topic_factor(topic: AreaClassifier | None, topic_weight: float, conditions: list[str],
+                 areas: list[object]) -> np.ndarray:
+    """P(asked area | condition)^topic_weight per condition: what the topic term multiplies P(MET) by
+    (1 without a topic term)."""
+    if topic is None or topic_weight == 0:
+        return np.ones(len(conditions))
+    return topic.asked_area_probability(conditions, areas) ** topic_weight
+
+
+def topic_classifiers(snapshot: Path, settings: PolicySettings,
+                      reward_seed: int) -> tuple[AreaClassifier | None, AreaClassifier | None]:
+    """The proxy's and the gold side's area classifiers, each fitted on the training half its reward
+    model learned from, so the judge shares none of the proxy's data; (None, None) without a topic term."""
+    if settings.topic_weight == 0:
+        return None, None
+    half_a, half_b = split_train_halves(read_split(snapshot, "train"), seed=reward_seed)
+    return AreaClassifier.fit(half_a, seed=reward_seed), AreaClassifier.fit(half_b, seed=reward_seed + 1)
+
+
 def reward_fns(snapshot: Path, settings: PolicySettings, proxy: RewardModel, gold: RewardModel,
                reward_seed: int) -> tuple[RewardFn, RewardFn]:
-    """The proxy reward PPO trains on and the gold reward that judges it. With a topic term, each side's
-    area classifier learns from the training half its reward model learned from, so the judge shares
-    none of the proxy's data."""
-    if settings.topic_weight == 0:
-        return reward_fn_for(proxy), reward_fn_for(gold)
-    half_a, half_b = split_train_halves(read_split(snapshot, "train"), seed=reward_seed)
-    return (reward_fn_for(proxy, AreaClassifier.fit(half_a, seed=reward_seed), settings.topic_weight),
-            reward_fn_for(gold, AreaClassifier.fit(half_b, seed=reward_seed + 1), settings.topic_weight))
+    """The proxy reward PPO trains on and the gold reward that judges it."""
+    proxy_topic, gold_topic = topic_classifiers(snapshot, settings, reward_seed)
+    return (reward_fn_for(proxy, proxy_topic, settings.topic_weight),
+            reward_fn_for(gold, gold_topic, settings.topic_weight))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +201,6 @@ class RLRun:
     seconds: float
 
 
-def ppo_config_for(settings: PolicySettings, seed: int) -> PPOConfig:
-    return PPOConfig(**{"max_new_tokens": settings.max_new_tokens, "max_prompt_tokens": settings.max_prompt_tokens,
-                        "seed": seed, **settings.ppo})
-
-
 def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path,
                    sft_dir: Path | None, proxy: RewardModel, gold: RewardModel, versions: dict[str, str],
                    registry: Registry, work_dir: Path, profile: str, seed: int, reward_seed: int,
@@ -207,7 +214,7 @@ def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettin
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
     eval_records = prompt_records(prompts[prompts["split"] == "validation"], tokenizer)
     proxy_fn, gold_fn = reward_fns(snapshot, settings, proxy, gold, reward_seed)
-    config = ppo_config_for(settings, seed)
+    config = PPOConfig.for_policy(settings, seed)
     base_adapters = {"sft_adapter": Path(sft_dir) / "sft_adapter"} if sft_dir is not None else {}
     params = {**{f"policy.{k}": v for k, v in asdict(settings).items() if k != "ppo"},
               **{f"ppo.{k}": v for k, v in asdict(config).items()}, "profile": profile,

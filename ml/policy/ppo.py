@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from ml.config import PolicySettings
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +201,12 @@ class PPOConfig:
     @property
     def num_mini_batches(self) -> int:
         return math.ceil(self.batch_size / self.mini_batch_size)
+
+    @classmethod
+    def for_policy(cls, settings: PolicySettings, seed: int) -> PPOConfig:
+        """The profile's PPO run: its answer and prompt budgets, then its `ppo` overrides."""
+        return cls(**{"max_new_tokens": settings.max_new_tokens, "max_prompt_tokens": settings.max_prompt_tokens,
+                      "seed": seed, **settings.ppo})
 
 
 class FixedKLController:

@@ -109,8 +109,9 @@ class RewardModel:
                              f"with labels {meta.get('labels')}; this code scores {TEXT_FORMAT!r} with {LABELS}")
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(for_scoring(model, resolve_device(device)), tokenizer, temperature=meta["temperature"], max_length=meta["max_length"],
-                   batch_size=batch_size, device=device, dtype=dtype or meta.get("dtype", "float32"))
+        return cls(for_scoring(model, resolve_device(device)), tokenizer, temperature=meta["temperature"],
+                   max_length=meta["max_length"], batch_size=batch_size, device=device,
+                   dtype=dtype or meta.get("dtype", "float32"))
 
 
 def for_scoring(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
