@@ -67,11 +67,9 @@ class PolicySettings:
     sft_learning_rate: float = 2e-4
     sft_max_examples: int = 2000
     algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py) or "grpo" (TRL GRPOTrainer)
-    # RL reward = P(MET) x P(asked area | answer)^topic_weight; 0 = the paper's P(MET) alone. The topic term
-    # keeps PPO from short generic answers that both reward models rate as implementable as real
-    # conditions, but it needs a warm start that already writes conditions: on the demo's light SFT
-    # (256 examples) the product was too sparse to move in 40 PPO steps (weights 1 and 0.5 tried), so
-    # it is off by default.
+    # RL reward = P(MET) x P(asked area | answer)^topic_weight; 0 = the paper's P(MET) alone. Without
+    # the term PPO finds short generic answers ("Provide a detailed plan.") that both reward models
+    # rate as implementable as real conditions; with it, an answer must also be about the area asked.
     topic_weight: float = 0.0
     ppo: dict = field(default_factory=dict)  # overrides of ml.policy.ppo.PPOConfig fields
 
@@ -111,7 +109,7 @@ PROFILES: dict[str, Profile] = {
                               learning_rate=1e-3, eval_every_steps=10, min_macro_f1=0.3),
         policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=96, max_new_tokens=12,
                               n_eval_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
-                              topic_weight=1.0,  # off in demo; on here so the pipeline tests run its code
+                              topic_weight=1.0,  # on, as in demo, so the pipeline tests run its code
                               ppo={"steps": 4, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
                                    "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 2}),
     ),
@@ -134,6 +132,10 @@ PROFILES: dict[str, Profile] = {
                               learning_rate=1e-4, eval_every_steps=30, min_macro_f1=0.6, dtype="auto"),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=96, max_new_tokens=32,
                               n_eval_prompts=40, sft_max_examples=256,
+                              # 32 SFT steps: at 2e-4 the policy still wrote essays (loss 5.6 -> 4.5); at
+                              # 1e-3 it writes MONA-style conditions (-> 3.3), which the topic term needs.
+                              # Topic weight 0.5: at 1.0 the product was too sparse to move in 40 steps.
+                              sft_learning_rate=1e-3, topic_weight=0.5,
                               # Two PPO epochs per rollout: with one, every minibatch is seen once at ratio
                               # ~1, the clip never acts, and 40 steps moved held-out P(MET) by +0.05-0.09.
                               # The faster policy can pass 8 nats of KL late in the run: the KL budget
