@@ -3,7 +3,7 @@
 - held-out mean P(MET) of the base, SFT and PPO policies from the demo run's evaluation (the same
   prompts and samples; target: PPO >= base + 0.10), their on-topic rate and answer length, and PPO's
   mean KL to its reference (target < 8 nats): in training, and on answers to the held-out test prompts
-  (the registered adapter against the same model with the adapter disabled, i.e. the SFT reference);
+  (the registered policy against its reference, the SFT adapter merged into the base);
 - PPO wall time from the demo run (target < 15 min);
 - tokens/s of rollout generation and of the PPO update, and the update's model-FLOPs utilisation
   (6 x parameters x tokens / time) against a torch matmul peak measured in this run (a few PPO steps);
@@ -26,10 +26,9 @@ from common import REPO, matmul_peak_flops, write_result
 
 from ml.config import get_profile
 from ml.data.splits import read_split
-from ml.evaluation.collect import answer_logprobs, collect_answers
+from ml.evaluation.collect import collect_answers, model_answers
 from ml.paths import DataHome
 from ml.policy.base import apply_lora
-from ml.policy.generate import generate_answers
 from ml.policy.pipeline import (POLICY_ADAPTER_NAME, PolicyStack, load_policy, prompt_records,
                                 reward_fns, write_stack)
 from ml.policy.ppo import PPOConfig, PPOTrainer
@@ -78,15 +77,19 @@ def main() -> None:
     cache = home.models / "base_policy"
     sft_dir = home.models / "policy" / "sft"
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
-    kl_to_reference_heldout = heldout_kl_to_reference(home.models / "policy" / settings.algorithm / "policy",
-                                                      prompts[prompts["split"] == "test"], settings, cache,
-                                                      seed=profile.data.seed)
-
-    # Throughput and MFU of rollout and update, measured here next to the matmul peak.
-    peak = matmul_peak_flops()
+    # PPO's reference, as train_rl_stage builds it: the SFT adapter merged into the base.
     model, tokenizer = load_policy(sft_dir if sft_dir.exists() else None, settings, cache)
     if sft_dir.exists():
         model = model.merge_and_unload()
+    policy, _ = load_policy(home.models / "policy" / settings.algorithm / "policy", settings, cache)
+    # The evaluation's KL-to-base column, with the reference in the base's place.
+    kl_to_reference_heldout = float(model_answers(
+        settings.algorithm, policy, model, tokenizer, prompts[prompts["split"] == "test"], settings, samples=2,
+        seed=profile.data.seed, temperature=PPOConfig.for_policy(settings, seed=0).temperature)["kl_to_base"].mean())
+    del policy
+
+    # Throughput and MFU of rollout and update, measured here next to the matmul peak.
+    peak = matmul_peak_flops()
     params = model.num_parameters()
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
     config = PPOConfig.for_policy(settings, seed=1)
@@ -149,23 +152,6 @@ def main() -> None:
         print(f"GRPO at equal wall time ({grpo.seconds / 60:.1f} min, {grpo.steps} steps): held-out P(MET) "
               f"{result['grpo']['heldout_p_met']:.3f} vs PPO {held_out.loc['ppo', 'proxy_reward']:.3f}")
     write_result("policy", result)
-
-
-def heldout_kl_to_reference(stack_dir: Path, test_prompts: pd.DataFrame, settings, cache: Path, seed: int,
-                            samples: int = 2) -> float:
-    """Mean KL per answer of the registered RL policy to its reference on held-out prompts: sampled
-    answers scored by the policy and by the same model with the RL adapter disabled (the SFT model,
-    merged underneath), sum over answer tokens of log pi - log pi_ref (untempered log-probs)."""
-    policy, tokenizer = load_policy(stack_dir, settings, cache)
-    texts = [record["prompt_text"] for record in prompt_records(test_prompts, tokenizer)]
-    config = PPOConfig.for_policy(settings, seed=seed)
-    answers = generate_answers(policy, tokenizer, texts, settings.max_new_tokens, temperature=config.temperature,
-                               num_return_sequences=samples, seed=seed, max_prompt_tokens=settings.max_prompt_tokens)
-    repeated = [text for text in texts for _ in range(samples)]
-    policy_lp, _ = answer_logprobs(policy, tokenizer, repeated, answers)
-    with policy.disable_adapter():
-        reference_lp, _ = answer_logprobs(policy, tokenizer, repeated, answers)
-    return float(np.mean(policy_lp - reference_lp))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from common import REPO, ensure_split_snapshot, matmul_peak_flops, write_result
 from ml.config import get_profile
 from ml.data.splits import read_split
 from ml.reward.encoder import DTYPES
-from ml.reward.evaluate import evaluate_reward_model
+from ml.reward.evaluate import classification_metrics, evaluate_reward_model
 from ml.reward.model import RewardModel, texts_for_rows
 from ml.reward.pipeline import read_truth
 from ml.reward.train import split_train_halves, train_reward_model
@@ -82,7 +82,7 @@ def main() -> None:
     for seed in seeds[1:]:
         print(f"training the same recipe with seed {seed} (accuracy spread) ...")
         other = train_reward_model(half_a, validation, profile.reward, seed=seed).reward_model()
-        accuracy_by_seed[seed] = float(np.mean((other.score(test) >= 0.5) == test["is_met"].to_numpy()))
+        accuracy_by_seed[seed] = classification_metrics(test["is_met"], other.score(test))["accuracy"]
         print(f"seed {seed}: test accuracy {accuracy_by_seed[seed]:.3f}")
     seed_accuracies = np.array(list(accuracy_by_seed.values()))
 
