@@ -3,7 +3,9 @@
 Scoring builds each text with `reward_input_text`, the paper's training-sample format, so a policy
 answer is scored exactly as the corpus was trained. It must be cheap inside a PPO loop: no autograd,
 texts grouped by token length so a batch pads to similar lengths (results come back in input order),
-truncation at the training `max_length`.
+truncation at the training `max_length`. A BERT classifier reads only the [CLS] position's last
+hidden state (through its pooler), so scoring runs the last layer's query, attention output and
+feed-forward for that one position (`_last_layer_for_cls_only`): the same logits, ~14% fewer FLOPs.
 
 A saved model is a plain folder: `model.safetensors` + `config.json` + tokenizer files (what
 `save_pretrained` writes) and `reward_meta.json` (temperature, max_length, label order, text format,
@@ -15,13 +17,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from types import MethodType
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
 
 from ml.data.text import reward_input_text
 from ml.reward.calibration import positive_probability
@@ -70,7 +81,7 @@ class RewardModel:
         out = np.zeros((len(sequences), len(LABELS)), dtype=np.float32)
         order = np.argsort([len(s) for s in sequences], kind="stable")
         size = batch_size or self.batch_size
-        with torch.inference_mode(), self._precision():
+        with torch.inference_mode(), self._precision(), _last_layer_for_cls_only(self.model):
             for start in range(0, len(order), size):
                 chosen = order[start:start + size]
                 batch = pad_batch([sequences[i] for i in chosen], self.tokenizer.pad_token_id)
@@ -121,6 +132,43 @@ def for_scoring(model: PreTrainedModel, device: torch.device) -> PreTrainedModel
     if device.type == "cpu":
         model.set_attn_implementation("eager")
     return model
+
+
+@contextmanager
+def _last_layer_for_cls_only(model: PreTrainedModel):
+    """While scoring, the last encoder layer of a BERT classifier computes only the [CLS] position,
+    the one its pooler reads; any other model runs its full forward. Exact: each position's query,
+    attention output and feed-forward depend on no other position once keys and values are known."""
+    config = model.config
+    if not (isinstance(model, BertForSequenceClassification) and model.bert.pooler is not None
+            and not config.is_decoder and config._attn_implementation in ("eager", "sdpa")):
+        yield
+        return
+    last = model.bert.encoder.layer[-1]
+    last.forward = MethodType(_cls_only_layer_forward, last)  # on the instance: weights and saving untouched
+    try:
+        yield
+    finally:
+        del last.forward
+
+
+def _cls_only_layer_forward(layer: BertLayer, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            *args, **kwargs) -> torch.Tensor:
+    """`BertLayer.forward` for position 0 only: (B, T, H) -> (B, 1, H)."""
+    attention = layer.attention.self
+    batch = hidden_states.shape[0]
+    cls = hidden_states[:, :1]
+
+    def heads(states: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, heads, T, head size)
+        return states.view(batch, states.shape[1], -1, attention.attention_head_size).transpose(1, 2)
+
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :1, :]  # the [CLS] query's row (a broadcast row stays one)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    context, _ = attend(attention, heads(attention.query(cls)), heads(attention.key(hidden_states)),
+                        heads(attention.value(hidden_states)), attention_mask, dropout=0.0, scaling=attention.scaling)
+    attended = layer.attention.output(context.reshape(batch, 1, -1), cls)
+    return layer.feed_forward_chunk(attended)
 
 
 def texts_for_rows(rows: Rows) -> list[str]:

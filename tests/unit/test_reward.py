@@ -34,6 +34,7 @@ from ml.reward import (
     train_reward_model,
 )
 from ml.reward.calibration import positive_probability
+from ml.reward.encoder import pad_batch, tokenize
 
 COUNTRIES = ("Kenya", "Gabon", "Jamaica", "Moldova", "Armenia")
 TYPES = ("ECF", "SBA", "EFF", "PRGF")
@@ -187,6 +188,40 @@ def test_scores_come_back_in_input_order_despite_length_sorting(reward):
     batched = reward.score_texts(texts, batch_size=3)
     one_by_one = np.array([reward.score_texts([text])[0] for text in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_scoring_runs_the_last_layer_for_cls_only_and_gets_the_full_forwards_logits(reward, data, attention):
+    model, last = reward.model, reward.model.bert.encoder.layer[-1]
+    texts = data["test"]["reward_text"].tolist()[:20]  # padded batches of different widths
+    scored_widths = []
+    hook = last.register_forward_hook(lambda _module, _inputs, output: scored_widths.append(output.shape[1]))
+    model.set_attn_implementation(attention)
+    try:
+        fast = reward.logits(texts, batch_size=6)
+        batch = pad_batch(tokenize(reward.tokenizer, texts, reward.max_length), reward.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            full = model(**batch).logits.numpy()
+    finally:
+        hook.remove()
+        model.set_attn_implementation("eager")
+    assert scored_widths[:4] == [1, 1, 1, 1] and scored_widths[-1] > 1  # scoring: [CLS] only; plain call: all
+    assert "forward" not in vars(last)  # the model is as it was once scoring ends
+    np.testing.assert_allclose(fast, full, atol=1e-5)
+
+
+def test_a_classifier_that_is_not_bert_is_scored_with_its_full_forward(reward):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=reward.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              num_labels=2)
+    other = RewardModel(DistilBertForSequenceClassification(config), reward.tokenizer, max_length=64, batch_size=4)
+    texts = [reward_input_text("Kenya", "ECF", "Fiscal", "Submit " + "the budget " * k) for k in (3, 0, 6)]
+    batch = pad_batch(tokenize(reward.tokenizer, texts, 64), reward.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        full = other.model(**batch).logits.numpy()
+    np.testing.assert_allclose(other.logits(texts), full, atol=1e-5)
 
 
 def test_split_train_halves_are_disjoint_by_arrangement_and_cover_train(data):
