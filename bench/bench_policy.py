@@ -82,17 +82,17 @@ def main() -> None:
     if sft_dir.exists():
         model = model.merge_and_unload()
     policy, _ = load_policy(home.models / "policy" / settings.algorithm / "policy", settings, cache)
+    config = PPOConfig.for_policy(settings, seed=1)
     # The evaluation's KL-to-base column, with the reference in the base's place.
     kl_to_reference_heldout = float(model_answers(
         settings.algorithm, policy, model, tokenizer, prompts[prompts["split"] == "test"], settings, samples=2,
-        seed=profile.data.seed, temperature=PPOConfig.for_policy(settings, seed=0).temperature)["kl_to_base"].mean())
+        seed=profile.data.seed, temperature=config.temperature)["kl_to_base"].mean())
     del policy
 
     # Throughput and MFU of rollout and update, measured here next to the matmul peak.
     peak = matmul_peak_flops()
     params = model.num_parameters()
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
-    config = PPOConfig.for_policy(settings, seed=1)
     config.steps, config.eval_every, config.checkpoint_every = args.throughput_steps, 0, 0
     trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, proxy_fn, train_records,
                          progress=print)

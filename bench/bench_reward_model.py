@@ -77,9 +77,8 @@ def main() -> None:
         ours, theirs, speedup = interleaved_throughput(model.score_texts, texts, one_at_a_time, subset)
         ours_fp32, _, speedup_fp32 = interleaved_throughput(in_fp32.score_texts, texts, one_at_a_time, subset)
 
-    seeds = [profile.reward.seed, *(int(s) for s in args.extra_seeds.split(",") if s.strip())]
     accuracy_by_seed = {profile.reward.seed: evaluation.metrics["accuracy"]}
-    for seed in seeds[1:]:
+    for seed in (int(s) for s in args.extra_seeds.split(",") if s.strip()):
         print(f"training the same recipe with seed {seed} (accuracy spread) ...")
         other = train_reward_model(half_a, validation, profile.reward, seed=seed).reward_model()
         accuracy_by_seed[seed] = classification_metrics(test["is_met"], other.score(test))["accuracy"]

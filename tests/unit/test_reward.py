@@ -196,15 +196,14 @@ def test_scoring_runs_the_last_layer_for_cls_only_and_gets_the_full_forwards_log
     texts = data["test"]["reward_text"].tolist()[:20]  # padded batches of different widths
     scored_widths = []
     hook = last.register_forward_hook(lambda _module, _inputs, output: scored_widths.append(output.shape[1]))
+    before = model.config._attn_implementation
     model.set_attn_implementation(attention)
     try:
         fast = reward.logits(texts, batch_size=6)
-        batch = pad_batch(tokenize(reward.tokenizer, texts, reward.max_length), reward.tokenizer.pad_token_id)
-        with torch.inference_mode():
-            full = model(**batch).logits.numpy()
+        full = full_forward_logits(reward, texts)
     finally:
         hook.remove()
-        model.set_attn_implementation("eager")
+        model.set_attn_implementation(before)
     assert scored_widths[:4] == [1, 1, 1, 1] and scored_widths[-1] > 1  # scoring: [CLS] only; plain call: all
     assert "forward" not in vars(last)  # the model is as it was once scoring ends
     np.testing.assert_allclose(fast, full, atol=1e-5)
@@ -218,10 +217,14 @@ def test_a_classifier_that_is_not_bert_is_scored_with_its_full_forward(reward):
                               num_labels=2)
     other = RewardModel(DistilBertForSequenceClassification(config), reward.tokenizer, max_length=64, batch_size=4)
     texts = [reward_input_text("Kenya", "ECF", "Fiscal", "Submit " + "the budget " * k) for k in (3, 0, 6)]
-    batch = pad_batch(tokenize(reward.tokenizer, texts, 64), reward.tokenizer.pad_token_id)
+    np.testing.assert_allclose(other.logits(texts), full_forward_logits(other, texts), atol=1e-5)
+
+
+def full_forward_logits(scorer: RewardModel, texts: list[str]) -> np.ndarray:
+    """The wrapped model's plain forward on one padded batch of `texts`: what scoring must reproduce."""
+    batch = pad_batch(tokenize(scorer.tokenizer, texts, scorer.max_length), scorer.tokenizer.pad_token_id)
     with torch.inference_mode():
-        full = other.model(**batch).logits.numpy()
-    np.testing.assert_allclose(other.logits(texts), full, atol=1e-5)
+        return scorer.model(**batch).logits.numpy()
 
 
 def test_split_train_halves_are_disjoint_by_arrangement_and_cover_train(data):
