@@ -1,13 +1,21 @@
-"""`rlxf recommend`: proposals from the champion policy, each with its P(MET) and historical precedents.
+"""`rlxf recommend` and `rlxf score`: the champion policy's proposals and the reward's view of a condition.
 
-The paper's intended use: benchmark new proposals against past experience and peer examples. Each
-proposal is scored by the champion reward model and shown with the three most similar historical
-conditions (TF-IDF cosine over the corpus), with their country, year and outcome.
+The paper's intended use: benchmark new proposals against past experience and peer examples. A
+recommendation samples several answers from the champion policy, cuts each to one condition, drops
+empty ones and repeats, ranks the rest by the RL reward the policy was trained on (proxy P(MET) x
+P(asked area)), and shows for each its proxy and gold P(MET), the probability that it is about the
+area asked, whether it copies a training condition, and the closest historical conditions of the
+same area (the same country's first) with their year and outcome.
+
+Both commands read the inputs against the record: an empty condition is refused, and a country,
+arrangement or area the data has never seen is accepted with a warning naming the closest known
+values (the reward model has never seen it either, so its number means less).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,67 +24,149 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.config import PolicySettings
 from ml.data.splits import SPLITS, read_split
+from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
-from ml.policy.generate import generate_answers
 from ml.policy.pipeline import POLICY_ADAPTER_NAME, load_policy
 from ml.policy.prompts import answer_to_condition, chat_text, render_prompt
+from ml.policy.sampling import generate_answers
 from ml.registry import Registry
-from ml.reward.pipeline import REWARD_MODEL_NAME, load_champion_reward
+from ml.reward.pipeline import load_rl_reward
+from ml.reward.rl_reward import RL_REWARD_NAME, RLReward
+from ml.reward.topic import area_key
+
+OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
+
+
+class InputError(ValueError):
+    """A request the reward cannot score (an empty condition)."""
 
 
 @dataclass
 class Proposal:
     text: str
-    p_met: float
-    precedents: list[str]
+    proxy_p_met: float
+    gold_p_met: float
+    p_area: float  # the gold side's P(asked area | proposal)
+    copy_of: str | None  # the training condition it copies (near-verbatim), if any
+    precedents: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Proposals:
     header: str
+    warnings: list[str]
     items: list[Proposal]
 
 
-class PrecedentIndex:
-    """Nearest historical conditions to a text, by TF-IDF cosine similarity."""
-
-    def __init__(self, corpus: pd.DataFrame):
-        self.corpus = corpus.reset_index(drop=True)
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-        self.matrix = self.vectorizer.fit_transform(self.corpus["description"].fillna(""))
-
-    def nearest(self, text: str, k: int = 3) -> pd.DataFrame:
-        similarity = (self.matrix @ self.vectorizer.transform([text]).T).toarray().ravel()
-        top = np.argsort(-similarity)[:k]
-        return self.corpus.iloc[top].assign(similarity=similarity[top])
+@dataclass
+class Scored:
+    header: str
+    warnings: list[str]
+    proxy_p_met: float
+    gold_p_met: float
+    p_area: float
 
 
-def describe_precedent(row: pd.Series) -> str:
-    year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
-    outcome = "met" if row["is_met"] == 1 else "not met"
-    return f"{row['country']}{year} ({outcome}, similarity {row['similarity']:.2f}): {row['description']}"
+def corpus_of(home: DataHome) -> pd.DataFrame:
+    return pd.concat([read_split(home.exports / "splits", split) for split in SPLITS], ignore_index=True)
+
+
+def input_warnings(corpus: pd.DataFrame, country: str | None, arrangement: str | None, area: str | None) -> list[str]:
+    """One line per value the record has never seen, with the closest values it has."""
+    lines = []
+    for label, value, column, key in (("country", country, "country", str.casefold),
+                                      ("arrangement", arrangement, "arrangement_type", str.casefold),
+                                      ("economic area", area, "economic_area", lambda a: area_key(a) or "")):
+        if value is None or not str(value).strip():
+            continue
+        known = sorted({str(v) for v in corpus[column].dropna().unique()})
+        if key(str(value)) in {key(k) for k in known}:
+            continue
+        close = difflib.get_close_matches(str(value), known, n=3, cutoff=0.4)
+        hint = f"; closest known: {', '.join(repr(c) for c in close)}" if close else ""
+        lines.append(f"{label} {value!r} does not occur in the data (the reward model never saw it){hint}")
+    return lines
+
+
+def precedents_for(corpus: pd.DataFrame, country: str, area: str, text: str, k: int = 3) -> list[str]:
+    """The k historical conditions of the same area closest to `text` (TF-IDF cosine), those of the same
+    country first; with their country, year and outcome."""
+    same_area = corpus[corpus["economic_area"].map(area_key) == area_key(area)].reset_index(drop=True)
+    if same_area.empty:
+        return []
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    matrix = vectorizer.fit_transform(same_area["description"].fillna(""))
+    similarity = (matrix @ vectorizer.transform([text]).T).toarray().ravel()
+    same_country = (same_area["country"].fillna("").str.casefold() == str(country).casefold()).to_numpy()
+    order = np.lexsort((-similarity, ~same_country))[:k]
+    lines = []
+    for index in order:
+        row = same_area.iloc[index]
+        year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
+        outcome = "met" if row["is_met"] == 1 else "not met"
+        lines.append(f"{row['country']}{year} ({outcome}, similarity {similarity[index]:.2f}): {row['description']}")
+    return lines
+
+
+def _reward_for_champion(registry: Registry, home: DataHome) -> tuple[RLReward, str, str, Path]:
+    champion = registry.champion_version(POLICY_ADAPTER_NAME)
+    if champion is None:
+        raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
+    cache = home.models / "registry"
+    reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"), cache)
+    return reward, reward_version, champion.version, registry.cached_version(POLICY_ADAPTER_NAME, champion.version,
+                                                                             cache)
+
+
+def score(home: DataHome, country: str, arrangement: str | None, area: str | None, condition: str) -> Scored:
+    if not condition or not condition.strip():
+        raise InputError("the condition is empty: there is nothing to score")
+    with Registry.for_home(home.root) as registry:
+        versions = registry.versions(RL_REWARD_NAME)
+        if not versions:
+            raise LookupError(f"no {RL_REWARD_NAME} is registered yet: run the pipeline first (make demo)")
+        reward, reward_version = load_rl_reward(registry, versions[-1].version, home.models / "registry")
+    record = {"country": country, "arrangement_type": arrangement, "economic_area": area}
+    parts = reward.components([record], [condition.strip()]).iloc[0]
+    spec = reward.spec
+    header = (f"{spec.proxy['name']} v{spec.proxy['version']} (proxy), {spec.gold['name']} v{spec.gold['version']} "
+              f"(gold), from {RL_REWARD_NAME} v{reward_version}")
+    return Scored(header, input_warnings(corpus_of(home), country, arrangement, area), float(parts["proxy_p_met"]),
+                  float(parts["gold_p_met"]), float(parts["gold_p_area"]))
 
 
 def recommend(home: DataHome, settings: PolicySettings, country: str, arrangement: str | None, area: str,
               n: int = 3, seed: int = 0, cache_dir: Path | None = None) -> Proposals:
+    corpus = corpus_of(home)
+    warnings = input_warnings(corpus, country, arrangement, area)
     with Registry.for_home(home.root) as registry:
-        champion = registry.champion_version(POLICY_ADAPTER_NAME)
-        if champion is None:
-            raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
-        policy_dir = registry.cached_version(POLICY_ADAPTER_NAME, champion.version, home.models / "registry")
-        reward, reward_version = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
+        reward, reward_version, policy_version, policy_dir = _reward_for_champion(registry, home)
     model, tokenizer = load_policy(policy_dir, settings, cache_dir or home.models / "base_policy")
     prompt = render_prompt(country, arrangement, area)
     answers = generate_answers(model, tokenizer, [chat_text(tokenizer, prompt)], settings.max_new_tokens,
-                               temperature=0.8, num_return_sequences=n, seed=seed,
+                               temperature=settings.temperature, num_return_sequences=n * OVERSAMPLE, seed=seed,
                                max_prompt_tokens=settings.max_prompt_tokens)
-    conditions = [answer_to_condition(answer) for answer in answers]
-    p_met = reward.score([{"country": country, "arrangement_type": arrangement, "economic_area": area,
-                           "description": text} for text in conditions])
-    corpus = pd.concat([read_split(home.exports / "splits", split) for split in SPLITS], ignore_index=True)
-    index = PrecedentIndex(corpus)
-    items = [Proposal(text, float(p), [describe_precedent(row) for _, row in index.nearest(text).iterrows()])
-             for text, p in zip(conditions, p_met)]
-    header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; "
-              f"reward: {REWARD_MODEL_NAME} v{reward_version}, champion)")
-    return Proposals(header, items)
+    conditions, seen = [], set()
+    for text in (answer_to_condition(answer) for answer in answers):
+        key = " ".join(text.casefold().split()).rstrip(".")
+        if key and key not in seen:
+            seen.add(key)
+            conditions.append(text)
+    record = {"country": country, "arrangement_type": arrangement, "economic_area": area}
+    items: list[Proposal] = []
+    if conditions:
+        parts = reward.components([record] * len(conditions), conditions)
+        # Ranked by the training side of the reward (proxy P(MET) x P(area)); the gold judge stays a judge.
+        order = np.argsort(-(parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(), kind="stable")[:n]
+        copies = NoveltyIndex(corpus["description"]).nearest([conditions[i] for i in order])
+        for rank, index in enumerate(order):
+            row, copy = parts.iloc[index], copies.iloc[rank]
+            items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
+                                  float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
+                                  precedents_for(corpus, country, area, conditions[index])))
+    if len(items) < n:
+        warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
+    header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{policy_version}, champion; reward: {RL_REWARD_NAME} "
+              f"v{reward_version}: {reward.spec.proxy['name']} v{reward.spec.proxy['version']}, judged by "
+              f"{reward.spec.gold['name']} v{reward.spec.gold['version']})")
+    return Proposals(header, warnings, items)

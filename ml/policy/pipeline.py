@@ -22,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.config import PolicySettings
 from ml.data.splits import read_split
-from ml.policy.base import apply_lora, load_adapter, load_base_policy
-from ml.policy.generate import generate_answers
-from ml.policy.ppo import PPOConfig, PPOTrainer, RewardFn
+from ml.policy.base import load_adapter, load_base_policy
+from ml.policy.ppo import PPOConfig
 from ml.policy.prompts import answer_to_condition, build_policy_prompts, build_sft_examples, chat_text
+from ml.policy.rl import Evaluate, RLJob, train_rl
+from ml.policy.sampling import answer_logprob_sums, decode_answers, generate_answers, generate_batches
 from ml.registry import Registry
-from ml.reward.model import RewardModel
-from ml.reward.topic import AreaClassifier
-from ml.reward.train import split_train_halves
+from ml.reward.rl_reward import RLReward, on_topic
 
 POLICY_ADAPTER_NAME = "rlxf-policy-adapter"
 POLICY_EXPERIMENT = "rlxf-policy"
@@ -61,47 +61,30 @@ def prompt_records(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) ->
             for row in prompts.itertuples(index=False)]
 
 
-def reward_fn_for(model: RewardModel, topic: AreaClassifier | None = None, topic_weight: float = 0.0) -> RewardFn:
-    """P(MET) of each answer, read as a condition proposed for its prompt's country, arrangement and
-    area; with a `topic` classifier and `topic_weight` w > 0, times P(asked area | answer)^w, so that
-    the reward is high only for an implementable condition about the area the prompt asked for."""
+def validation_evaluator(reward: RLReward, records: list[dict], tokenizer: PreTrainedTokenizerBase,
+                         settings: PolicySettings, temperature: float, seed: int) -> Evaluate:
+    """Scores the current policy on held-out prompts, one sampled answer each (the same seed at every
+    evaluation, so evaluations differ by the policy, not by sampling noise): proxy and gold P(MET), the
+    gold side's on-topic rate, the judged reward (gold P(MET) x P(asked area)) and the KL to the
+    reference (the same network with its RL adapter off), in nats per answer."""
+    texts = [r["prompt_text"] for r in records]
 
-    def reward(records: list[dict], answers: list[str]) -> list[float]:
-        rows = [{"country": r.get("country"), "arrangement_type": r.get("arrangement_type"),
-                 "economic_area": r.get("economic_area"), "description": answer_to_condition(a)}
-                for r, a in zip(records, answers)]
-        factor = topic_factor(topic, topic_weight, [row["description"] for row in rows],
-                              [row["economic_area"] for row in rows])
-        return (model.score(rows) * factor).tolist()
+    def evaluate(model: torch.nn.Module, step: int) -> dict:
+        batches = generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
+                                   temperature=temperature, max_prompt_tokens=settings.max_prompt_tokens, seed=seed)
+        answers = decode_answers(tokenizer, batches)
+        policy_logprob = answer_logprob_sums(model, batches, temperature)
+        with model.disable_adapter():
+            reference_logprob = answer_logprob_sums(model, batches, temperature)
+        conditions = [answer_to_condition(a) for a in answers]
+        parts = reward.components(records, conditions)
+        on_topic_flags = on_topic(reward.gold_area, conditions, [r.get("economic_area") for r in records])
+        return {"judged_reward": float(parts["judged_reward"].mean()),
+                "proxy_p_met": float(parts["proxy_p_met"].mean()), "gold_p_met": float(parts["gold_p_met"].mean()),
+                "on_topic_rate": float(np.nanmean(on_topic_flags)) if np.isfinite(on_topic_flags).any() else math.nan,
+                "kl_to_reference": float(np.mean(policy_logprob - reference_logprob))}
 
-    return reward
-
-
-def topic_factor(topic: AreaClassifier | None, topic_weight: float, conditions: list[str],
-                 areas: list[object]) -> np.ndarray:
-    """P(asked area | condition)^topic_weight per condition: what the topic term multiplies P(MET) by
-    (1 without a topic term)."""
-    if topic is None or topic_weight == 0:
-        return np.ones(len(conditions))
-    return topic.asked_area_probability(conditions, areas) ** topic_weight
-
-
-def topic_classifiers(snapshot: Path, settings: PolicySettings,
-                      reward_seed: int) -> tuple[AreaClassifier | None, AreaClassifier | None]:
-    """The proxy's and the gold side's area classifiers, each fitted on the training half its reward
-    model learned from, so the judge shares none of the proxy's data; (None, None) without a topic term."""
-    if settings.topic_weight == 0:
-        return None, None
-    half_a, half_b = split_train_halves(read_split(snapshot, "train"), seed=reward_seed)
-    return AreaClassifier.fit(half_a, seed=reward_seed), AreaClassifier.fit(half_b, seed=reward_seed + 1)
-
-
-def reward_fns(snapshot: Path, settings: PolicySettings, proxy: RewardModel, gold: RewardModel,
-               reward_seed: int) -> tuple[RewardFn, RewardFn]:
-    """The proxy reward PPO trains on and the gold reward that judges it."""
-    proxy_topic, gold_topic = topic_classifiers(snapshot, settings, reward_seed)
-    return (reward_fn_for(proxy, proxy_topic, settings.topic_weight),
-            reward_fn_for(gold, gold_topic, settings.topic_weight))
+    return evaluate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,105 +180,84 @@ class RLRun:
     history: list[dict]
     eval_history: list[dict]
     best_step: int | None
-    best_gold: float | None
+    best_judged: float | None
     seconds: float
 
 
-def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path,
-                   sft_dir: Path | None, proxy: RewardModel, gold: RewardModel, versions: dict[str, str],
-                   registry: Registry, work_dir: Path, profile: str, seed: int, reward_seed: int,
-                   progress: Progress = print) -> RLRun:
-    """PPO (or GRPO) against the proxy reward; every `eval_every` steps the validation prompts are
-    scored by proxy and gold, and the adapter at the gold reward's peak is the one registered."""
-    work_dir = Path(work_dir)
+def rl_job(prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path, sft_dir: Path | None, reward: RLReward,
+           work_dir: Path, seed: int, progress: Progress = print, max_seconds: float | None = None) -> RLJob:
+    """The reference policy (SFT merged in, so the KL is measured from SFT), its prompts, the reward
+    and the validation evaluation, ready for any algorithm of `ml.policy.rl`."""
     model, tokenizer = load_policy(sft_dir, settings, cache_dir)
     if sft_dir is not None:
         model = model.merge_and_unload()  # SFT becomes the reference: the RL adapter starts from it
     train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
     eval_records = prompt_records(prompts[prompts["split"] == "validation"], tokenizer)
-    proxy_fn, gold_fn = reward_fns(snapshot, settings, proxy, gold, reward_seed)
-    config = PPOConfig.for_policy(settings, seed)
-    base_adapters = {"sft_adapter": Path(sft_dir) / "sft_adapter"} if sft_dir is not None else {}
-    params = {**{f"policy.{k}": v for k, v in asdict(settings).items() if k != "ppo"},
-              **{f"ppo.{k}": v for k, v in asdict(config).items()}, "profile": profile,
-              "reward_model_version": versions["proxy"], "gold_model_version": versions["gold"],
-              "train_prompts": len(train_records), "eval_prompts": len(eval_records)}
-    started = time.perf_counter()
-    with registry.run(POLICY_EXPERIMENT, run_name=f"{settings.algorithm}-{profile}", params=params,
-                      tags={"algorithm": settings.algorithm, "base_model": settings.base_model,
-                            "profile": profile}) as run:
+    temperature = settings.temperature
+    return RLJob(model=model, tokenizer=tokenizer, train_records=train_records, reward=reward,
+                 evaluate=validation_evaluator(reward, eval_records, tokenizer, settings, temperature, seed),
+                 settings=settings, work_dir=Path(work_dir), seed=seed, max_seconds=max_seconds, progress=progress)
 
-        def evaluate(trainer: PPOTrainer, step: int) -> dict:
-            answers = trainer.generate_answers(eval_records, do_sample=True)
-            scores = {"proxy_reward": float(np.mean(proxy_fn(eval_records, answers))),
-                      "gold_reward": float(np.mean(gold_fn(eval_records, answers)))}
-            run.log_metrics({f"eval_{k}": v for k, v in scores.items()}, step=step)
-            progress(f"eval step {step}: proxy {scores['proxy_reward']:.3f} gold {scores['gold_reward']:.3f}")
+
+def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path,
+                   sft_dir: Path | None, reward: RLReward, reward_version: str, registry: Registry, work_dir: Path,
+                   profile: str, seed: int, progress: Progress = print) -> RLRun:
+    """The profile's RL algorithm against the RL reward; the adapter of the best validation
+    evaluation (judged reward, within the KL budget) is registered as a version of the policy."""
+    work_dir = Path(work_dir)
+    algorithm = settings.algorithm
+    checkpoints = checkpoint_dir_for(work_dir, snapshot, settings, reward_version, sft_dir)
+    job = rl_job(prompts, settings, cache_dir, sft_dir, reward, checkpoints, seed, progress)
+    base_adapters = {"sft_adapter": Path(sft_dir) / "sft_adapter"} if sft_dir is not None else {}
+    config = PPOConfig.for_policy(settings, seed)
+    spec = reward.spec
+    params = {**{f"policy.{k}": v for k, v in asdict(settings).items() if k not in ("ppo", "group_rl")},
+              **({f"ppo.{k}": v for k, v in asdict(config).items()} if algorithm == "ppo" else
+                 {f"group_rl.{k}": v for k, v in asdict(settings.group_rl).items()}),
+              "profile": profile, "rl_reward_version": reward_version, "reward_design": spec.design,
+              "reward_model_version": spec.proxy["version"], "gold_model_version": spec.gold["version"],
+              "train_prompts": len(job.train_records)}
+    lineage = {"algorithm": algorithm, "base_model": settings.base_model, "profile": profile,
+               "rl_reward_version": reward_version, "reward_design": spec.design,
+               "reward_model_version": spec.proxy["version"], "gold_model_version": spec.gold["version"]}
+    with registry.run(POLICY_EXPERIMENT, run_name=f"{algorithm}-{profile}", params=params, tags=lineage) as run:
+        job.log_metrics = lambda stats, step: run.log_metrics(stats, step=step)
+        evaluate = job.evaluate
+
+        def logged_evaluate(model: torch.nn.Module, step: int) -> dict:
+            scores = evaluate(model, step)
+            run.log_metrics({f"validation_{k}": v for k, v in scores.items()}, step=step)
+            progress(f"eval step {step}: judged reward {scores['judged_reward']:.3f} (gold P(MET) "
+                     f"{scores['gold_p_met']:.3f}, on topic {scores['on_topic_rate']:.0%}), proxy P(MET) "
+                     f"{scores['proxy_p_met']:.3f}, KL to reference {scores['kl_to_reference']:.2f}")
             return scores
 
-        if settings.algorithm == "ppo":
-            policy = apply_lora(model, settings)
-            checkpoints = checkpoint_dir_for(work_dir, snapshot, settings, config, versions, sft_dir)
-            trainer = PPOTrainer(policy, tokenizer, config, proxy_fn, train_records,
-                                 checkpoint_dir=checkpoints, progress=progress,
-                                 log_metrics=lambda stats, step: run.log_metrics(stats, step=step),
-                                 evaluate=evaluate)
-            result = trainer.train()
-            best = result.best_checkpoint or result.last_checkpoint
-            history, eval_history = result.history, result.eval_history
-            best_step, best_gold = result.best_step, result.best_metric
-            rl_adapter = best / "adapter"
-        elif settings.algorithm == "grpo":
-            from ml.policy.grpo import train_grpo_adapter
-
-            grpo = train_grpo_adapter(model, tokenizer, prompts[prompts["split"] == "train"], proxy_fn, settings,
-                                      work_dir / "grpo", steps=config.steps, seed=seed, progress=progress,
-                                      learning_rate=config.learning_rate, temperature=config.temperature)
-            for row in grpo.history:
-                run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
-            final = load_adapter(model, grpo.adapter_dir)
-            scores = evaluate_adapter_on(final, tokenizer, eval_records, config, proxy_fn, gold_fn)
-            run.log_metrics({f"eval_{k}": v for k, v in scores.items()}, step=config.steps)
-            history, eval_history = grpo.history, [{"step": config.steps, **scores}]
-            best_step, best_gold, rl_adapter = config.steps, scores["gold_reward"], grpo.adapter_dir
-        else:
-            raise ValueError(f"unknown algorithm {settings.algorithm!r}; use 'ppo' or 'grpo'")
-        seconds = time.perf_counter() - started
-        stack = PolicyStack(settings.base_model, [*base_adapters, "rl_adapter"], settings.algorithm, {
-            "reward_model_version": versions["proxy"], "gold_model_version": versions["gold"],
-            "best_step": best_step, "best_gold_reward": best_gold, "steps": config.steps})
-        stack_dir = write_stack(work_dir / "policy", stack, {**base_adapters, "rl_adapter": rl_adapter})
-        run.log_dict({"history": history, "eval_history": eval_history}, "training/history.json")
-        run.log_metrics({"train_seconds": seconds, "best_step": float(best_step or 0),
-                         "best_gold_reward": float(best_gold) if best_gold is not None else math.nan})
+        job.evaluate = logged_evaluate
+        result = train_rl(algorithm, job)
+        stack = PolicyStack(settings.base_model, [*base_adapters, "rl_adapter"], algorithm, {
+            **lineage, "best_step": result.best_step, "best_judged_reward": result.best_metric,
+            "steps": result.steps})
+        stack_dir = write_stack(work_dir / "policy", stack, {**base_adapters, "rl_adapter": result.adapter_dir})
+        run.log_dict({"history": result.history, "eval_history": result.eval_history}, "training/history.json")
+        run.log_metrics({"train_seconds": result.seconds, "best_step": float(result.best_step or 0),
+                         "best_validation_judged_reward": result.best_metric if result.best_metric is not None
+                         else math.nan})
         version = registry.register_model(run, stack_dir, POLICY_ADAPTER_NAME, tags={
-            "algorithm": settings.algorithm, "base_model": settings.base_model, "profile": profile,
-            "reward_model_version": versions["proxy"], "gold_model_version": versions["gold"],
-            "best_step": best_step, "best_gold_reward": best_gold})
+            **lineage, "best_step": result.best_step, "best_validation_judged_reward": result.best_metric})
         run_id = run.run_id
-    if settings.algorithm == "ppo":
-        shutil.rmtree(checkpoints, ignore_errors=True)  # registered: a later run starts fresh
-    progress(f"{POLICY_ADAPTER_NAME} v{version.version} registered ({settings.algorithm}, best step {best_step}, "
-             f"gold {best_gold})")
-    return RLRun(settings.algorithm, version.version, run_id, stack_dir, history, eval_history, best_step,
-                 best_gold, seconds)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # registered: a later run starts fresh
+    progress(f"{POLICY_ADAPTER_NAME} v{version.version} registered ({algorithm}, best step {result.best_step}, "
+             f"validation judged reward {result.best_metric})")
+    return RLRun(algorithm, version.version, run_id, stack_dir, result.history, result.eval_history,
+                 result.best_step, result.best_metric, result.seconds)
 
 
-def checkpoint_dir_for(work_dir: Path, snapshot: Path, settings: PolicySettings, config: PPOConfig,
-                       versions: dict[str, str], sft_dir: Path | None) -> Path:
+def checkpoint_dir_for(work_dir: Path, snapshot: Path, settings: PolicySettings, reward_version: str,
+                       sft_dir: Path | None) -> Path:
     """Checkpoints of one training, keyed by everything it depends on: a re-run after a crash finds
-    and resumes them, a run on new data or new reward models starts fresh."""
+    and resumes them, a run on new data or a new reward starts fresh."""
     manifest = json.loads((Path(snapshot) / "manifest.json").read_text(encoding="utf-8"))
     sft_info = PolicyStack.load(sft_dir).info if sft_dir is not None else {}
-    key = json.dumps({"data": manifest["content_hash"], "versions": versions, "policy": asdict(settings),
-                      "ppo": asdict(config), "sft": sft_info}, sort_keys=True, default=str)
+    key = json.dumps({"data": manifest["content_hash"], "reward": reward_version, "policy": asdict(settings),
+                      "sft": sft_info}, sort_keys=True, default=str)
     return Path(work_dir) / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def evaluate_adapter_on(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict],
-                        config: PPOConfig, proxy_fn: RewardFn, gold_fn: RewardFn) -> dict:
-    texts = [r["prompt_text"] for r in records]
-    answers = generate_answers(model, tokenizer, texts, config.max_new_tokens, temperature=config.temperature,
-                               seed=config.seed, max_prompt_tokens=config.max_prompt_tokens)
-    return {"proxy_reward": float(np.mean(proxy_fn(records, answers))),
-            "gold_reward": float(np.mean(gold_fn(records, answers)))}

@@ -15,7 +15,6 @@ held in memory, and at step 0 (LoRA's B matrices are zero) policy and reference 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -35,7 +34,16 @@ from peft import PeftModel, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
+
+from ml.policy.sampling import (
+    answer_mask,
+    answer_token_stats,
+    encode_prompts,
+    eos_token_ids,
+    sample_answers,
+    trim_answers,
+)
 
 if TYPE_CHECKING:
     from ml.config import PolicySettings
@@ -132,12 +140,7 @@ def truncate_after_eos(responses: torch.Tensor, eos_token_ids: list[int],
     """Cut each generated row after its first EOS (the EOS is kept: it is the action that ends the
     answer). responses: (B, R). Returns the padded responses (B, R), the answer mask (B, R) that is 1
     up to and including the first EOS, and has_eos (B,); a row without EOS keeps all R tokens."""
-    is_eos = torch.isin(responses, torch.tensor(eos_token_ids, device=responses.device))  # (B, R)
-    has_eos = is_eos.any(dim=1)  # (B,)
-    R = responses.shape[1]
-    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, R - 1, dtype=torch.long))
-    positions = torch.arange(R, device=responses.device).unsqueeze(0)  # (1, R)
-    mask = (positions <= first_eos.unsqueeze(1)).long()  # (B, R)
+    mask, has_eos = answer_mask(responses, eos_token_ids)
     return responses.masked_fill(mask == 0, pad_token_id), mask, has_eos
 
 
@@ -157,17 +160,18 @@ def apply_answer_penalties(scores: torch.Tensor, is_empty: torch.Tensor, is_trun
 class PPOConfig:
     """Hyperparameters of one PPO run (defaults after TRL's PPO trainer and Ziegler et al. 2019)."""
 
-    steps: int = 60  # PPO iterations; each = one rollout of batch_size answers + its update
-    batch_size: int = 16  # prompts per rollout, one sampled answer each
-    mini_batch_size: int = 4  # answers per gradient step
+    steps: int = 60  # PPO iterations; each = one rollout of batch_size x answers_per_prompt answers + its update
+    batch_size: int = 16  # prompts per rollout
+    answers_per_prompt: int = 1  # answers sampled per prompt; they share the prompt's forward pass
+    mini_batch_size: int = 4  # prompts per gradient step, each with all of its answers
     ppo_epochs: int = 4  # passes over each rollout
     learning_rate: float = 1e-4  # Adam step size for the LoRA adapter and the value head
     max_prompt_tokens: int = 128  # longer prompts keep their last tokens (0 = no limit)
     add_special_tokens: bool = True  # let the tokenizer add BOS; False when prompt_text already has it
     max_new_tokens: int = 40  # answer budget; an answer without EOS within it counts as truncated
-    temperature: float = 1.0  # sampling temperature; logprobs use the same tempered distribution
-    top_k: int = 0  # top-k sampling (0 = off)
-    top_p: float = 1.0  # nucleus sampling (1.0 = off)
+    # Sampling is softmax(logits / temperature) and nothing else (no top-k, top-p or repetition
+    # penalty, nothing from the model's generation_config): the distribution the logprobs score.
+    temperature: float = 1.0
     init_kl_coef: float = 0.05  # initial β of the per-token KL penalty -β (log π - log π_ref)
     target_kl: float | None = 6.0  # per-answer KL the adaptive controller aims at (None = fixed β)
     kl_horizon: int = 10_000  # answers over which the adaptive controller closes the KL gap
@@ -190,23 +194,31 @@ class PPOConfig:
     best_max_kl: float | None = None  # KL budget: an evaluation whose steps since the previous one averaged
     # more KL per answer than this cannot become best, however high its metric (None = no budget)
     log_every: int = 1  # progress line and log_metrics every N steps
+    max_seconds: float | None = None  # stop once the steps took this long (evaluations excluded); None = steps only
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens", "log_every"):
+        for name in ("steps", "batch_size", "answers_per_prompt", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                     "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.mini_batch_size > self.batch_size:
             raise ValueError("PPOConfig.mini_batch_size cannot exceed batch_size")
+        if self.temperature <= 0:
+            raise ValueError("PPOConfig.temperature must be > 0: PPO needs the sampling distribution's logprobs")
 
     @property
     def num_mini_batches(self) -> int:
         return math.ceil(self.batch_size / self.mini_batch_size)
 
+    @property
+    def answers_per_step(self) -> int:
+        return self.batch_size * self.answers_per_prompt
+
     @classmethod
     def for_policy(cls, settings: PolicySettings, seed: int) -> PPOConfig:
         """The profile's PPO run: its answer and prompt budgets, then its `ppo` overrides."""
         return cls(**{"max_new_tokens": settings.max_new_tokens, "max_prompt_tokens": settings.max_prompt_tokens,
-                      "seed": seed, **settings.ppo})
+                      "temperature": settings.temperature, "seed": seed, **settings.ppo})
 
 
 class FixedKLController:
@@ -306,46 +318,23 @@ class PolicyWithValueHead(nn.Module):
         device = next(policy.parameters()).device
         self.value_head = (value_head or ValueHead(hidden_size)).to(device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, K, V) and values (B, K) of the last K = logits_to_keep positions (0 = all)."""
-        output = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=_position_ids(attention_mask), logits_to_keep=logits_to_keep,
-                             output_hidden_states=True, use_cache=False)
-        hidden = output.hidden_states[-1][:, -logits_to_keep:]  # (B, K, H), after the final norm
-        return output.logits, self.value_head(hidden)
-
     def response_outputs(self, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
                          response_mask: torch.Tensor, temperature: float
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log π(a_t|s_t), the entropy of π(·|s_t) and V(s_t) for every answer token: each (B, R).
+        """log π(a_t|s_t), the entropy of π(·|s_t) and V(s_t) for every answer token: each (N, R).
 
-        Position t reads the hidden state just before answer token t, so the logits at the last
-        prompt token score the first answer token."""
-        R = responses.shape[1]
-        input_ids = torch.cat([queries, responses], dim=1)  # (B, P + R)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)  # (B, P + R)
-        logits, values = self(input_ids, attention_mask, logits_to_keep=R + 1)
-        logits = logits[:, :-1].float() / temperature  # (B, R, V): the sampling distribution
-        return logprobs_from_logits(logits, responses), entropy_from_logits(logits), values[:, :-1]
+        `queries` (P, L) are the distinct prompts; answer row i answers prompt i // (N // P)."""
+        stats = answer_token_stats(self.policy, queries, query_mask, responses, response_mask, temperature,
+                                   entropy=True, value_head=self.value_head)
+        return stats.logprobs, stats.entropy, stats.values
 
     @torch.no_grad()
     def reference_logprobs(self, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
                            response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-        """log π_ref(a_t|s_t): (B, R), the same weights with the LoRA adapter off = the base policy."""
-        R = responses.shape[1]
-        input_ids = torch.cat([queries, responses], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        """log π_ref(a_t|s_t): (N, R), the same weights with the LoRA adapter off = the base policy."""
         with self.policy.disable_adapter():
-            output = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=_position_ids(attention_mask), logits_to_keep=R + 1, use_cache=False)
-        return logprobs_from_logits(output.logits[:, :-1].float() / temperature, responses)
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as generate() uses them, so training scores the answers
-    under the distribution that sampled them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return answer_token_stats(self.policy, queries, query_mask, responses, response_mask,
+                                      temperature).logprobs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,10 +346,10 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 class Rollout:
     """One batch of sampled answers with everything PPO needs from the sampling policy π_old."""
 
-    prompts: list[dict]
-    queries: torch.Tensor  # (B, P) prompt ids, left-padded
-    query_mask: torch.Tensor  # (B, P)
-    responses: torch.Tensor  # (B, R) answer ids, padded after the first EOS
+    prompts: list[dict]  # one record per answer (a prompt's record repeated for each of its answers)
+    queries: torch.Tensor  # (P, L) the distinct prompts' ids, left-padded
+    query_mask: torch.Tensor  # (P, L)
+    responses: torch.Tensor  # (B, R) answer ids, padded after the first EOS; B = P * answers_per_prompt
     response_mask: torch.Tensor  # (B, R) 1 up to and including the first EOS
     answers: list[str]  # decoded answers, without special tokens
     is_empty: torch.Tensor  # (B,) bool
@@ -430,11 +419,7 @@ class PPOTrainer:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token (ml.policy.base.ensure_padding sets one)")
         self.pad_token_id = tokenizer.pad_token_id
-        self.eos_token_ids = _eos_token_ids(policy_model, tokenizer)
-        self.generation_config = GenerationConfig(
-            do_sample=True, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            top_k=config.top_k, top_p=config.top_p, pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids, use_cache=True)
+        self.eos_token_ids = eos_token_ids(policy_model, tokenizer)
 
         self.step_count = 0
         self.history: list[dict[str, float]] = []
@@ -450,33 +435,29 @@ class PPOTrainer:
         indices = torch.randperm(n)[:B] if n >= B else torch.randint(n, (B,))
         return [self.prompts[i] for i in indices.tolist()]
 
-    @torch.no_grad()
-    def generate(self, prompts: list[dict], do_sample: bool = True
+    def generate(self, prompts: list[dict], do_sample: bool = True, answers_per_prompt: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded queries (B, P), their mask (B, P) and the raw generated tokens (B, R)."""
-        encoded = self.tokenizer([p["prompt_text"] for p in prompts], padding=True, padding_side="left",
-                                 add_special_tokens=self.config.add_special_tokens, return_tensors="pt")
-        keep = -self.config.max_prompt_tokens if self.config.max_prompt_tokens else 0  # the prompt's end
-        queries = encoded["input_ids"][:, keep:].to(self.device)  # (B, P)
-        query_mask = encoded["attention_mask"][:, keep:].to(self.device)  # (B, P)
-        generation_config = self.generation_config
-        if not do_sample:
-            generation_config = copy.deepcopy(generation_config)
-            generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        output = self.policy.generate(input_ids=queries, attention_mask=query_mask,
-                                      generation_config=generation_config)
-        return queries, query_mask, output[:, queries.shape[1]:]
+        """Left-padded queries (P, L), their mask (P, L) and the generated tokens (P * n, R), n answers
+        per prompt (config.answers_per_prompt unless given; greedy answers when not do_sample)."""
+        queries, query_mask = encode_prompts(self.tokenizer, [p["prompt_text"] for p in prompts],
+                                             self.config.max_prompt_tokens, self.config.add_special_tokens,
+                                             device=self.device)
+        answers = sample_answers(self.policy, queries, query_mask,
+                                 n_per_prompt=answers_per_prompt or self.config.answers_per_prompt,
+                                 max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
+                                 eos_ids=self.eos_token_ids, pad_token_id=self.pad_token_id, greedy=not do_sample)
+        return queries, query_mask, answers.responses
 
     def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
         ids = [row[mask.bool()].tolist() for row, mask in zip(responses, response_mask)]
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def generate_answers(self, prompts: list[dict], do_sample: bool = True) -> list[str]:
-        """Answers of the current policy to `prompts`, batch_size at a time (for evaluate callbacks);
-        greedy when not do_sample."""
+        """One answer of the current policy per prompt, batch_size prompts at a time (for evaluate
+        callbacks); greedy when not do_sample."""
         answers = []
         for i in range(0, len(prompts), self.config.batch_size):
-            _, _, raw = self.generate(prompts[i:i + self.config.batch_size], do_sample=do_sample)
+            _, _, raw = self.generate(prompts[i:i + self.config.batch_size], do_sample=do_sample, answers_per_prompt=1)
             responses, response_mask, _ = truncate_after_eos(raw, self.eos_token_ids, self.pad_token_id)
             answers.extend(self.decode(responses, response_mask))
         return answers
@@ -487,12 +468,16 @@ class PPOTrainer:
         config = self.config
         self.model.eval()  # no dropout: the ratio π/π_old must be exactly 1 before the first update
 
-        # 1. Generate one answer per prompt by sampling, and cut each after its first EOS.
+        # 1. Sample answers_per_prompt answers per prompt, cut each after its first EOS, and drop the
+        #    columns no answer reached.
         start = time.perf_counter()
         queries, query_mask, raw_responses = self.generate(prompts)
         generation_seconds = time.perf_counter() - start
         responses, response_mask, has_eos = truncate_after_eos(raw_responses, self.eos_token_ids, self.pad_token_id)
+        responses, response_mask = trim_answers(responses, response_mask)
         answers = self.decode(responses, response_mask)
+        n = len(answers) // len(prompts)
+        prompts = [record for record in prompts for _ in range(n)]  # one record per answer
 
         # 2. Score the answers, penalise empty and truncated ones, normalise with running statistics.
         raw_scores = torch.tensor(self.reward_fn(prompts, answers), dtype=torch.float32)
@@ -507,11 +492,12 @@ class PPOTrainer:
             scores = self.reward_stats.normalize(scores).float()
 
         # 3. Logprobs, entropies and values of the sampling policy, and reference logprobs (adapter
-        #    off), in chunks of mini_batch_size to bound memory.
+        #    off), mini_batch_size prompts (with their answers) at a time to bound memory.
         chunks = []
-        for i in range(0, len(prompts), config.mini_batch_size):
-            part = slice(i, i + config.mini_batch_size)
-            args = (queries[part], query_mask[part], responses[part], response_mask[part], config.temperature)
+        for i in range(0, len(queries), config.mini_batch_size):
+            part, answer_part = slice(i, i + config.mini_batch_size), slice(i * n, (i + config.mini_batch_size) * n)
+            args = (queries[part], query_mask[part], responses[answer_part], response_mask[answer_part],
+                    config.temperature)
             chunks.append((*self.model.response_outputs(*args), self.model.reference_logprobs(*args)))
         logprobs, entropy, values, ref_logprobs = (torch.cat(parts) for parts in zip(*chunks))
 
@@ -564,16 +550,19 @@ class PPOTrainer:
         mb_stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
         ratio_mean_first_minibatch = float("nan")
         updated_tokens, early_stopped = 0, False
+        n_prompts = len(ro.queries)
+        n = B // n_prompts  # answers per prompt: a minibatch takes whole prompts with all their answers
         for epoch in range(config.ppo_epochs):
-            b_inds = torch.randperm(B)
-            for start_index in range(0, B, config.mini_batch_size):
-                mb_inds = b_inds[start_index:start_index + config.mini_batch_size].to(self.device)
+            b_groups = torch.randperm(n_prompts)
+            for start_index in range(0, n_prompts, config.mini_batch_size):
+                mb_groups = b_groups[start_index:start_index + config.mini_batch_size].to(self.device)
+                mb_inds = (mb_groups.unsqueeze(1) * n + torch.arange(n, device=self.device)).flatten()
                 mb_mask = mask[mb_inds]  # (b, R)
                 mb_advantages, mb_returns = advantages[mb_inds], returns[mb_inds]  # (b, R)
                 mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds], ro.values[mb_inds]  # (b, R)
 
                 new_logprobs, new_entropy, new_values = self.model.response_outputs(
-                    ro.queries[mb_inds], ro.query_mask[mb_inds], ro.responses[mb_inds],
+                    ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds],
                     ro.response_mask[mb_inds], config.temperature)  # (b, R) each
                 logratio = new_logprobs - mb_old_logprobs
                 ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
@@ -666,19 +655,22 @@ class PPOTrainer:
 
         session_seconds: list[float] = []
         saved_step = self.step_count
-        while self.step_count < config.steps:
+        while self.step_count < config.steps and not self._out_of_time():
             stats = self.step()
             self.step_count += 1
             step = self.step_count
             stats["step"] = step
             self.history.append(stats)
             session_seconds.append(stats["step_seconds"])
-            if step % config.log_every == 0 or step == config.steps:
+            last = step == config.steps or self._out_of_time()
+            if step % config.log_every == 0 or last:
                 eta = (config.steps - step) * sum(session_seconds) / len(session_seconds)
+                if config.max_seconds is not None:
+                    eta = min(eta, max(0.0, config.max_seconds - self.training_seconds))
                 self.progress(_progress_line(stats, step, config.steps, eta))
                 if self.log_metrics is not None:
                     self.log_metrics(stats, step)
-            evaluation_due = config.eval_every and (step % config.eval_every == 0 or step == config.steps)
+            evaluation_due = config.eval_every and (step % config.eval_every == 0 or last)
             if self.evaluate is not None and evaluation_due:
                 self._run_evaluation(step)
             if self.checkpoint_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -692,6 +684,14 @@ class PPOTrainer:
                          best_step=self.best_step, best_metric=self.best_metric, final_step=self.step_count,
                          last_checkpoint=self._last_dir() if self.checkpoint_dir is not None else None,
                          best_checkpoint=best_dir if best_dir is not None and best_dir.exists() else None)
+
+    @property
+    def training_seconds(self) -> float:
+        """Time spent in PPO steps so far (evaluations and checkpoints excluded), across resumes."""
+        return float(sum(row["step_seconds"] for row in self.history))
+
+    def _out_of_time(self) -> bool:
+        return self.config.max_seconds is not None and self.training_seconds >= self.config.max_seconds
 
     def _run_evaluation(self, step: int) -> None:
         rng_state = _get_rng_state()  # evaluation may sample; training must not notice
@@ -795,18 +795,6 @@ class PPOTrainer:
 # --------------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------------
-
-
-def _eos_token_ids(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every id that ends an answer: the tokenizer's EOS and the model's generation EOS ids (an
-    instruct model's end-of-turn token is often only the latter)."""
-    ids = {tokenizer.eos_token_id}
-    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
-    ids.discard(None)
-    if not ids:
-        raise ValueError("neither the tokenizer nor the model defines an EOS token")
-    return sorted(ids)
 
 
 def _seed_everything(seed: int) -> None:

@@ -22,7 +22,7 @@ from ml.policy.base import (
     load_base_policy,
     smollm2_cache_folder,
 )
-from ml.policy.generate import generate_answers, greedy_answers
+from ml.policy.sampling import generate_answers, greedy_answers
 from ml.policy.prompts import (
     PROMPT_COLUMNS,
     answer_to_condition,

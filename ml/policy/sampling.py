@@ -1,0 +1,276 @@
+"""Rollouts and per-token log-probabilities of a causal LM policy: the one path every stage shares.
+
+PPO, RLOO, the evaluation (answers and their KL) and `rlxf recommend` all sample answers and score
+answer tokens here, so the log-probabilities training optimises are the ones the report states:
+
+- `encode_prompts` renders nothing: it tokenizes already-rendered prompts, left-padded, keeping the
+  end of a prompt that is too long (where the answer starts).
+- `sample_answers` prefills each distinct prompt once, copies its KV cache to the `n` answers drawn
+  for it, and decodes with plain temperature sampling (or greedily). Rows that reached EOS leave the
+  batch, so the cost follows the tokens actually generated. No top-k, top-p, repetition penalty or
+  anything from a model's `generation_config` applies: the sampling distribution is exactly
+  softmax(logits / temperature), the distribution `answer_token_stats` scores.
+- `answer_token_stats` computes log pi(a_t | s_t) (at the sampling temperature), the entropy and
+  optionally a value head's V(s_t) for every answer token, from the generated token ids (never from
+  re-tokenized text). The prompt runs once per distinct prompt and its KV cache, gradients included,
+  is shared by that prompt's answers: with n answers per prompt the prompt costs 1/n of a full
+  forward per answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+
+@dataclass
+class Answers:
+    """Sampled answers: row i answers prompt i // n_per_prompt."""
+
+    responses: torch.Tensor  # (N, R) token ids, pad after the first EOS
+    response_mask: torch.Tensor  # (N, R) 1 up to and including the first EOS
+    has_eos: torch.Tensor  # (N,) bool: the answer ended within the token budget
+    n_per_prompt: int
+
+
+@dataclass
+class TokenStats:
+    logprobs: torch.Tensor  # (N, R) log pi(a_t | s_t) at the sampling temperature
+    entropy: torch.Tensor | None  # (N, R) H(pi(. | s_t)), when asked for
+    values: torch.Tensor | None  # (N, R) V(s_t), with a value head
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompt_texts: list[str], max_prompt_tokens: int = 0,
+                   add_special_tokens: bool = True, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids (P, L) and mask (P, L); a prompt longer than `max_prompt_tokens` keeps
+    its last tokens (0 = no limit)."""
+    encoded = tokenizer(list(prompt_texts), padding=True, padding_side="left", add_special_tokens=add_special_tokens,
+                        return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    if max_prompt_tokens and ids.shape[1] > max_prompt_tokens:
+        ids, mask = ids[:, -max_prompt_tokens:], mask[:, -max_prompt_tokens:]
+        # Cut rows whose only padding was removed stay valid; rows that are all padding cannot happen.
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation assigns them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the model's generation EOS ids (an
+    instruct model's end-of-turn token is often only the latter)."""
+    ids = {tokenizer.eos_token_id}
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+    ids.discard(None)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an EOS token")
+    return sorted(ids)
+
+
+def answer_mask(responses: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (N, R): 1 up to and including the first EOS, has_eos (N,)); a row without EOS keeps
+    all R tokens."""
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))  # (N, R)
+    has_eos = is_eos.any(dim=1)
+    R = responses.shape[1]
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, R - 1, dtype=torch.long))
+    mask = (torch.arange(R, device=responses.device).unsqueeze(0) <= first_eos.unsqueeze(1)).long()
+    return mask, has_eos
+
+
+def _prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, hidden: bool):
+    return model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                 cache=DynamicCache(), use_cache=True, logits_to_keep=1, output_hidden_states=hidden)
+
+
+@torch.no_grad()
+def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
+                   n_per_prompt: int, max_new_tokens: int, temperature: float, eos_ids: list[int],
+                   pad_token_id: int, greedy: bool = False, generator: torch.Generator | None = None) -> Answers:
+    """n_per_prompt answers per prompt, sampled from softmax(logits / temperature) (argmax when
+    `greedy`), each cut after its first EOS. Uses `generator` or torch's global RNG."""
+    if n_per_prompt < 1 or max_new_tokens < 1:
+        raise ValueError("n_per_prompt and max_new_tokens must be >= 1")
+    if not greedy and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling (use greedy=True for the argmax)")
+    was_training = model.training
+    model.eval()
+    try:
+        # 1. Prefill each distinct prompt once, then give each of its answers a copy of the cache.
+        output = _prefill(model, prompt_ids, prompt_mask, hidden=False)
+        cache = output.past_key_values
+        logits = output.logits[:, -1]  # (P, V)
+        mask = prompt_mask
+        next_position = mask.long().sum(-1)  # (P,) the first answer token's position
+        if n_per_prompt > 1:
+            cache.batch_repeat_interleave(n_per_prompt)
+            logits = logits.repeat_interleave(n_per_prompt, dim=0)
+            mask = mask.repeat_interleave(n_per_prompt, dim=0)
+            next_position = next_position.repeat_interleave(n_per_prompt, dim=0)
+        N = logits.shape[0]
+        eos = torch.tensor(eos_ids, device=logits.device)
+        responses = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device)
+        active = torch.arange(N, device=logits.device)  # rows still generating
+        # 2. Decode; rows that produced EOS leave the batch (and the cache).
+        for t in range(max_new_tokens):
+            if greedy:
+                tokens = logits.argmax(-1)
+            else:
+                probs = F.softmax(logits.float() / temperature, dim=-1)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            responses[active, t] = tokens
+            if t == max_new_tokens - 1:
+                break
+            running = ~torch.isin(tokens, eos)
+            if not running.all():
+                if not running.any():
+                    break
+                keep = running.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                active, tokens, mask, next_position = active[keep], tokens[keep], mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            output = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask,
+                           position_ids=next_position.unsqueeze(-1), cache=cache, use_cache=True)
+            cache, logits = output.past_key_values, output.logits[:, -1]
+            next_position = next_position + 1
+    finally:
+        model.train(was_training)
+    response_mask, has_eos = answer_mask(responses, eos_ids)
+    return Answers(responses.masked_fill(response_mask == 0, pad_token_id), response_mask, has_eos, n_per_prompt)
+
+
+def trim_answers(responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing columns no answer uses, so scoring pays only for real tokens."""
+    width = max(int(response_mask.sum(dim=1).max().item()), 1)
+    return responses[:, :width], response_mask[:, :width]
+
+
+def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                       responses: torch.Tensor, response_mask: torch.Tensor, temperature: float, *,
+                       entropy: bool = False, value_head: torch.nn.Module | None = None) -> TokenStats:
+    """log pi(a_t | s_t), optionally H(pi(. | s_t)) and V(s_t), for every answer token (N, R).
+
+    Row i of `responses` answers prompt i // (N // P). Gradients flow when called outside no_grad
+    (through the shared prompt cache too). Position t reads the state just before answer token t:
+    the last prompt position for t = 0, answer token t - 1 after that."""
+    P, N, R = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
+    if N % P:
+        raise ValueError(f"{N} answers cannot be split evenly over {P} prompts")
+    n = N // P
+    hidden = value_head is not None
+    output = _prefill(model, prompt_ids, prompt_mask, hidden=hidden)
+    cache = output.past_key_values
+    logits = output.logits[:, -1:]  # (P, 1, V)
+    states = output.hidden_states[-1][:, -1:] if hidden else None  # (P, 1, H)
+    mask, next_position = prompt_mask, prompt_mask.long().sum(-1, keepdim=True)  # (P, L), (P, 1)
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits, mask, next_position = (x.repeat_interleave(n, dim=0) for x in (logits, mask, next_position))
+        states = states.repeat_interleave(n, dim=0) if hidden else None
+    if R > 1:
+        # Answer tokens 0..R-2 predict tokens 1..R-1 (and give the states before them).
+        inputs = responses[:, :-1]
+        rest = model(input_ids=inputs, attention_mask=torch.cat([mask, response_mask[:, :-1]], dim=1),
+                     position_ids=next_position + torch.arange(R - 1, device=inputs.device),
+                     cache=cache, use_cache=True, output_hidden_states=hidden)
+        logits = torch.cat([logits, rest.logits], dim=1)  # (N, R, V)
+        if hidden:
+            states = torch.cat([states, rest.hidden_states[-1]], dim=1)  # (N, R, H)
+    logits = logits.float() / temperature
+    log_softmax = F.log_softmax(logits, dim=-1)
+    logprobs = log_softmax.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    token_entropy = -(log_softmax.exp() * log_softmax).sum(-1) if entropy else None
+    values = value_head(states) if hidden else None
+    return TokenStats(logprobs=logprobs, entropy=token_entropy, values=values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched generation from rendered prompt texts (evaluation, recommend, evaluate callbacks)
+
+
+@dataclass
+class SampledBatch:
+    """One batch of prompts and the answers sampled for them, as token ids."""
+
+    prompt_ids: torch.Tensor  # (P, L)
+    prompt_mask: torch.Tensor  # (P, L)
+    answers: Answers  # (P * n, R)
+
+
+def generate_batches(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_texts: list[str], *,
+                     max_new_tokens: int, temperature: float = 1.0, n_per_prompt: int = 1, greedy: bool = False,
+                     max_prompt_tokens: int = 0, seed: int | None = None, batch_size: int = 16
+                     ) -> list[SampledBatch]:
+    """Answers to already-rendered prompts (`ml.policy.prompts.chat_text`), `batch_size` prompts at a
+    time; `seed` makes sampling reproducible without touching the caller's RNG."""
+    device = next(model.parameters()).device
+    eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, len(prompt_texts), batch_size):
+            ids, mask = encode_prompts(tokenizer, prompt_texts[start:start + batch_size], max_prompt_tokens,
+                                       device=device)
+            answers = sample_answers(model, ids, mask, n_per_prompt=n_per_prompt, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, eos_ids=eos_ids, pad_token_id=pad_id, greedy=greedy,
+                                     generator=generator)
+            batches.append(SampledBatch(ids, mask, answers))
+    return batches
+
+
+def decode_answers(tokenizer: PreTrainedTokenizerBase, batches: list[SampledBatch]) -> list[str]:
+    """The answers' text (special tokens dropped), in prompt order: n consecutive answers per prompt."""
+    texts = []
+    for batch in batches:
+        ids = [row[mask.bool()].tolist() for row, mask in zip(batch.answers.responses, batch.answers.response_mask)]
+        texts.extend(text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return texts
+
+
+def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float) -> np.ndarray:
+    """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
+    per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
+    sums = []
+    with torch.inference_mode():
+        for batch in batches:
+            answers = batch.answers
+            responses, response_mask = trim_answers(answers.responses, answers.response_mask)
+            stats = answer_token_stats(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask,
+                                       temperature)
+            sums.append((stats.logprobs * response_mask).sum(-1).float().cpu().numpy())
+    return np.concatenate(sums) if sums else np.zeros(0)
+
+
+def answer_lengths(batches: list[SampledBatch]) -> np.ndarray:
+    """Tokens per answer, its EOS included."""
+    return np.concatenate([b.answers.response_mask.sum(-1).cpu().numpy() for b in batches]) if batches else np.zeros(0)
+
+
+def generate_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_texts: list[str],
+                     max_new_tokens: int, do_sample: bool = True, temperature: float = 1.0,
+                     num_return_sequences: int = 1, batch_size: int = 16, seed: int | None = None,
+                     max_prompt_tokens: int | None = None) -> list[str]:
+    """The answers' text: `num_return_sequences` consecutive answers per prompt, sampled at
+    `temperature` (greedy when not `do_sample`)."""
+    batches = generate_batches(model, tokenizer, prompt_texts, max_new_tokens=max_new_tokens,
+                               temperature=temperature, n_per_prompt=num_return_sequences, greedy=not do_sample,
+                               max_prompt_tokens=max_prompt_tokens or 0, seed=seed, batch_size=batch_size)
+    return decode_answers(tokenizer, batches)
+
+
+def greedy_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_texts: list[str],
+                   max_new_tokens: int, batch_size: int = 16, max_prompt_tokens: int | None = None) -> list[str]:
+    """The policy's single most likely answer per prompt (deterministic; used for Table-3 samples)."""
+    return generate_answers(model, tokenizer, prompt_texts, max_new_tokens, do_sample=False, batch_size=batch_size,
+                            max_prompt_tokens=max_prompt_tokens)
