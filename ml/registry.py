@@ -289,8 +289,10 @@ class Registry:
         name: str,
         artifact_path: str = "model",
         tags: Mapping[str, Any] | None = None,
+        require_weights: bool = True,
     ) -> ModelVersionInfo:
-        """Upload a model folder to the run, then register it as a new READY version of `name`.
+        """Upload a model folder to the run, then register it as a new READY version of `name`
+        (`require_weights`: the folder must hold safetensors weights).
 
         The version is created only after every file is in the run's artifacts, so an upload
         that crashes leaves stray artifacts but never a registered, half-written version.
@@ -302,7 +304,7 @@ class Registry:
         pickles = sorted(p for p in local if Path(p).suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise RegistryError(f"{local_dir} holds pickle files {pickles}: save weights as safetensors")
-        if not any(p.endswith(".safetensors") for p in local):
+        if require_weights and not any(p.endswith(".safetensors") for p in local):
             raise RegistryError(f"{local_dir} holds no .safetensors weights")
 
         run.log_artifacts(local_dir, artifact_path)

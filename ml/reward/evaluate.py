@@ -15,6 +15,7 @@ latents the text does not show (condition type, approval year, noise).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from ml.reward.calibration import expected_calibration_error, reliability_curve
 from ml.reward.encoder import LABELS
 from ml.reward.model import RewardModel, texts_for_rows
+from ml.reward.negatives import relevance_negatives
 
 THRESHOLD = 0.5  # predict MET when P(MET) >= THRESHOLD
 METRIC_NAMES = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "precision_met", "recall_met",
@@ -48,6 +50,7 @@ class RewardEvaluation:
     reliability: pd.DataFrame  # `calibration.reliability_curve` of the model's test P(MET)
     probs: np.ndarray  # the model's calibrated P(MET) per test row
     labels: np.ndarray  # is_met per test row
+    relevance: dict[str, float]  # `relevance_check` on the test split
 
     def headline(self) -> dict[str, float]:
         """test_*, holdout_*, baseline_<name>_*, bayes_optimal_*; non-finite values (e.g. ROC-AUC of
@@ -58,6 +61,7 @@ class RewardEvaluation:
             flat |= {f"baseline_{name}_{k}": v for k, v in metrics.items()}
         flat |= {"bayes_optimal_accuracy": self.bayes_optimal_accuracy, "oracle_accuracy": self.oracle_accuracy,
                  "truth_coverage": self.truth_coverage}
+        flat |= {f"test_{k}": v for k, v in self.relevance.items()}
         return {k: float(v) for k, v in flat.items() if math.isfinite(v)}
 
     def to_markdown(self) -> str:
@@ -72,6 +76,11 @@ class RewardEvaluation:
             parts += [f"Bayes-optimal accuracy on these rows, given the input text: {self.bayes_optimal_accuracy:.3f}; "
                       f"an oracle that also knows the hidden latents: {self.oracle_accuracy:.3f} "
                       f"(truth found for {self.truth_coverage:.0%} of them).", ""]
+        r = self.relevance
+        parts += ["### Relevance", "",
+                  f"Mean P(MET) of the test conditions under their own area {r['p_met_own_area']:.3f}, placed under "
+                  f"another area {r['p_met_other_area']:.3f}, cut before their object {r['p_met_vague']:.3f}; "
+                  f"ROC-AUC of a real condition against its cross-area copy {r['relevance_auc']:.3f}.", ""]
         parts += ["### Confusion matrix", "", markdown_table(confusion.reset_index(names="")), "",
                   "### By economic area", "", markdown_table(self.by_area), "",
                   "### By test year", "", markdown_table(self.by_year), ""]
@@ -95,7 +104,23 @@ def evaluate_reward_model(model: RewardModel, test: pd.DataFrame, train: pd.Data
         confusion=confusion_matrix(labels, predict(probs), labels=[0, 1]),
         by_area=breakdown(test["economic_area"].fillna("Unknown"), labels, probs, "economic_area"),
         by_year=breakdown(test["test_year"].astype("string").fillna("unknown"), labels, probs, "test_year"),
-        reliability=reliability_curve(probs, labels), probs=probs, labels=labels)
+        reliability=reliability_curve(probs, labels), probs=probs, labels=labels,
+        relevance=relevance_check(model.score, test, own_probs=probs))
+
+
+def relevance_check(score: Callable[[pd.DataFrame], np.ndarray], test: pd.DataFrame, seed: int = 0,
+                    own_probs: np.ndarray | None = None) -> dict[str, float]:
+    """What a reward model knows of relevance, on real test conditions: mean P(MET) under their own
+    area, under another area and cut before their object, and the ROC-AUC of telling a real
+    condition from its cross-area copy. `score(rows) -> P(MET)`."""
+    cross = relevance_negatives(test, 1.0, 0.0, seed)
+    vague = relevance_negatives(test, 0.0, 1.0, seed)
+    own_p = score(test) if own_probs is None else own_probs
+    cross_p, vague_p = score(cross), score(vague)
+    labels = np.r_[np.ones(len(own_p)), np.zeros(len(cross_p))].astype(int)
+    auc = classification_metrics(labels, np.r_[own_p, cross_p])["roc_auc"]
+    return {"p_met_own_area": float(np.mean(own_p)), "p_met_other_area": float(np.mean(cross_p)),
+            "p_met_vague": float(np.mean(vague_p)), "relevance_auc": float(auc)}
 
 
 def predict(probs: np.ndarray) -> np.ndarray:

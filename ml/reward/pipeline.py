@@ -11,20 +11,22 @@ test macro-F1 is at least the current champion's measured on the same test split
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ml.config import RewardSettings
+from ml.config import PolicySettings, RewardSettings
 from ml.data.splits import read_split
 from ml.registry import PromotionDecision, Registry
 from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model
 from ml.reward.model import RewardModel
 from ml.reward.plots import save_plots
+from ml.reward.rl_reward import RL_REWARD_NAME, RewardSpec, RLReward, fit_area_classifiers
 from ml.reward.train import split_train_halves, train_reward_model
 
 REWARD_MODEL_NAME = "rlxf-reward-model"
@@ -32,6 +34,7 @@ GOLD_REWARD_MODEL_NAME = "rlxf-gold-reward-model"
 REGISTERED_NAMES = {"proxy": REWARD_MODEL_NAME, "gold": GOLD_REWARD_MODEL_NAME}
 EXPERIMENT = "rlxf-reward-model"
 PROMOTION_METRIC = "test_macro_f1"
+RL_REWARD_EXPERIMENT = "rlxf-rl-reward"
 
 
 @dataclass
@@ -138,3 +141,64 @@ def load_champion_reward(registry: Registry, name: str, cache_root: Path, device
     if info is None:
         raise LookupError(f"registered model {name!r} has no champion yet; train it first")
     return RewardModel.load(registry.cached_version(name, info.version, cache_root), device=device), info.version
+
+
+def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, proxy: tuple[RewardModel, dict],
+                    gold: tuple[RewardModel, dict], ensemble: Sequence[tuple[RewardModel, dict]] = ()) -> RLReward:
+    """The profile's RL reward over the given reward models (each with its registry reference), with
+    area classifiers fitted on the training halves the proxy and the gold model learned from."""
+    train = read_split(snapshot, "train")
+    half_a, half_b = split_train_halves(train, seed=reward_seed)
+    proxy_area, gold_area = fit_area_classifiers(half_a, half_b, seed=reward_seed)
+    manifest = json.loads((Path(snapshot) / "manifest.json").read_text(encoding="utf-8"))
+    spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
+                      ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
+                      on_topic_target=settings.on_topic_target,
+                      info={"split_hash": manifest["content_hash"],
+                            "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
+                            "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
+    return RLReward(spec, proxy[0], gold[0], proxy_area, gold_area, [model for model, _ in ensemble])
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def reward_ref(name: str, version: str) -> dict:
+    return {"name": name, "version": str(version)}
+
+
+def load_registered_reward(registry: Registry, ref: dict, cache_root: Path, device: str = "auto") -> RewardModel:
+    return RewardModel.load(registry.cached_version(ref["name"], ref["version"], cache_root), device=device)
+
+
+def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, profile: str) -> str:
+    """Save the RL reward (spec + area classifiers) and register it as a new version of
+    `rlxf-rl-reward`, tagged with its design and the reward-model versions it names; returns the version."""
+    folder = Path(work_dir) / "rl_reward"
+    staging = Path(tempfile.mkdtemp(prefix="rl_reward.", dir=Path(work_dir)))
+    reward.save(staging)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    spec = reward.spec
+    tags = {"design": spec.design, "profile": profile, "reward_model_version": spec.proxy["version"],
+            "gold_model_version": spec.gold["version"], "split_hash": spec.info.get("split_hash", "")}
+    with registry.run(RL_REWARD_EXPERIMENT, run_name=f"rl-reward-{profile}", tags=tags,
+                      params={"design": spec.design, "topic_weight": spec.topic_weight,
+                              "on_topic_target": spec.on_topic_target}) as run:
+        version = registry.register_model(run, folder, RL_REWARD_NAME, tags=tags, require_weights=False)
+    return version.version
+
+
+def load_rl_reward(registry: Registry, version: str | None, cache_root: Path, device: str = "auto",
+                   **overrides) -> tuple[RLReward, str]:
+    """A registered RL reward (the newest version when `version` is None) with its reward models."""
+    if version is None:
+        versions = registry.versions(RL_REWARD_NAME)
+        if not versions:
+            raise LookupError(f"no {RL_REWARD_NAME} version is registered; materialize rl_reward first")
+        version = versions[-1].version
+    folder = registry.cached_version(RL_REWARD_NAME, version, cache_root)
+    reward = RLReward.load(folder, lambda ref: load_registered_reward(registry, ref, cache_root, device), **overrides)
+    return reward, str(version)

@@ -8,9 +8,11 @@ earns little unless it is a condition for the area the prompt named.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,6 +69,41 @@ class AreaClassifier:
         if n_holdout:
             classifier.holdout_accuracy = float(np.mean(classifier.predict(texts[holdout]) == keys[holdout]))
         return classifier
+
+    def save(self, folder: Path) -> Path:
+        """`area_classifier.json` (settings, vocabulary, classes) + `area_classifier.npz` (idf and
+        weights): plain numbers, loadable without unpickling anything."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        params = self.vectorizer.get_params()
+        meta = {"classes": self.classes,
+                "holdout_accuracy": None if math.isnan(self.holdout_accuracy) else self.holdout_accuracy,
+                "ngram_range": list(params["ngram_range"]), "sublinear_tf": params["sublinear_tf"],
+                "vocabulary": {term: int(i) for term, i in self.vectorizer.vocabulary_.items()},
+                "model_classes": None if self.model is None else [str(c) for c in self.model.classes_]}
+        (folder / "area_classifier.json").write_text(json.dumps(meta, ensure_ascii=False, allow_nan=False),
+                                                     encoding="utf-8")
+        arrays = {"idf": self.vectorizer.idf_}
+        if self.model is not None:
+            arrays |= {"coef": self.model.coef_, "intercept": self.model.intercept_}
+        np.savez(folder / "area_classifier.npz", **arrays)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> AreaClassifier:
+        meta = json.loads((Path(folder) / "area_classifier.json").read_text(encoding="utf-8"))
+        arrays = np.load(Path(folder) / "area_classifier.npz", allow_pickle=False)
+        vectorizer = TfidfVectorizer(ngram_range=tuple(meta["ngram_range"]), sublinear_tf=meta["sublinear_tf"])
+        vectorizer.vocabulary_ = meta["vocabulary"]
+        vectorizer.idf_ = arrays["idf"]
+        model = None
+        if meta["model_classes"] is not None:
+            model = LogisticRegression(max_iter=2000, C=4.0)
+            model.classes_ = np.array(meta["model_classes"], dtype=object)
+            model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+            model.n_features_in_ = arrays["coef"].shape[1]
+        holdout = meta["holdout_accuracy"]
+        return cls(vectorizer, model, meta["classes"], math.nan if holdout is None else float(holdout))
 
     def predict(self, texts: Iterable[object]) -> np.ndarray:
         """The area key (see `area_key`) each text is classified into."""

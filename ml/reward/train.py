@@ -30,6 +30,7 @@ from ml.config import RewardSettings
 from ml.reward.calibration import fit_temperature
 from ml.reward.encoder import autocast_dtype, describe_encoder, load_encoder, pad_batch, resolve_device, tokenize
 from ml.reward.model import RewardModel, for_scoring, texts_for_rows
+from ml.reward.negatives import with_relevance_negatives
 
 Progress = Callable[[str], None]
 MAX_GRAD_NORM = 1.0
@@ -84,6 +85,7 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
     rng = np.random.default_rng(seed)
     if 0 < settings.max_train_examples < len(train):
         train = train.sample(n=settings.max_train_examples, random_state=seed)
+    train = with_relevance_negatives(train, settings.cross_area_negatives, settings.vague_negatives, seed)
 
     model, tokenizer = load_encoder(settings.base_model, seed=seed)
     scorer = RewardModel(model, tokenizer, max_length=settings.max_length, batch_size=settings.batch_size * 2,

@@ -307,20 +307,84 @@ def test_auto_precision_resolves_to_what_the_hardware_has(reward):
         RewardModel(reward.model, reward.tokenizer, dtype="float8")
 
 
-def test_topic_term_keeps_the_reward_for_conditions_about_the_asked_area(reward):
+def rl_reward_for(reward, design: str, **changes):
     from ml.evaluation import synthetic_inputs
-    from ml.policy.pipeline import reward_fn_for
+    from ml.reward.rl_reward import RewardSpec, RLReward
     from ml.reward.topic import AreaClassifier
 
     topic = AreaClassifier.fit(synthetic_inputs(seed=0).corpus)
+    ref = {"name": "toy", "version": "1"}
+    spec = RewardSpec(design=design, proxy=ref, gold=ref, ensemble=(ref,) if design == "ensemble" else (),
+                      topic_weight=1.0, **changes)
+    return RLReward(spec, reward, reward, topic, topic, [reward] if design == "ensemble" else [])
+
+
+def test_reward_designs_combine_p_met_and_the_topic_term_as_documented(reward):
     area = "1.1. Revenue measures, excluding trade policy"
     answers = ["Remove the vat exemptions and raise the excise tax", "Provide a detailed plan of action"]
-    on_topic = topic.asked_area_probability(answers, [area, area])
-    assert on_topic[0] > 0.5 > on_topic[1]  # a revenue measure is about revenue; a generic plan is not
     records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": area}] * 2
-    p_met = np.array(reward_fn_for(reward)(records, answers))
-    combined = np.array(reward_fn_for(reward, topic, topic_weight=1.0)(records, answers))
-    np.testing.assert_allclose(combined, p_met * on_topic, rtol=1e-5)
-    np.testing.assert_allclose(reward_fn_for(reward, topic, topic_weight=0.0)(records, answers), p_met, rtol=1e-6)
+    plain = rl_reward_for(reward, "p_met")
+    p_met = plain(records, answers)
+    on_topic = plain.proxy_area.asked_area_probability(answers, [area, area])
+    assert on_topic[0] > 0.5 > on_topic[1]  # a revenue measure is about revenue; a generic plan is not
+    np.testing.assert_allclose(p_met, reward.score(plain.rows(records, answers)), rtol=1e-6)
+    np.testing.assert_allclose(rl_reward_for(reward, "product")(records, answers), p_met * on_topic, rtol=1e-5)
+    np.testing.assert_allclose(plain.judged(records, answers), p_met * on_topic, rtol=1e-5)
+    # Identical members have no spread: the conservative ensemble is the product itself.
+    np.testing.assert_allclose(rl_reward_for(reward, "ensemble")(records, answers), p_met * on_topic, rtol=1e-5)
+    summed = rl_reward_for(reward, "normalize_then_sum")(records, answers)
+    assert summed.mean() == pytest.approx(0.0, abs=1e-6) and summed[0] > summed[1]
     # An area the classifier never saw takes nothing away: there is nothing to judge it by.
-    assert topic.asked_area_probability(answers, ["Space programme", None]).tolist() == [1.0, 1.0]
+    assert plain.proxy_area.asked_area_probability(answers, ["Space programme", None]).tolist() == [1.0, 1.0]
+
+
+def test_constraint_multiplier_rises_below_the_on_topic_target_and_falls_above_it(reward):
+    area = "1.1. Revenue measures, excluding trade policy"
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": area}] * 2
+    off_topic = ["Provide a detailed plan of action"] * 2
+    on_topic = ["Remove the vat exemptions and raise the excise tax"] * 2
+    constrained = rl_reward_for(reward, "constraint", on_topic_target=0.9, multiplier_lr=1.0)
+    first = constrained(records, off_topic)
+    assert constrained.multiplier == pytest.approx(0.9)  # 0 + 1.0 * (0.9 - 0.0)
+    np.testing.assert_allclose(first, reward.score(constrained.rows(records, off_topic)), rtol=1e-6)
+    constrained(records, off_topic)
+    assert constrained.multiplier == pytest.approx(1.8)
+    constrained(records, on_topic)  # on target: the multiplier gives back what is no longer needed
+    assert constrained.multiplier == pytest.approx(1.7)
+    state = constrained.state_dict()
+    again = rl_reward_for(reward, "constraint", on_topic_target=0.9, multiplier_lr=1.0)
+    again.load_state_dict(state)
+    assert again.multiplier == constrained.multiplier
+
+
+def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    original = rl_reward_for(reward, "product")
+    original.save(tmp_path)
+    loaded = RLReward.load(tmp_path, lambda ref: reward)
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 3
+    answers = ["Submit the draft budget law", "Adopt a tax expenditure report", "Provide a plan"]
+    np.testing.assert_allclose(loaded(records, answers), original(records, answers), rtol=1e-6)
+    assert loaded.spec == original.spec
+    assert RLReward.load(tmp_path, lambda ref: reward, design="p_met").spec.design == "p_met"
+
+
+def test_relevance_negatives_are_real_conditions_out_of_place_or_cut_short():
+    from ml.reward.negatives import NEGATIVE_COLUMN, relevance_negatives, with_relevance_negatives
+
+    train = make_rows(200, seed=3, split="train")
+    negatives = relevance_negatives(train, cross_area_share=0.25, vague_share=0.1, seed=0)
+    assert len(negatives) == 50 + 20 and (negatives["is_met"] == 0).all() and negatives[NEGATIVE_COLUMN].all()
+    cross, vague = negatives.iloc[:50], negatives.iloc[50:]
+    originals = train.set_index("condition_id")
+    # Cross-area: the same condition and country under another area than its own.
+    assert (cross["economic_area"].to_numpy() != originals.loc[cross["condition_id"], "economic_area"].to_numpy()).all()
+    assert (cross["description"].to_numpy() == originals.loc[cross["condition_id"], "description"].to_numpy()).all()
+    # Vague: the first words of the condition, never all of it.
+    for row in vague.itertuples():
+        source = originals.loc[row.condition_id, "description"]
+        assert source.startswith(row.description) and len(row.description.split()) < len(source.split())
+    combined = with_relevance_negatives(train, 0.25, 0.1, seed=0)
+    assert len(combined) == 270 and combined[NEGATIVE_COLUMN].sum() == 70
+    assert with_relevance_negatives(train, 0.0, 0.0, seed=0) is train

@@ -1,0 +1,69 @@
+"""Relevance negatives: conditions no program could meet for the area it was asked about.
+
+MONA only records conditions that belong to their area, so a reward model trained on it alone has
+never seen "a condition for area X written about area Y", nor a condition with no object at all,
+and judges both by their verb: "Publish a report" scores like a real condition. RL finds such answers.
+Training also on two kinds of negative rows, labelled NON_MET, teaches the model that relevance and
+substance are part of being implementable:
+
+- cross-area: a real condition placed under another area's context (same country and arrangement,
+  another economic area), e.g. a customs-clearance condition proposed for pension reform;
+- vague: a real condition cut before its object ("Submit to parliament a draft law on" -> "Submit to
+  parliament"): nothing in it can be verified at a review.
+
+Negatives are added to the training rows only; validation (early stopping, calibration) and test
+metrics stay on real conditions, and `ml.reward.evaluate.relevance_check` measures what they taught.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+NEGATIVE_COLUMN = "is_relevance_negative"
+VAGUE_WORDS = (2, 3, 4)  # a vague negative keeps this many leading words of a real condition
+
+
+def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_share: float,
+                        seed: int) -> pd.DataFrame:
+    """Negative rows (is_met = 0, `is_relevance_negative` = True) numbering cross_area_share and
+    vague_share times the rows of `train`, drawn from `train` with `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> pd.DataFrame:  # each row once while there are enough, then with replacement
+        index = rng.permutation(len(train))[:n] if n <= len(train) else rng.integers(0, len(train), n)
+        return train.iloc[index].copy()
+
+    areas = train["economic_area"].dropna().unique()
+    frames = []
+    n_cross = int(round(cross_area_share * len(train)))
+    if n_cross and len(areas) > 1:
+        rows = draw(n_cross)
+        # Another area than the row's own: shift its index by 1..len-1 places in the list of areas.
+        own = pd.Index(areas).get_indexer(rows["economic_area"])
+        other = np.where(own >= 0, (own + rng.integers(1, len(areas), n_cross)) % len(areas),
+                         rng.integers(0, len(areas), n_cross))
+        rows["economic_area"] = areas[other]
+        frames.append(rows)
+    n_vague = int(round(vague_share * len(train)))
+    if n_vague:
+        rows = draw(n_vague)
+        words = rows["description"].fillna("").astype(str).str.split()
+        keep = rng.choice(VAGUE_WORDS, n_vague)
+        # Never the whole condition: at most all but two of its words.
+        rows["description"] = [" ".join(w[:max(1, min(k, len(w) - 2))]) for w, k in zip(words, keep)]
+        frames.append(rows)
+    if not frames:
+        return train.iloc[:0].assign(**{NEGATIVE_COLUMN: pd.Series(dtype=bool)})
+    negatives = pd.concat(frames, ignore_index=True)
+    return negatives.assign(is_met=0, **{NEGATIVE_COLUMN: True})
+
+
+def with_relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_share: float,
+                             seed: int) -> pd.DataFrame:
+    """`train` plus its negatives (flagged), in a seeded random order."""
+    negatives = relevance_negatives(train, cross_area_share, vague_share, seed)
+    if negatives.empty:
+        return train
+    combined = pd.concat([train.assign(**{NEGATIVE_COLUMN: False}), negatives], ignore_index=True)
+    return combined.sample(frac=1.0, random_state=seed).reset_index(drop=True)

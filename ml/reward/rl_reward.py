@@ -1,0 +1,185 @@
+"""The RL reward: what the policy is trained on and what judges it, as one saved, versioned artifact.
+
+A `RewardSpec` names the parts (registered reward-model versions; the proxy's and the gold side's
+area classifiers, stored in the same folder) and how the training reward combines them (`design`).
+`RLReward` is its loaded, callable form. Training (PPO, GRPO, RLOO), the evaluation, `rlxf recommend`
+and the benchmarks load the same folder, so nothing is refitted and every stage agrees on what
+"the reward" was.
+
+With P = the proxy's P(MET) of an answer read as a condition for its prompt's country, arrangement
+and area, and A = P(asked area | answer) from the proxy side's area classifier, the designs are:
+
+- "p_met": P, the paper's reward;
+- "product": P * A^w;
+- "constraint": P + lambda * A, where lambda >= 0 is a Lagrange multiplier that rises while a batch's
+  on-topic share is below `on_topic_target` and falls above it (constrained RLHF, Moskovitz et al.,
+  ICLR 2024): the topic term weighs exactly as much as it must to meet the target;
+- "normalize_then_sum": z(P) + w * z(A), each standardised over the batch (GDPO; TRL's
+  `multi_objective_aggregation="normalize_then_sum"`);
+- "ensemble": mean - k * std of P over the proxy and its ensemble members (a conservative
+  ensemble, Coste et al., ICLR 2024), times A^w when w > 0.
+
+Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
+side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
+It is the estimate of "a condition that gets met *and* is about the area asked" that checkpoint
+selection, the champion rule and the report's headline use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml.policy.prompts import answer_to_condition
+from ml.reward.model import RewardModel
+from ml.reward.topic import AreaClassifier, area_key
+
+SPEC_FILE = "reward_spec.json"
+DESIGNS = ("p_met", "product", "constraint", "normalize_then_sum", "ensemble")
+RL_REWARD_NAME = "rlxf-rl-reward"
+ModelRef = dict  # {"name": registered model name, "version": "3"}
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What the training reward is made of (see the module docstring for each design)."""
+
+    design: str
+    proxy: ModelRef
+    gold: ModelRef
+    ensemble: tuple[ModelRef, ...] = ()  # further proxy members for "ensemble"
+    topic_weight: float = 0.5  # w of "product", "normalize_then_sum" and "ensemble"
+    ensemble_k: float = 1.0  # k of mean - k * std
+    on_topic_target: float = 0.9  # "constraint": the on-topic share the multiplier enforces
+    multiplier_lr: float = 2.0  # "constraint": lambda += lr * (target - on-topic share) per batch
+    initial_multiplier: float = 0.0
+    info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
+
+    def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown reward design {self.design!r}; choose one of {DESIGNS}")
+        if self.design == "ensemble" and not self.ensemble:
+            raise ValueError("the 'ensemble' design needs ensemble members besides the proxy")
+
+    def models(self) -> list[ModelRef]:
+        return [self.proxy, self.gold, *self.ensemble]
+
+
+class RLReward:
+    """A loaded `RewardSpec`: `train_reward` for RL, `judged` for selection and reports."""
+
+    def __init__(self, spec: RewardSpec, proxy: RewardModel, gold: RewardModel, proxy_area: AreaClassifier,
+                 gold_area: AreaClassifier, ensemble: Sequence[RewardModel] = ()):
+        self.spec = spec
+        self.proxy, self.gold, self.ensemble = proxy, gold, list(ensemble)
+        self.proxy_area, self.gold_area = proxy_area, gold_area
+        self.multiplier = spec.initial_multiplier
+
+    # ---- parts ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def rows(records: Sequence[Mapping], conditions: Sequence[str]) -> list[dict]:
+        return [{"country": r.get("country"), "arrangement_type": r.get("arrangement_type"),
+                 "economic_area": r.get("economic_area"), "description": c} for r, c in zip(records, conditions)]
+
+    def components(self, records: Sequence[Mapping], conditions: Sequence[str]) -> pd.DataFrame:
+        """Per condition (already cut out of an answer): proxy and gold P(MET), each side's
+        P(asked area | condition), and the judged reward."""
+        rows, areas = self.rows(records, conditions), [r.get("economic_area") for r in records]
+        frame = pd.DataFrame({
+            "proxy_p_met": self.proxy.score(rows), "gold_p_met": self.gold.score(rows),
+            "proxy_p_area": self.proxy_area.asked_area_probability(conditions, areas),
+            "gold_p_area": self.gold_area.asked_area_probability(conditions, areas)})
+        return frame.assign(judged_reward=frame["gold_p_met"] * frame["gold_p_area"])
+
+    def judged(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
+        """Gold P(MET) x gold P(asked area | answer), per answer."""
+        conditions = [answer_to_condition(a) for a in answers]
+        rows, areas = self.rows(records, conditions), [r.get("economic_area") for r in records]
+        return self.gold.score(rows) * self.gold_area.asked_area_probability(conditions, areas)
+
+    # ---- the training reward -------------------------------------------------------------------
+
+    def train_reward(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
+        """The design's reward per answer of one batch (batch statistics for the batch designs;
+        "constraint" also updates its multiplier from this batch)."""
+        spec = self.spec
+        conditions = [answer_to_condition(a) for a in answers]
+        rows, areas = self.rows(records, conditions), [r.get("economic_area") for r in records]
+        p_met = self.proxy.score(rows)
+        p_area = (self.proxy_area.asked_area_probability(conditions, areas)
+                  if spec.design != "p_met" else np.ones(len(rows)))
+        if spec.design == "p_met":
+            return p_met
+        if spec.design == "product":
+            return p_met * p_area ** spec.topic_weight
+        if spec.design == "constraint":
+            reward = p_met + self.multiplier * p_area
+            on_topic_share = float(np.mean(p_area >= 0.5))
+            self.multiplier = max(0.0, self.multiplier + spec.multiplier_lr * (spec.on_topic_target - on_topic_share))
+            return reward
+        if spec.design == "normalize_then_sum":
+            return _standardise(p_met) + spec.topic_weight * _standardise(p_area)
+        members = np.stack([p_met, *(member.score(rows) for member in self.ensemble)])  # "ensemble"
+        return (members.mean(0) - spec.ensemble_k * members.std(0)) * p_area ** spec.topic_weight
+
+    __call__ = train_reward  # an RLReward is a RewardFn: (records, answers) -> rewards
+
+    def state_dict(self) -> dict[str, float]:
+        return {"multiplier": self.multiplier}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.multiplier = float(state["multiplier"])
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        self.proxy_area.save(folder / "proxy_area_classifier")
+        self.gold_area.save(folder / "gold_area_classifier")
+        (folder / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, allow_nan=False), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, load_model: Callable[[ModelRef], RewardModel],
+             **overrides) -> RLReward:
+        """The reward saved in `folder`; `load_model` turns a model reference into a RewardModel (from
+        the registry); `overrides` replace spec fields (the benchmark's design ablation)."""
+        spec = read_spec(folder, **overrides)
+        return cls(spec, load_model(spec.proxy), load_model(spec.gold),
+                   AreaClassifier.load(Path(folder) / "proxy_area_classifier"),
+                   AreaClassifier.load(Path(folder) / "gold_area_classifier"),
+                   [load_model(member) for member in spec.ensemble])
+
+
+def read_spec(folder: Path, **overrides) -> RewardSpec:
+    raw = json.loads((Path(folder) / SPEC_FILE).read_text(encoding="utf-8"))
+    raw["ensemble"] = tuple(raw.get("ensemble", ()))
+    return replace(RewardSpec(**raw), **overrides)
+
+
+def fit_area_classifiers(half_a: pd.DataFrame, half_b: pd.DataFrame, seed: int) -> tuple[AreaClassifier, AreaClassifier]:
+    """The proxy side's and the gold side's area classifiers, each on the training half its reward
+    model learned from, so the judge shares none of the proxy's data."""
+    return AreaClassifier.fit(half_a, seed=seed), AreaClassifier.fit(half_b, seed=seed + 1)
+
+
+def on_topic(classifier: AreaClassifier, conditions: Sequence[str], areas: Sequence[object]) -> np.ndarray:
+    """1.0 when `classifier` puts the condition in the asked area, 0.0 when not, NaN when the asked
+    area is unknown to it."""
+    return classifier.on_topic(pd.DataFrame({"answer": list(conditions), "economic_area": list(areas)}))
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    std = float(np.std(values))
+    return (values - np.mean(values)) / std if std > 1e-8 and math.isfinite(std) else values - np.mean(values)
+
+
+__all__ = ["DESIGNS", "RL_REWARD_NAME", "RLReward", "RewardSpec", "area_key", "fit_area_classifiers", "on_topic",
+           "read_spec"]
