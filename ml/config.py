@@ -40,12 +40,29 @@ class RewardSettings:
     eval_every_steps: int = 100  # validation macro-F1 every N steps, for early stopping
     early_stopping_patience: int = 3  # evaluations without improvement before stopping
     class_weighting: bool = True  # weight the loss by inverse class frequency
+    # Relevance negatives (ml/reward/negatives.py), as shares of the training rows: real conditions
+    # under another area's context, and real conditions cut before their object, both NON_MET.
+    cross_area_negatives: float = 0.0
+    vague_negatives: float = 0.0
     max_train_examples: int = 0  # 0 = all; smaller for quick runs
     seed: int = 13
     gold_seed: int = 31  # the gold model: same recipe, disjoint half of train, other seed
     min_macro_f1: float = 0.5  # asset check: fail below this test macro-F1
     dtype: str = "float32"  # or "bfloat16" (matmuls under autocast), or "auto": bfloat16 where native
     device: str = "auto"  # "auto" = CUDA when present
+
+
+@dataclass(frozen=True)
+class GroupRLSettings:
+    """TRL's critic-free algorithms, GRPO and RLOO (ml/policy/grpo.py)."""
+
+    steps: int = 60  # optimizer steps (a time budget can end the run sooner)
+    prompts_per_step: int = 4
+    num_generations: int = 8  # answers per prompt: the group each answer's reward is compared within
+    learning_rate: float = 5e-5
+    beta: float = 0.04  # KL penalty against the reference (adapter off); must be > 0
+    eval_every: int = 10  # evaluate on the validation prompts every N steps (and at 0 and the end)
+    best_max_kl: float | None = None  # an evaluation over this KL to the reference (nats/answer) cannot be kept
 
 
 @dataclass(frozen=True)
@@ -61,17 +78,27 @@ class PolicySettings:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_prompt_tokens: int = 96
     max_new_tokens: int = 40
+    # Sampling temperature of RL rollouts, the evaluation's answers and `rlxf recommend`; log-probs and
+    # KL are computed at the same temperature.
+    temperature: float = 0.8
     n_eval_prompts: int = 64  # held-out validation prompts scored during RL
+    # Precedents written under the question with the country's record in the area (ml/policy/grounding.py);
+    # 0 = the paper's bare question.
+    grounding_precedents: int = 0
     sft_enabled: bool = True
     sft_epochs: float = 1.0
     sft_learning_rate: float = 2e-4
     sft_max_examples: int = 2000
-    algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py) or "grpo" (TRL GRPOTrainer)
-    # RL reward = P(MET) x P(asked area | answer)^topic_weight; 0 = the paper's P(MET) alone. Without
-    # the term PPO finds short generic answers ("Provide a detailed plan.") that both reward models
-    # rate as implementable as real conditions; with it, an answer must also be about the area asked.
-    topic_weight: float = 0.0
+    algorithm: str = "ppo"  # "ppo" (ml/policy/ppo.py), "grpo" or "rloo" (TRL, ml/policy/grpo.py)
+    # The RL reward (ml/reward/rl_reward.py): "p_met" (the paper), "product" (P(MET) x P(area)^w),
+    # "constraint" (P(MET) + lambda P(area), lambda enforcing on_topic_target), "normalize_then_sum",
+    # "ensemble". Without a topic term PPO finds short generic answers ("Provide a detailed plan.") that
+    # a reward model trained on MONA alone rates as implementable as real conditions.
+    reward_design: str = "p_met"
+    topic_weight: float = 0.0  # w of the designs with a topic term
+    on_topic_target: float = 0.9  # "constraint": the on-topic share the multiplier enforces
     ppo: dict = field(default_factory=dict)  # overrides of ml.policy.ppo.PPOConfig fields
+    group_rl: GroupRLSettings = field(default_factory=GroupRLSettings)
 
 
 @dataclass(frozen=True)
@@ -105,13 +132,17 @@ PROFILES: dict[str, Profile] = {
             max_unknown_status_share=0.02,
             temporal_holdout_years=3,
         ),
+        # Relevance negatives, the topic term and grounding on, as in demo, so the pipeline tests run their code.
         reward=RewardSettings(base_model="tiny-bert", max_length=64, epochs=4, batch_size=16,
-                              learning_rate=1e-3, eval_every_steps=10, min_macro_f1=0.3),
-        policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=96, max_new_tokens=12,
+                              learning_rate=1e-3, eval_every_steps=10, min_macro_f1=0.3,
+                              cross_area_negatives=0.25, vague_negatives=0.1),
+        policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=192, max_new_tokens=12,
                               n_eval_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
-                              topic_weight=1.0,  # on, as in demo, so the pipeline tests run its code
-                              ppo={"steps": 4, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
-                                   "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 2}),
+                              reward_design="product", topic_weight=1.0, grounding_precedents=2,
+                              ppo={"steps": 4, "batch_size": 4, "answers_per_prompt": 2, "mini_batch_size": 2,
+                                   "ppo_epochs": 1, "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 2},
+                              group_rl=GroupRLSettings(steps=4, prompts_per_step=2, num_generations=2,
+                                                       learning_rate=1e-3, eval_every=2)),
     ),
     "demo": Profile(
         name="demo",
@@ -141,7 +172,7 @@ PROFILES: dict[str, Profile] = {
                               # The faster policy can pass 8 nats of KL late in the run: the KL budget
                               # keeps such checkpoints from being registered.
                               ppo={"steps": 40, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
-                                   "learning_rate": 3e-4, "temperature": 0.8, "init_kl_coef": 0.05,
+                                   "learning_rate": 3e-4, "init_kl_coef": 0.05,
                                    "target_kl": 6.0, "kl_horizon": 1000, "best_max_kl": 8.0,
                                    "eval_every": 8, "checkpoint_every": 8}),
     ),
@@ -163,7 +194,7 @@ PROFILES: dict[str, Profile] = {
         policy=PolicySettings(base_model="meta-llama/Llama-2-7b-hf", dtype="bfloat16", lora_r=16, lora_alpha=32,
                               max_prompt_tokens=128, max_new_tokens=96, n_eval_prompts=200, sft_max_examples=10000,
                               ppo={"steps": 200, "batch_size": 64, "mini_batch_size": 16, "ppo_epochs": 4,
-                                   "learning_rate": 1e-4, "temperature": 0.8, "eval_every": 20,
+                                   "learning_rate": 1e-4, "eval_every": 20,
                                    "checkpoint_every": 20}),
     ),
 }

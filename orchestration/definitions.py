@@ -6,7 +6,7 @@ import dagster as dg
 from orchestration.assets.evaluation import evaluation_report
 from orchestration.assets.ingestion import raw_mona_conditions
 from orchestration.assets.policy import base_policy, policy_prompts, ppo_adapter, sft_adapter
-from orchestration.assets.reward import gold_reward_model, reward_model
+from orchestration.assets.reward import gold_reward_model, reward_model, rl_reward
 from orchestration.assets.splits import validated_splits
 from orchestration.assets.warehouse import mona_dbt_models
 from orchestration.checks.data_quality import great_expectations_suite
@@ -18,7 +18,7 @@ from orchestration.sensors import mona_landing_sensor
 
 def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_mona_conditions, mona_dbt_models, validated_splits, reward_model, gold_reward_model,
+        assets=[raw_mona_conditions, mona_dbt_models, validated_splits, reward_model, gold_reward_model, rl_reward,
                 base_policy, policy_prompts, sft_adapter, ppo_adapter, evaluation_report],
         asset_checks=[great_expectations_suite],
         jobs=[data_platform_job, full_pipeline_job, retraining_job],

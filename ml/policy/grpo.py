@@ -1,13 +1,20 @@
-"""RL alternative to PPO: a LoRA adapter tuned with TRL's GRPOTrainer against the reward model.
+"""Critic-free RL through TRL: GRPO (`GRPOTrainer`) and RLOO (`RLOOTrainer`) on a LoRA adapter.
 
-GRPO samples `num_generations` answers per prompt and uses each answer's reward relative to its
-group as the advantage, so it needs no value head. Two TRL defaults are changed on purpose:
+Both sample `num_generations` answers per prompt and use each answer's reward relative to the others
+of its group as the advantage (GRPO: standardised within the group; RLOO: minus the mean of the
+other answers), so neither needs a value head. What is set on purpose:
 
-- the reward is a plain callable returning P(MET), never a model: given a model, TRL would score
-  `logits[:, 0]`, which for our classifier is the NON_MET logit;
-- `beta` (the KL penalty against the reference policy) defaults to 0 in TRL, which would let the
-  policy drift into reward hacking; here it is on. With LoRA the reference policy is the same
-  network with the adapter switched off, so no second model is held in memory.
+- the reward is a plain callable `(records, answers) -> rewards` (the same `RewardFn` PPO uses),
+  never a model: given a model, TRL would score `logits[:, 0]`, which for our classifier is NON_MET;
+- `beta` (the KL penalty against the reference policy) must be > 0: GRPO's default is 0, which would
+  let the policy drift into reward hacking. With LoRA the reference is the same network with the
+  adapter switched off, so no second model is held in memory;
+- the adapter is created by TRL from `peft_config` on the caller's (SFT-merged) model, never loaded
+  with `is_trainable=False` (a frozen PEFT model with beta != 0 trains nothing, silently: trl#6700),
+  and the run fails if no LoRA weight moved;
+- sampling is pinned neutral: top-k, top-p, min-p and repetition penalty off, whatever the model's
+  `generation_config` says, so the log-probabilities TRL computes are those of the sampling
+  distribution (softmax(logits / temperature)).
 """
 
 from __future__ import annotations
@@ -15,22 +22,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
 
 from ml.config import PolicySettings
-from ml.policy.base import load_adapter, lora_config, trainer_runtime_args
-from ml.policy.prompts import KEY_COLUMNS, answer_to_condition, chat_text
+from ml.policy.base import lora_config, trainer_runtime_args
+from ml.policy.prompts import KEY_COLUMNS
 from ml.policy.sft import ADAPTER_FOLDER, LogLinesCallback
 
 log = logging.getLogger(__name__)
 
+KINDS = ("grpo", "rloo")
 # What the reward callable receives per answer: enough to build the reward model's input text.
 METADATA_COLUMNS = ["prompt_id", *KEY_COLUMNS]
 # Per-step diagnostics kept from TRL's log rows (TRL name -> our name).
@@ -41,10 +48,10 @@ RewardFn = Callable[[list[dict], list[str]], list[float]]
 
 
 @dataclass(frozen=True)
-class GRPOResult:
-    adapter_dir: Path
+class GroupRLResult:
+    adapter_dir: Path  # the adapter at the end of training
     history: list[dict] = field(default_factory=list)  # one row per step: step, reward, reward_std, kl, ...
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time, evaluation callbacks excluded
     steps: int = 0
 
     @property
@@ -53,70 +60,86 @@ class GRPOResult:
 
 
 class TimeBudgetCallback(TrainerCallback):
-    """Stops training once a wall-time budget is spent: compares algorithms at equal wall time."""
+    """Stops training once `max_seconds` of training time are spent (time spent in the callbacks
+    listed in `excluded`, e.g. evaluations, does not count): compares algorithms at equal time."""
 
-    def __init__(self, max_seconds: float) -> None:
-        self.max_seconds = max_seconds
+    def __init__(self, max_seconds: float | None, excluded: Sequence[TrainerCallback] = ()) -> None:
+        self.max_seconds, self.excluded = max_seconds, list(excluded)
         self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        spent = time.perf_counter() - self.started
+        return spent - sum(getattr(callback, "seconds", 0.0) for callback in self.excluded)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.started >= self.max_seconds:
+        if self.max_seconds is not None and self.seconds >= self.max_seconds:
             control.should_training_stop = True
         return control
 
 
-def grpo_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
-    """Adapt `reward_fn(metadata records, conditions)` to TRL's `(prompts, completions, **columns)`:
+def group_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
+    """Adapt `reward_fn(metadata records, answers)` to TRL's `(prompts, completions, **columns)`:
     TRL passes every dataset column, repeated once per generation, as a keyword list."""
 
-    def p_met(prompts: list[str], completions: list[str], **columns) -> list[float]:
+    def reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
         records = [{name: columns[name][i] for name in METADATA_COLUMNS if name in columns}
                    for i in range(len(completions))]
-        conditions = [answer_to_condition(completion) for completion in completions]
-        return [float(score) for score in reward_fn(records, conditions)]
+        return [float(score) for score in reward_fn(records, [c.strip() for c in completions])]
 
-    return p_met
+    reward.__name__ = "rl_reward"  # TRL names the logged reward column after the function
+    return reward
 
 
-def grpo_dataset(tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame) -> Dataset:
-    """The rendered prompt (as generation renders it) plus the metadata the reward needs."""
-    columns = {"prompt": [chat_text(tokenizer, prompt) for prompt in prompts["prompt"]]}
+def group_dataset(prompts: pd.DataFrame) -> Dataset:
+    """The rendered prompt (column `prompt_text`, as generation renders it) plus the metadata the
+    reward needs."""
+    columns = {"prompt": list(prompts["prompt_text"])}
     for name in METADATA_COLUMNS:
-        columns[name] = [None if pd.isna(value) else str(value) for value in prompts[name]]
+        if name in prompts:
+            columns[name] = [None if pd.isna(value) else str(value) for value in prompts[name]]
     return Dataset.from_dict(columns)
 
 
-def train_grpo_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
-                       reward_fn: RewardFn, settings: PolicySettings, output_dir: Path, steps: int, seed: int = 0,
-                       beta: float = 0.04, num_generations: int = 4, progress: Callable[[str], None] = log.info,
-                       prompts_per_step: int = 2, learning_rate: float = 5e-5, temperature: float = 1.0,
-                       init_adapter_dir: Path | None = None, max_seconds: float | None = None) -> GRPOResult:
-    """Run `steps` GRPO updates over `prompts` (from `build_policy_prompts`) and save the adapter
-    under `output_dir/adapter`.
+def neutral_sampling(model: PreTrainedModel) -> None:
+    """Pin the model's generation defaults to plain temperature sampling, so nothing a hub model's
+    `generation_config` carries (top-k, top-p, repetition penalty) reaches TRL's sampling."""
+    config = model.generation_config
+    config.top_k, config.top_p, config.min_p, config.repetition_penalty = 0, 1.0, None, 1.0
+    config.typical_p, config.no_repeat_ngram_size = 1.0, 0
 
-    Each step samples `num_generations` answers for each of `prompts_per_step` prompts. A fresh LoRA
-    adapter is trained unless `init_adapter_dir` (e.g. the SFT adapter) is given; in that case TRL's
-    reference policy is a frozen copy of that adapter, so the KL is measured against the SFT policy
-    as in the paper's RLHF recipe. The caller's base model is handed back without LoRA layers.
-    """
-    if beta <= 0:
+
+def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
+                   reward_fn: RewardFn, settings: PolicySettings, output_dir: Path, seed: int = 0,
+                   progress: Callable[[str], None] = log.info, max_seconds: float | None = None,
+                   callbacks: Sequence[TrainerCallback] = ()) -> GroupRLResult:
+    """Run GRPO or RLOO (`kind`) with `settings.group_rl` over `prompts` (records with `prompt_text`
+    and the metadata columns) and save the adapter under `output_dir/adapter`. The caller's model is
+    handed back without LoRA layers."""
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    group = settings.group_rl
+    if group.beta <= 0:
         raise ValueError("beta must be > 0: without the KL penalty the policy is free to reward-hack")
     if prompts.empty:
-        raise ValueError("no prompts to train GRPO on")
+        raise ValueError(f"no prompts to train {kind.upper()} on")
     output_dir = Path(output_dir)
-    config = GRPOConfig(
+    common = dict(
         output_dir=str(output_dir / "trainer"),
-        max_steps=steps,
+        max_steps=group.steps,
         # TRL counts the batch in completions: whole groups of `num_generations` per prompt.
-        per_device_train_batch_size=prompts_per_step * num_generations,
-        num_generations=num_generations,
+        per_device_train_batch_size=group.prompts_per_step * group.num_generations,
+        num_generations=group.num_generations,
         max_completion_length=settings.max_new_tokens,
-        temperature=temperature,
-        learning_rate=learning_rate,
-        beta=beta,
+        temperature=settings.temperature,
+        top_k=0, top_p=1.0, repetition_penalty=1.0,
+        learning_rate=group.learning_rate,
+        beta=group.beta,
         # Dropout would make the policy's and the reference's log-probs differ for identical weights.
         disable_dropout=True,
         log_completions=False,
@@ -124,26 +147,29 @@ def train_grpo_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         data_seed=seed,
         **trainer_runtime_args(settings),
     )
-    if init_adapter_dir is not None:
-        model, peft_config = load_adapter(base_model, init_adapter_dir, is_trainable=True), None
-    else:
-        model, peft_config = base_model, lora_config(settings)
-    trainer = GRPOTrainer(model=model, reward_funcs=grpo_reward(reward_fn), args=config,
-                          train_dataset=grpo_dataset(tokenizer, prompts), processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[LogLinesCallback("grpo", progress)]
-                          + ([TimeBudgetCallback(max_seconds)] if max_seconds else []))
+    config, trainer_class = (GRPOConfig(**common), GRPOTrainer) if kind == "grpo" else (RLOOConfig(**common), RLOOTrainer)
+    neutral_sampling(base_model)
+    budget = TimeBudgetCallback(max_seconds, excluded=callbacks)
+    trainer = trainer_class(model=base_model, reward_funcs=group_reward(reward_fn), args=config,
+                            train_dataset=group_dataset(prompts), processing_class=tokenizer,
+                            peft_config=lora_config(settings),
+                            callbacks=[LogLinesCallback(kind, progress), budget, *callbacks])
     trainer.remove_callback(PrinterCallback)  # its stdout dicts duplicate the lines sent to `progress`
     adapter_dir = output_dir / ADAPTER_FOLDER
-    started = time.perf_counter()
     try:
         trainer.train()
-        # Only the trained adapter: with an initial adapter TRL also holds its frozen "ref" copy.
+        moved = any(p.abs().sum() > 0 for name, p in trainer.model.named_parameters() if "lora_B" in name)
+        if not moved:
+            raise RuntimeError(f"{kind.upper()} trained nothing: every LoRA B matrix is still zero")
         trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True, selected_adapters=["default"])
     finally:
         trainer.model.unload()  # hand the caller's base model back without LoRA layers, even on failure
-    seconds = time.perf_counter() - started
     history = [{"step": int(row["step"]), **{ours: float(row[theirs]) for theirs, ours in HISTORY_KEYS.items()
                                              if theirs in row}}
                for row in trainer.state.log_history if "reward" in row]
-    return GRPOResult(adapter_dir=adapter_dir, history=history, seconds=round(seconds, 2),
-                      steps=int(trainer.state.global_step))
+    return GroupRLResult(adapter_dir=adapter_dir, history=history, seconds=round(budget.seconds, 2),
+                         steps=int(trainer.state.global_step))
+
+
+__all__ = ["GroupRLResult", "KINDS", "TimeBudgetCallback", "group_dataset", "group_reward", "neutral_sampling",
+           "train_group_rl"]

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ml.config import PolicySettings
 from ml.data.splits import read_split
 from ml.policy.base import load_adapter, load_base_policy
+from ml.policy.grounding import Grounding
 from ml.policy.ppo import PPOConfig
 from ml.policy.prompts import answer_to_condition, build_policy_prompts, build_sft_examples, chat_text
 from ml.policy.rl import Evaluate, RLJob, train_rl
@@ -48,10 +49,19 @@ Progress = Callable[[str], None]
 def policy_prompt_table(snapshot: Path, settings: PolicySettings, seed: int = 0) -> pd.DataFrame:
     """Prompts of every split: all train combinations (RL), a sample of validation combinations
     (checkpoint selection during RL) and of test combinations (the held-out evaluation)."""
+    grounding = grounding_for(snapshot, settings, seed)
     frames = []
     for split, limit in (("train", None), ("validation", settings.n_eval_prompts), ("test", settings.n_eval_prompts)):
-        frames.append(build_policy_prompts(read_split(snapshot, split), split, limit=limit, seed=seed))
+        frames.append(build_policy_prompts(read_split(snapshot, split), split, limit=limit, seed=seed,
+                                           grounding=grounding))
     return pd.concat(frames, ignore_index=True)
+
+
+def grounding_for(snapshot: Path, settings: PolicySettings, seed: int) -> Grounding | None:
+    """The profile's grounding (record and precedents from the training split), or None without one."""
+    if not settings.grounding_precedents:
+        return None
+    return Grounding(read_split(snapshot, "train"), n_precedents=settings.grounding_precedents, seed=seed)
 
 
 def prompt_records(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
@@ -159,7 +169,8 @@ def train_sft_stage(snapshot: Path, settings: PolicySettings, cache_dir: Path, o
     """LoRA SFT on historically MET conditions as answers to their prompts; saves an SFT stack."""
     from ml.policy.sft import train_sft_adapter  # TRL import is slow: only when SFT runs
 
-    examples = build_sft_examples(read_split(snapshot, "train"), "train", settings.sft_max_examples, seed=seed)
+    examples = build_sft_examples(read_split(snapshot, "train"), "train", settings.sft_max_examples, seed=seed,
+                                  grounding=grounding_for(snapshot, settings, seed))
     model, tokenizer = load_base_policy(settings.base_model, cache_dir, dtype=settings.dtype, device=settings.device)
     with tempfile.TemporaryDirectory() as scratch:
         result = train_sft_adapter(model, tokenizer, examples, settings, Path(scratch), seed=seed, progress=progress)

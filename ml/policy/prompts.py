@@ -15,6 +15,8 @@ import re
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from ml.policy.grounding import Grounding
+
 PROMPT_TEMPLATE = (
     "Given the economic indicators and historical performance of {country}, what would be an appropriate "
     "policy proposal under the {arrangement} for achieving {area}? Describe the proposed condition."
@@ -47,9 +49,11 @@ def prompt_id(split: str, country: str | None, arrangement_type: str | None, eco
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
 
 
-def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = None, seed: int = 0,
+                         grounding: Grounding | None = None) -> pd.DataFrame:
     """One row per distinct (country, arrangement_type, economic_area) of `split`, sorted by those
-    keys; `limit` keeps a seeded random sample of that many combinations."""
+    keys; `limit` keeps a seeded random sample of that many combinations. With `grounding`, the
+    prompt is the paper's question followed by the country's record and precedents in the area."""
     part = splits.loc[splits["split"] == split, [*KEY_COLUMNS, "is_met"]].copy()
     for column in KEY_COLUMNS:
         # Missing keys group together ("" here, None in the result) instead of being dropped by groupby.
@@ -61,7 +65,8 @@ def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = N
     for column in KEY_COLUMNS:
         grouped[column] = grouped[column].astype(object).where(grouped[column] != "", None)
     grouped["split"] = split
-    grouped["prompt"] = [render_prompt(*keys) for keys in grouped[KEY_COLUMNS].itertuples(index=False)]
+    grouped["prompt"] = [grounded(render_prompt(*keys), keys.country, keys.economic_area, grounding)
+                         for keys in grouped[KEY_COLUMNS].itertuples(index=False)]
     grouped["prompt_id"] = [prompt_id(split, *keys) for keys in grouped[KEY_COLUMNS].itertuples(index=False)]
     grouped["n_conditions"] = grouped["n_conditions"].astype("int64")
     grouped["n_met"] = grouped["n_met"].astype("int64")
@@ -69,9 +74,10 @@ def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = N
 
 
 def build_sft_examples(splits: pd.DataFrame, split: str = "train", max_examples: int | None = None,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, grounding: Grounding | None = None) -> pd.DataFrame:
     """(prompt, description) pairs for the SFT warm start: every historically MET condition of
-    `split` under the prompt of its combination; `max_examples` keeps a seeded sample."""
+    `split` under the prompt of its combination; `max_examples` keeps a seeded sample. With
+    `grounding`, each prompt carries its record and precedents, never the example's own condition."""
     met = splits.loc[(splits["split"] == split) & (splits["is_met"] == 1)]
     met = met.loc[met["description"].map(_clean).notna()]
     if max_examples is not None and max_examples < len(met):
@@ -81,9 +87,18 @@ def build_sft_examples(splits: pd.DataFrame, split: str = "train", max_examples:
     return pd.DataFrame({
         "prompt_id": [prompt_id(split, *key) for key in keys],
         **{column: pd.Series([_clean(getattr(key, column)) for key in keys], dtype=object) for column in KEY_COLUMNS},
-        "prompt": [render_prompt(*key) for key in keys],
+        "prompt": [grounded(render_prompt(*key), key.country, key.economic_area, grounding,
+                            exclude=[text], variant=i) for i, (key, text) in enumerate(zip(keys, met["description"]))],
         "description": [_clean(text) for text in met["description"]],
     })
+
+
+def grounded(question: str, country: str | None, area: str | None, grounding: Grounding | None,
+             exclude: tuple[str, ...] | list[str] = (), variant: int = 0) -> str:
+    """The question, followed by the grounding context when there is one."""
+    if grounding is None:
+        return question
+    return question + "\n" + grounding.context(country, area, exclude=exclude, variant=variant)
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

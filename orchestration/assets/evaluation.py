@@ -8,19 +8,22 @@ from orchestration.assets.policy import sft_dir
 from orchestration.assets.reward import TRAINING_TAGS
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
-HEADLINE_KEYS = ("proxy_reward", "gold_reward", "kl_to_base", "on_topic_rate", "distinct_2", "copy_share")
+HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_reward", "proxy_reward", "on_topic_rate",
+                 "on_topic_rate_knn", "kl_to_reference", "kl_to_base", "distinct_2", "copy_share")
 
 
 @dg.asset(
     group_name="evaluation",
     kinds={"python", "mlflow", "html"},
-    deps=["ppo_adapter", "policy_prompts", "reward_model", "gold_reward_model"],
+    deps=["ppo_adapter", "policy_prompts", "rl_reward"],
     op_tags=TRAINING_TAGS,
     check_specs=[dg.AssetCheckSpec("tuned_policy_beats_base_on_gold", asset="evaluation_report"),
                  dg.AssetCheckSpec("no_overoptimisation", asset="evaluation_report")],
-    description="Base vs SFT vs PPO (vs GRPO) vs random and historical policies on held-out prompts: proxy and gold "
-                "reward with CIs, KL, diversity, on-topic rate, novelty, significance tests, Table-3 samples, "
-                f"training curves. Decides `{POLICY_ADAPTER_NAME}`'s champion on the held-out gold reward.",
+    description="Base vs SFT vs the RL-tuned policy vs random and historical policies on held-out prompts: judged "
+                "reward (gold P(MET) x P(asked area)) as a share of the attainable, proxy and gold P(MET) with CIs, "
+                "on-topic rate by two judges, KL to the RL reference and to base, diversity, copies, significance "
+                f"tests, Table-3 samples, training curves. Decides `{POLICY_ADAPTER_NAME}`'s champion on the held-out "
+                "judged reward.",
 )
 def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
     home, profile = rlxf.data_home(), rlxf.get_profile()
@@ -30,9 +33,9 @@ def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlf
                              samples=2 if profile.name != "smoke" else 1, progress=context.log.info)
     headline = run.report.headline
     tuned = profile.policy.algorithm
-    table = {f"{policy}_{key}": headline[f"{policy}_{key}"] for policy in ("base", "sft", tuned, "random")
+    table = {f"{policy}_{key}": headline[f"{policy}_{key}"] for policy in ("base", "sft", tuned, "random", "historical")
              for key in HEADLINE_KEYS if f"{policy}_{key}" in headline}
-    gold_gain = headline.get(f"{tuned}_vs_base_gold_gain", float("nan"))
+    gold_gain = headline.get(f"{tuned}_vs_base_judged_gain", float("nan"))
     overoptimised = run.evaluation.overoptimised()
     return dg.MaterializeResult(
         metadata={**table, "promotion": run.decision.reason,
@@ -43,7 +46,7 @@ def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlf
         check_results=[
             # A tuned policy worse than its base is a warning, not a failure (project_llm_fine_tune).
             dg.AssetCheckResult(check_name="tuned_policy_beats_base_on_gold", passed=bool(gold_gain > 0),
-                                severity=dg.AssetCheckSeverity.WARN, metadata={"gold_gain": gold_gain}),
+                                severity=dg.AssetCheckSeverity.WARN, metadata={"judged_reward_gain": gold_gain}),
             dg.AssetCheckResult(check_name="no_overoptimisation", passed=not overoptimised,
                                 severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"flagged": ", ".join(overoptimised) or "none"}),

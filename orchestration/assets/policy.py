@@ -5,7 +5,8 @@ import pandas as pd
 
 from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_rl_stage, \
     train_sft_stage
-from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
+from ml.reward.pipeline import load_rl_reward
+from ml.reward.rl_reward import RL_REWARD_NAME
 from orchestration.assets.reward import TRAINING_TAGS
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
@@ -61,30 +62,29 @@ def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.Mat
 
 
 @dg.asset(group_name="policy", kinds={"pytorch", "peft", "mlflow"},
-          deps=["policy_prompts", "sft_adapter", "reward_model", "gold_reward_model"], op_tags=TRAINING_TAGS,
-          description="RL from experience feedback: PPO (ml/policy/ppo.py; or TRL GRPO) on a LoRA adapter with reward "
-                      "= champion reward model's P(MET) x P(asked area | answer)^topic_weight. The registered adapter "
-                      "is the checkpoint at the held-out gold reward's peak; registered as "
-                      f"`{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
+          deps=["policy_prompts", "sft_adapter", "rl_reward"], op_tags=TRAINING_TAGS,
+          description="RL from experience feedback on a LoRA adapter: the profile's algorithm (PPO, ml/policy/ppo.py; "
+                      f"or TRL's GRPO / RLOO) against the newest `{RL_REWARD_NAME}`. The registered adapter is the "
+                      "checkpoint with the best judged reward on validation prompts (gold P(MET) x P(asked area)) "
+                      f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 def ppo_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
     settings = profile.policy
     with mlflow.open(home) as registry:
-        proxy, proxy_version = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
-        gold, gold_version = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, home.models / "registry")
+        reward, reward_version = load_rl_reward(registry, None, home.models / "registry")
         use_sft = settings.sft_enabled and (sft_dir(rlxf) / "policy_stack.json").exists()
         run = train_rl_stage(home.exports / "splits", pd.read_parquet(prompts_path(rlxf)), settings,
-                             rlxf.model_cache_dir(), sft_dir(rlxf) if use_sft else None, proxy, gold,
-                             {"proxy": proxy_version, "gold": gold_version}, registry,
-                             work_dir=home.models / "policy" / settings.algorithm, profile=profile.name,
-                             seed=profile.data.seed, reward_seed=profile.reward.seed, progress=context.log.info)
-    curve = pd.DataFrame(run.history)[["step", "score_mean", "kl", "kl_coef", "entropy"]] \
-        if run.history and "score_mean" in run.history[0] else pd.DataFrame(run.history)
+                             rlxf.model_cache_dir(), sft_dir(rlxf) if use_sft else None, reward, reward_version,
+                             registry, work_dir=home.models / "policy" / settings.algorithm, profile=profile.name,
+                             seed=profile.data.seed, progress=context.log.info)
+    history = pd.DataFrame(run.history)
+    curve = history[[c for c in ("step", "score_mean", "reward", "kl", "kl_coef", "entropy") if c in history]]
     return dg.MaterializeResult(metadata={
         "algorithm": run.algorithm, "mlflow_model": f"{POLICY_ADAPTER_NAME} v{run.version}",
-        "mlflow_run_id": run.run_id, "best_step": run.best_step, "best_gold_reward": run.best_gold,
-        "reward_model_version": proxy_version, "gold_model_version": gold_version, "sft_warm_start": use_sft,
-        "train_seconds": round(run.seconds, 1),
-        "eval_history": dg.MetadataValue.md(pd.DataFrame(run.eval_history).to_markdown(index=False)),
+        "mlflow_run_id": run.run_id, "best_step": run.best_step, "best_validation_judged_reward": run.best_judged,
+        "rl_reward_version": reward_version, "reward_design": reward.spec.design,
+        "reward_model_version": reward.spec.proxy["version"], "gold_model_version": reward.spec.gold["version"],
+        "sft_warm_start": use_sft, "train_seconds": round(run.seconds, 1),
+        "eval_history": dg.MetadataValue.md(pd.DataFrame(run.eval_history).round(4).to_markdown(index=False)),
         "training_curve": dg.MetadataValue.md(curve.round(4).to_markdown(index=False)),
         "policy": dg.MetadataValue.path(str(run.stack_dir))})

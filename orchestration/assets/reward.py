@@ -2,7 +2,18 @@
 
 import dagster as dg
 
-from ml.reward.pipeline import REGISTERED_NAMES, RewardRun, train_and_register_reward
+from ml.reward.pipeline import (
+    GOLD_REWARD_MODEL_NAME,
+    REGISTERED_NAMES,
+    REWARD_MODEL_NAME,
+    RewardRun,
+    build_rl_reward,
+    load_registered_reward,
+    register_rl_reward,
+    reward_ref,
+    train_and_register_reward,
+)
+from ml.reward.rl_reward import RL_REWARD_NAME
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
 TRAINING_TAGS = {"rlxf/compute": "training"}  # the executor runs one training step at a time
@@ -69,3 +80,36 @@ def reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: 
 )
 def gold_reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
     return dg.MaterializeResult(metadata=reward_metadata(train_role(context, rlxf, mlflow, "gold")))
+
+
+@dg.asset(
+    group_name="reward_model",
+    kinds={"python", "scikitlearn", "mlflow"},
+    deps=["reward_model", "gold_reward_model", "validated_splits"],
+    description="The RL reward as one versioned artifact: which reward-model versions it uses, the proxy's and the "
+                "gold side's area classifiers, and how the training reward combines them (the profile's "
+                f"`reward_design`). Registered as `{RL_REWARD_NAME}`; RL training, the evaluation and `rlxf "
+                "recommend` load it instead of refitting anything.",
+)
+def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
+    home, profile = rlxf.data_home(), rlxf.get_profile()
+    cache = home.models / "registry"
+    with mlflow.open(home) as registry:
+        refs = {}
+        for name in (REWARD_MODEL_NAME, GOLD_REWARD_MODEL_NAME):
+            champion = registry.champion_version(name)
+            if champion is None:
+                raise LookupError(f"{name} has no champion yet: materialize the reward models first")
+            refs[name] = reward_ref(name, champion.version)
+        proxy, gold = (refs[REWARD_MODEL_NAME], refs[GOLD_REWARD_MODEL_NAME])
+        reward = build_rl_reward(home.exports / "splits", profile.policy, profile.reward.seed,
+                                 (load_registered_reward(registry, proxy, cache), proxy),
+                                 (load_registered_reward(registry, gold, cache), gold))
+        version = register_rl_reward(reward, registry, home.models / "reward", profile.name)
+    spec = reward.spec
+    context.log.info(f"{RL_REWARD_NAME} v{version}: {spec.design} over {proxy['name']} v{proxy['version']} "
+                     f"(judged by {gold['name']} v{gold['version']})")
+    return dg.MaterializeResult(metadata={
+        "mlflow_model": f"{RL_REWARD_NAME} v{version}", "design": spec.design, "topic_weight": spec.topic_weight,
+        "reward_model_version": proxy["version"], "gold_model_version": gold["version"],
+        **{k: v for k, v in spec.info.items() if v is not None}})

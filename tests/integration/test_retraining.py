@@ -26,7 +26,7 @@ from ml.paths import REPO_ROOT, DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.policy.tiny import shared_cache_dir
 from ml.registry import Registry
-from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
+from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_rl_reward
 from orchestration.definitions import build_definitions
 from orchestration.resources import RlxfSettings, build_resources
 from orchestration.sensors import mona_landing_sensor
@@ -91,26 +91,26 @@ def test_first_files_produce_champions(world):
     assert (world.home.reports / "evaluation" / "report.html").exists()
 
 
-def test_policy_champion_is_judged_by_the_gold_reward_as_rl_defines_it(world):
-    """The smoke profile has the topic term on: the promotion figure is the gold P(MET) times the gold
-    side's P(asked area | answer), which is below the gold P(MET) alone."""
+def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
+    """The promotion figure is the judged reward: the gold P(MET) times the gold side's P(asked area |
+    answer), from the registered RL reward the candidate was trained against (loaded, not refitted),
+    which is below the gold P(MET) alone."""
     import numpy as np
     import pandas as pd
 
-    from ml.policy.pipeline import reward_fns
+    from ml.reward.pipeline import load_rl_reward
 
     profile = get_profile("smoke")
-    assert profile.policy.topic_weight > 0
     answers = pd.read_parquet(world.home.reports / "evaluation" / "answers.parquet")
     candidate = answers[answers["policy"] == profile.policy.algorithm]
     with world.registry() as registry:
-        proxy, _ = load_champion_reward(registry, REWARD_MODEL_NAME, world.home.models / "registry")
-        gold, _ = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, world.home.models / "registry")
-        recorded = float(registry.versions(POLICY_ADAPTER_NAME)[0].tags["promotion.new_value"])
-    _, gold_fn = reward_fns(world.home.exports / "splits", profile.policy, proxy, gold, profile.reward.seed)
+        version = registry.versions(POLICY_ADAPTER_NAME)[0]
+        recorded = float(version.tags["promotion.new_value"])
+        reward, _ = load_rl_reward(registry, version.tags["rl_reward_version"], world.home.models / "registry")
     records = candidate[["country", "arrangement_type", "economic_area"]].to_dict("records")
-    expected = float(np.mean(gold_fn(records, candidate["answer"].tolist())))
+    expected = float(np.mean(reward.judged(records, candidate["answer"].tolist())))
     assert recorded == pytest.approx(expected, abs=1e-6)
+    assert recorded == pytest.approx(candidate["judged_reward"].mean(), abs=1e-6)
     assert recorded < candidate["gold_reward"].mean()
 
 
@@ -136,9 +136,10 @@ def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(w
                 assert champion == newest.version
             else:  # not promoted: the champion is exactly where it was, the newcomer is challenger
                 assert champion == before[name][1] and "challenger" in newest.aliases
-        # `rlxf score` / `recommend` load whatever the champion alias points at.
-        _, scoring_version = load_champion_reward(registry, REWARD_MODEL_NAME, world.home.models / "registry")
-        assert scoring_version == after[REWARD_MODEL_NAME][1]
+        # RL training, `rlxf score` and `recommend` read the newest RL reward, built on the champions.
+        reward, _ = load_rl_reward(registry, None, world.home.models / "registry")
+        assert reward.spec.proxy == {"name": REWARD_MODEL_NAME, "version": after[REWARD_MODEL_NAME][1]}
+        assert reward.spec.gold == {"name": GOLD_REWARD_MODEL_NAME, "version": after[GOLD_REWARD_MODEL_NAME][1]}
 
 
 def run_until_killed(world: World, asset: str, marker: str, timeout: float = 240) -> str:

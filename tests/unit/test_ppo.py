@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -359,3 +360,55 @@ def test_resume_reads_the_previous_checkpoint_when_a_save_was_cut_between_rename
     resumed = make_trainer(tokenizer, checkpoint_dir=tmp_path, steps=2, **small).train()
     assert [s["step"] for s in resumed.history] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
+    """One log-probability path (issue #14): the KL the evaluation reports for an answer (policy vs its
+    reference, from the generated ids at the sampling temperature) is the KL PPO trained with."""
+    from ml.policy.sampling import SampledBatch, answer_logprob_sums, generate_batches
+
+    trainer = make_trainer(tokenizer, steps=3, temperature=0.7, answers_per_prompt=2, batch_size=4,
+                           mini_batch_size=2)
+    trainer.train()  # move the adapter away from the reference, so the KL is not zero
+    texts = [p["prompt_text"] for p in PROMPTS[:4]]
+    [batch] = generate_batches(trainer.policy, tokenizer, texts, max_new_tokens=6, temperature=0.7,
+                               n_per_prompt=2, seed=3, batch_size=4)
+    policy_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
+    with trainer.policy.disable_adapter():
+        reference_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
+    evaluation_kl = policy_lp - reference_lp
+
+    trainer.generate = lambda prompts, do_sample=True: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
+    rollout = trainer.rollout(PROMPTS[:4])
+    trainer_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(dim=1)
+    assert abs(trainer_kl).max() > 1e-3
+    np.testing.assert_allclose(evaluation_kl, trainer_kl.numpy(), atol=1e-5)
+    assert isinstance(batch, SampledBatch)
+
+
+def test_sampling_draws_from_the_tempered_distribution_the_logprobs_score(tokenizer):
+    """Sampled token frequencies match softmax(logits / T) at the first answer position, and the KV-cache
+    shared by a prompt's answers gives the same log-probs as scoring each answer on its own."""
+    from ml.policy.sampling import answer_token_stats, encode_prompts, sample_answers
+
+    trainer = make_trainer(tokenizer, steps=1)
+    policy = trainer.policy.eval()
+    ids, mask = encode_prompts(tokenizer, [PROMPTS[0]["prompt_text"], PROMPTS[1]["prompt_text"]])
+    torch.manual_seed(0)
+    answers = sample_answers(policy, ids, mask, n_per_prompt=3000, max_new_tokens=1, temperature=0.5,
+                             eos_ids=trainer.eos_token_ids, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = policy(input_ids=ids, attention_mask=mask).logits[:, -1] / 0.5
+    expected = torch.softmax(logits, -1)  # (2, V)
+    for prompt in range(2):
+        drawn = answers.responses[prompt * 3000:(prompt + 1) * 3000, 0]
+        observed = torch.bincount(drawn, minlength=expected.shape[1]).float() / 3000
+        assert (observed - expected[prompt]).abs().max() < 0.03
+    few = sample_answers(policy, ids, mask, n_per_prompt=2, max_new_tokens=5, temperature=0.5,
+                         eos_ids=trainer.eos_token_ids, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        shared = answer_token_stats(policy, ids, mask, few.responses, few.response_mask, 0.5).logprobs
+        one_by_one = torch.cat([answer_token_stats(policy, ids[i // 2:i // 2 + 1], mask[i // 2:i // 2 + 1],
+                                                   few.responses[i:i + 1], few.response_mask[i:i + 1], 0.5).logprobs
+                                for i in range(4)])
+    torch.testing.assert_close(shared * few.response_mask, one_by_one * few.response_mask, atol=1e-5, rtol=0)

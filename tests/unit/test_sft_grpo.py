@@ -1,4 +1,4 @@
-"""SFT warm start and GRPO on the tiny Llama: what training must change, in a few dozen CPU steps."""
+"""SFT warm start and TRL's GRPO / RLOO on the tiny Llama: what training must change, in a few CPU steps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 
 from ml.config import get_profile
 from ml.policy.base import load_base_policy
-from ml.policy.grpo import grpo_reward, train_grpo_adapter
+from ml.policy.grpo import group_reward, train_group_rl
+from ml.policy.pipeline import prompt_records
 from ml.policy.prompts import build_policy_prompts, render_prompt
 from ml.policy.sft import train_sft_adapter
 from ml.policy.tiny import build_tiny_llama, shared_cache_dir
@@ -69,49 +70,54 @@ def test_sft_lowers_the_training_loss_and_saves_an_adapter(tokenizer, tmp_path):
     assert not any("lora_" in name for name, _ in model.named_parameters())
 
 
-def test_grpo_reward_passes_metadata_and_cleaned_conditions():
+def test_group_reward_passes_metadata_and_answers():
     seen = {}
 
-    def reward_fn(records, conditions):
-        seen.update(records=records, conditions=conditions)
-        return [len(condition) for condition in conditions]
+    def reward_fn(records, answers):
+        seen.update(records=records, answers=answers)
+        return [len(answer) for answer in answers]
 
-    reward = grpo_reward(reward_fn)
-    scores = reward(prompts=["p", "p"], completions=["Proposed condition: Cap the wage bill. Extra.", "Go"],
+    reward = group_reward(reward_fn)
+    scores = reward(prompts=["p", "p"], completions=[" Cap the wage bill. ", "Go"],
                     prompt_id=["x", "x"], country=["Ghana", "Ghana"], arrangement_type=["ECF", "ECF"],
                     economic_area=["Tax policy", "Tax policy"], trainer_state=None)
 
     assert scores == [18.0, 2.0] and all(isinstance(score, float) for score in scores)
-    assert seen["conditions"] == ["Cap the wage bill.", "Go"]
+    assert seen["answers"] == ["Cap the wage bill.", "Go"]  # the RewardFn cuts conditions itself, as for PPO
     assert seen["records"][0] == {"prompt_id": "x", "country": "Ghana", "arrangement_type": "ECF",
                                   "economic_area": "Tax policy"}
 
 
-def test_grpo_runs_with_kl_against_a_callable_reward(tokenizer, splits, tmp_path):
+def group_settings(**changes):
+    return replace(SETTINGS, group_rl=replace(SETTINGS.group_rl, **{
+        "steps": 2, "num_generations": 4, "prompts_per_step": 1, "learning_rate": 1e-2, **changes}))
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_group_rl_runs_with_kl_against_a_callable_reward(kind, tokenizer, splits, tmp_path):
     model = build_tiny_llama(tokenizer, seed=0)
-    prompts = build_policy_prompts(splits, "train")
+    prompts = pd.DataFrame(prompt_records(build_policy_prompts(splits, "train"), tokenizer))
     calls: list[tuple[list[dict], list[str]]] = []
 
-    def length_share(records, conditions):  # toy reward in [0, 1]: longer answers score higher
-        calls.append((records, conditions))
-        return [min(len(condition) / 80, 1.0) for condition in conditions]
+    def length_share(records, answers):  # toy reward in [0, 1]: longer answers score higher
+        calls.append((records, answers))
+        return [min(len(answer) / 80, 1.0) for answer in answers]
 
-    result = train_grpo_adapter(model, tokenizer, prompts, length_share, SETTINGS, tmp_path, steps=2, seed=0,
-                                beta=0.04, num_generations=4, prompts_per_step=1, learning_rate=1e-2,
-                                progress=lambda line: None)
+    result = train_group_rl(kind, model, tokenizer, prompts, length_share, group_settings(), tmp_path, seed=0,
+                            progress=lambda line: None)
 
     assert [row["step"] for row in result.history] == [1, 2]
-    assert all(math.isfinite(row["reward"]) and math.isfinite(row["kl"]) and row["kl"] >= 0
-               for row in result.history)
+    assert all(math.isfinite(row["reward"]) and math.isfinite(row["kl"]) for row in result.history)
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
-    records, conditions = calls[0]
-    assert len(conditions) == 4 and all(isinstance(condition, str) for condition in conditions)
-    assert len({record["prompt_id"] for record in records}) == 1  # one prompt, four answers to it
+    records, answers = calls[0]
+    assert len(answers) == 4 and all(isinstance(answer, str) for answer in answers)
+    assert len({record["country"] for record in records}) == 1  # one prompt, four answers to it
     assert records[0]["country"] in {c for c, *_ in CONDITIONS}
     assert not any("lora_" in name for name, _ in model.named_parameters())
 
 
-def test_grpo_refuses_to_run_without_kl(tokenizer, splits, tmp_path):
+def test_group_rl_refuses_to_run_without_kl(tokenizer, splits, tmp_path):
+    prompts = pd.DataFrame(prompt_records(build_policy_prompts(splits, "train"), tokenizer))
     with pytest.raises(ValueError, match="beta"):
-        train_grpo_adapter(build_tiny_llama(tokenizer), tokenizer, build_policy_prompts(splits, "train"),
-                           lambda records, conditions: [0.0] * len(conditions), SETTINGS, tmp_path, steps=1, beta=0.0)
+        train_group_rl("grpo", build_tiny_llama(tokenizer), tokenizer, prompts,
+                       lambda records, answers: [0.0] * len(answers), group_settings(beta=0.0), tmp_path)

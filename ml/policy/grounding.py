@@ -1,0 +1,53 @@
+"""Grounding: what MONA knows about a prompt's country and area, written under the paper's question.
+
+The paper's prompt speaks of "the economic indicators and historical performance of [Country]" and
+gives the model none of it. A grounded prompt keeps the question word for word and adds the record:
+how many conditions the country had in that area and how many were met, and a few precedents (real
+conditions of that area, the country's own first, each with its outcome). The model then writes a
+condition about the area asked with the record in view, instead of recalling the area's vocabulary
+from its weights. Precedents come from the training split only; an SFT example never sees its own
+target condition among them (nothing to copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ml.reward.topic import area_key
+
+
+class Grounding:
+    """Record and precedents per (country, area), from a corpus of labelled conditions."""
+
+    def __init__(self, corpus: pd.DataFrame, n_precedents: int = 3, seed: int = 0):
+        usable = corpus.dropna(subset=["description", "economic_area"])
+        self.corpus = usable.assign(_area=usable["economic_area"].map(area_key),
+                                    _country=usable["country"].fillna("").str.casefold())
+        self.n_precedents = n_precedents
+        self.seed = seed
+
+    def context(self, country: str | None, area: str | None, exclude: Iterable[str] = (),
+                variant: int = 0) -> str:
+        """The lines added under the question. `exclude` drops conditions with these descriptions (an
+        SFT target); `variant` draws another set of precedents (SFT examples vary theirs)."""
+        key, who = area_key(area), (country or "").casefold()
+        in_area = self.corpus[self.corpus["_area"] == key]
+        excluded = set(exclude)
+        if excluded:
+            in_area = in_area[~in_area["description"].isin(excluded)]
+        own = in_area[in_area["_country"] == who]
+        lines = [f"Record of {country or 'the country'} in this area: {len(own)} conditions, "
+                 f"{int(own['is_met'].sum())} met."]
+        rng = np.random.default_rng([self.seed, variant, len(in_area)])
+        # The country's own conditions first, then the area's others; distinct texts only.
+        ordered = pd.concat([own.iloc[rng.permutation(len(own))], in_area[in_area["_country"] != who]
+                             .iloc[rng.permutation(int((in_area["_country"] != who).sum()))]])
+        precedents = ordered.drop_duplicates("description").head(self.n_precedents)
+        if len(precedents):
+            lines.append("Precedents: " + " ".join(
+                f"{row.description.rstrip('.')} ({row.country}, {'met' if row.is_met == 1 else 'not met'})."
+                for row in precedents.itertuples(index=False)))
+        return "\n".join(lines)
