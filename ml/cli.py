@@ -72,26 +72,34 @@ def cmd_summary(args: argparse.Namespace) -> int:
         from ml.registry import Registry
 
         with Registry.for_home(home.root) as registry:
-            for name in ("rlxf-reward-model", "rlxf-gold-reward-model", "rlxf-policy-adapter"):
+            for name in ("rlxf-reward-model", "rlxf-gold-reward-model", "rlxf-rl-reward", "rlxf-policy-adapter"):
                 versions = registry.versions(name) if registry.client.search_registered_models(
                     f"name = '{name}'") else []
                 champion = next((v.version for v in versions if "champion" in v.aliases), None)
                 if versions:
-                    print(f"  mlflow      {name}: {len(versions)} version(s), champion v{champion}")
+                    which = f"champion v{champion}" if champion else f"newest v{versions[-1].version}"
+                    print(f"  mlflow      {name}: {len(versions)} version(s), {which}")
     headline_file = home.reports / "evaluation" / "headline.json"
     if headline_file.exists():
         summary = json.loads(headline_file.read_text(encoding="utf-8"))
         headline = summary["headline"]
         tuned = summary["algorithm"]
         print(f"  report      {home.reports / 'evaluation' / 'report.html'}")
+        attainable = headline.get("attainable_judged_reward")
+        if attainable is not None and f"{tuned}_judged_reward" in headline:
+            print(f"              {tuned.upper()} reaches {headline[f'{tuned}_judged_reward'] / attainable:.0%} of the "
+                  f"attainable judged reward ({headline[f'{tuned}_judged_reward']:.3f} of {attainable:.3f}: gold "
+                  f"P(MET) x P(about the area asked), best real condition of the area = 100%)")
+        print(f"              {'policy':<10} {'judged':>7} {'gold P(MET)':>11} {'proxy P(MET)':>12} "
+              f"{'on topic':>8} {'KL to ref':>9} {'KL to base':>10}")
         for policy in ("base", "sft", tuned, "random", "historical"):
-            if f"{policy}_proxy_reward" in headline:
-                print(f"              {policy:<10} proxy P(MET) {headline[f'{policy}_proxy_reward']:.3f}  "
-                      f"gold P(MET) {headline.get(f'{policy}_gold_reward', float('nan')):.3f}  "
-                      f"KL to base {headline.get(f'{policy}_kl_to_base', float('nan')):.2f}")
-        for key in (f"{tuned}_vs_base_proxy_gain", f"{tuned}_vs_base_gold_gain", f"{tuned}_vs_random_welch_p"):
-            if key in headline:
-                print(f"              {key:<28} {headline[key]:.4g}")
+            if f"{policy}_gold_reward" not in headline:
+                continue
+            cells = [_cell(headline.get(f"{policy}_{key}"), fmt) for key, fmt in (
+                ("judged_reward", "{:.3f}"), ("gold_reward", "{:.3f}"), ("proxy_reward", "{:.3f}"),
+                ("on_topic_rate", "{:.0%}"), ("kl_to_reference", "{:.2f}"), ("kl_to_base", "{:.2f}"))]
+            print(f"              {policy:<10} {cells[0]:>7} {cells[1]:>11} {cells[2]:>12} {cells[3]:>8} "
+                  f"{cells[4]:>9} {cells[5]:>10}")
         print(f"              decision: {summary['decision']}")
     quarantined = sorted(p.name for p in home.quarantine.glob("*") if not p.name.endswith(".reason.txt")) \
         if home.quarantine.exists() else []
@@ -100,31 +108,45 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    """P(MET) of one condition from the champion reward model."""
-    from ml.registry import Registry
-    from ml.reward.pipeline import REWARD_MODEL_NAME, load_champion_reward
+def _cell(value: float | None, fmt: str) -> str:
+    """A summary cell; a figure that does not apply (a KL for a reference policy) is a dash, never nan."""
+    return "-" if value is None or value != value else fmt.format(value)
 
-    home = _home(args)
-    with Registry.for_home(home.root) as registry:
-        model, version = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
-    p_met = model.score([{"country": args.country, "arrangement_type": args.arrangement,
-                          "economic_area": args.area, "description": args.condition}])[0]
-    print(f"P(MET) = {p_met:.3f}   ({REWARD_MODEL_NAME} v{version}, champion)")
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """P(MET) of one condition from the reward models of the newest RL reward, and whether it is about the area."""
+    from ml.recommend import InputError, score
+
+    try:
+        scored = score(_home(args), args.country, args.arrangement, args.area, args.condition)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in scored.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"proxy P(MET) = {scored.proxy_p_met:.3f}   gold P(MET) = {scored.gold_p_met:.3f}   "
+          f"P(about the area asked) = {scored.p_area:.3f}")
+    print(f"({scored.header})")
     return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    """Proposals from the champion policy, each with its P(MET) and the closest historical precedents."""
+    """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
     from ml.config import get_profile
     from ml.recommend import recommend
 
-    home = _home(args)
-    proposals = recommend(home, get_profile(args.profile).policy, args.country, args.arrangement, args.area,
+    proposals = recommend(_home(args), get_profile(args.profile).policy, args.country, args.arrangement, args.area,
                           n=args.n, seed=args.seed)
+    for line in proposals.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(proposals.header)
     for i, proposal in enumerate(proposals.items, 1):
-        print(f"\n{i}. {proposal.text}\n   P(MET) = {proposal.p_met:.3f}")
+        print(f"\n{i}. {proposal.text}\n   proxy P(MET) {proposal.proxy_p_met:.3f}   gold P(MET) "
+              f"{proposal.gold_p_met:.3f}   P(about the area asked) {proposal.p_area:.3f}")
+        if proposal.copy_of:
+            print(f"   copies a training condition: {proposal.copy_of}")
+        if proposal.precedents:
+            print("   closest precedents in this area:")
         for precedent in proposal.precedents:
             print(f"   - {precedent}")
     return 0

@@ -26,8 +26,8 @@ from ml.config import PolicySettings
 from ml.data.splits import SPLITS, read_split
 from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, load_policy
-from ml.policy.prompts import answer_to_condition, chat_text, render_prompt
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, grounding_for, load_policy
+from ml.policy.prompts import answer_to_condition, chat_text, grounded, render_prompt
 from ml.policy.sampling import generate_answers
 from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
@@ -142,7 +142,9 @@ def recommend(home: DataHome, settings: PolicySettings, country: str, arrangemen
     with Registry.for_home(home.root) as registry:
         reward, reward_version, policy_version, policy_dir = _reward_for_champion(registry, home)
     model, tokenizer = load_policy(policy_dir, settings, cache_dir or home.models / "base_policy")
-    prompt = render_prompt(country, arrangement, area)
+    # The prompt exactly as the policy was trained on it (with the record and precedents if grounded).
+    grounding = grounding_for(home.exports / "splits", settings, seed=0)
+    prompt = grounded(render_prompt(country, arrangement, area), country, area, grounding)
     answers = generate_answers(model, tokenizer, [chat_text(tokenizer, prompt)], settings.max_new_tokens,
                                temperature=settings.temperature, num_return_sequences=n * OVERSAMPLE, seed=seed,
                                max_prompt_tokens=settings.max_prompt_tokens)

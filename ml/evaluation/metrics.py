@@ -45,6 +45,7 @@ class BootstrapResult(NamedTuple):
     ci_high: float
     p: float  # two-sided
     n_pairs: int  # prompts present on both sides
+    effect_size: float = math.nan  # Cohen's d_z: mean of the paired differences over their standard deviation
 
 
 def tokens(text: object) -> list[str]:
@@ -116,12 +117,14 @@ def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int
     observed = float(diffs.mean())
     if len(diffs) == 1:
         return BootstrapResult(observed, math.nan, math.nan, math.nan, 1)
+    spread = float(diffs.std(ddof=1))
+    effect = observed / spread if spread > 0 else math.nan
     rng = np.random.default_rng(seed)
     boot = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)  # (n_boot,)
     low, high = np.percentile(boot, [2.5, 97.5])
     extreme = np.abs(boot - observed) >= abs(observed) - 1e-12  # |shifted| as large as observed
     p = (1 + int(extreme.sum())) / (n_boot + 1)
-    return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), len(diffs))
+    return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), len(diffs), effect)
 
 
 class NoveltyIndex:

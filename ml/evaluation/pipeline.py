@@ -2,10 +2,10 @@
 
 The newest registered policy (the candidate) is evaluated on the held-out test prompts together with
 the base and SFT policies, the current champion (when it is another version), and the random and
-historical reference policies. The candidate becomes `champion` of `rlxf-policy-adapter` only if its
-held-out gold reward (as RL defines it: the gold model's P(MET), with the profile's topic term) is at
-least the champion's on the same prompts and samples; the report states
-the decision with both figures and is logged to the candidate's MLflow run.
+historical reference policies, judged by the gold side of the RL reward it was trained against. The
+candidate becomes `champion` of `rlxf-policy-adapter` only if its held-out judged reward (gold P(MET)
+x P(asked area | answer)) is at least the champion's on the same prompts and samples; the report
+states the decision with both figures and is logged to the candidate's MLflow run.
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ml.config import Profile
 from ml.data.splits import read_split
-from ml.evaluation.collect import collect_answers
+from ml.evaluation.collect import attainable_ceiling, collect_answers
+from ml.evaluation.judges import EmbeddingAreaJudge
 from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack, topic_classifiers, topic_factor
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack
 from ml.registry import PromotionDecision, Registry
-from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
+from ml.reward.pipeline import load_rl_reward
+from ml.reward.rl_reward import RL_REWARD_NAME
 
-PROMOTION_METRIC = "heldout_gold_reward"
+PROMOTION_METRIC = "heldout_judged_reward"
 Progress = Callable[[str], None]
 
 
@@ -66,13 +67,13 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
     corpus = read_split(snapshot, "train")
     models_cache = home.models / "registry"
-    proxy, _ = load_champion_reward(registry, REWARD_MODEL_NAME, models_cache)
-    gold, _ = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, models_cache)
 
     versions = registry.versions(POLICY_ADAPTER_NAME)
     if not versions:
         raise LookupError(f"no {POLICY_ADAPTER_NAME} version is registered; materialize ppo_adapter first")
     candidate = versions[-1]
+    # Judged with the RL reward the candidate was trained against (its gold side is the judge).
+    reward, reward_version = load_rl_reward(registry, candidate.tags.get("rl_reward_version"), models_cache)
     candidate_dir = registry.cached_version(POLICY_ADAPTER_NAME, candidate.version, models_cache)
     algorithm = PolicyStack.load(candidate_dir).algorithm
     policies: dict[str, Path | None] = {"base": None}
@@ -84,39 +85,38 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
         policies["champion"] = registry.cached_version(POLICY_ADAPTER_NAME, champion.version, models_cache)
 
     progress(f"evaluating {', '.join(policies)} (+ random, historical) on {len(prompts)} held-out prompts "
-             f"x {samples} samples")
-    answers = collect_answers(prompts, corpus, policies, profile.policy, cache_dir, proxy, gold, samples=samples,
+             f"x {samples} samples, judged by {reward.spec.gold['name']} v{reward.spec.gold['version']} "
+             f"({RL_REWARD_NAME} v{reward_version})")
+    answers = collect_answers(prompts, corpus, policies, profile.policy, cache_dir, reward, samples=samples,
                               seed=profile.data.seed, progress=progress)
-    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed)
+    ceiling = attainable_ceiling(prompts, corpus, reward, seed=profile.data.seed)
+    progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")
+    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed, area_classifier=reward.gold_area,
+                                   embedding_judge=EmbeddingAreaJudge(corpus, seed=profile.data.seed), ceiling=ceiling)
 
-    # The champion is judged by the gold reward as RL defines it (P(MET), times the topic term when the
-    # profile has one), so a policy of generic answers cannot keep the title on P(MET) alone. The
-    # answers are conditions already, so their gold P(MET) is the `gold_reward` column.
-    _, gold_topic = topic_classifiers(snapshot, profile.policy, profile.reward.seed)
+    # The champion is judged by the judged reward: gold P(MET) x P(asked area | answer), so a policy of
+    # generic or off-topic answers cannot keep the title on P(MET) alone.
+    def judged(policy: str) -> float:
+        return float(answers.loc[answers["policy"] == policy, "judged_reward"].mean())
 
-    def heldout_gold(policy: str) -> float:
-        rows = answers[answers["policy"] == policy]
-        factor = topic_factor(gold_topic, profile.policy.topic_weight, rows["answer"].tolist(),
-                              rows["economic_area"].tolist())
-        return float(np.mean(rows["gold_reward"].to_numpy() * factor))
-
-    candidate_gold = heldout_gold(algorithm)
-    champion_gold = heldout_gold("champion") if "champion" in policies else None
-    decision = registry.promote(POLICY_ADAPTER_NAME, candidate.version, PROMOTION_METRIC, candidate_gold,
+    candidate_value = judged(algorithm)
+    champion_value = judged("champion") if "champion" in policies else None
+    decision = registry.promote(POLICY_ADAPTER_NAME, candidate.version, PROMOTION_METRIC, candidate_value,
                                 comparison=f"{len(prompts)} test prompts x {samples} samples",
-                                champion_value=champion_gold)
+                                champion_value=champion_value)
     progress(f"{POLICY_ADAPTER_NAME} v{candidate.version}: {decision.reason}")
 
     folder = home.reports / "evaluation"
     curves = training_curves(registry, candidate.run_id, home.reports / "tmp") if candidate.run_id else None
-    report = write_report(evaluation, folder, training_curves=curves, promotion={
+    report = write_report(evaluation, folder, training_curves=curves, tuned=algorithm, promotion={
         "decision": "promoted" if decision.promoted else "challenger", "new_value": decision.new_value,
         "champion_value": decision.champion_value, "champion_version": decision.previous_champion_version,
         "version": candidate.version, "reason": decision.reason, "metric": PROMOTION_METRIC})
     answers.to_parquet(folder / "answers.parquet", index=False)
     (folder / "headline.json").write_text(json.dumps(
-        {"candidate_version": candidate.version, "algorithm": algorithm, "decision": decision.reason,
-         "promoted": decision.promoted, "headline": report.headline}, indent=2, default=float), encoding="utf-8")
+        {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,
+         "decision": decision.reason, "promoted": decision.promoted, "headline": report.headline},
+        indent=2, default=float), encoding="utf-8")
     if candidate.run_id:
         registry.client.log_artifacts(candidate.run_id, str(folder), "evaluation_report")
     return EvaluationRun(candidate.version, decision, evaluation, report, answers, time.perf_counter() - started)

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from ml.evaluation.summary import TUNED_POLICIES, PolicyEvaluation
 
 DPI = 110
-REWARD_COLORS = {"proxy": "#4C72B0", "gold": "#DD8452"}
+REWARD_COLORS = {"proxy": "#4C72B0", "gold": "#DD8452", "judged": "#55A868"}
 
 
 def save_plots(evaluation: PolicyEvaluation, folder: Path,
@@ -52,55 +52,60 @@ def save_png(figure: Figure, path: Path) -> Path:
 
 
 def reward_by_policy_figure(table: pd.DataFrame) -> Figure:
-    """Grouped bars: mean proxy and gold reward per policy, error bars the 95% CI."""
+    """Grouped bars: mean proxy P(MET), gold P(MET) and judged reward per policy, error bars the 95% CI."""
     figure = Figure(figsize=(max(4.5, 1.1 * len(table) + 2), 3.8), dpi=DPI, layout="constrained")
     ax = figure.add_subplot()
     x = np.arange(len(table))
-    width = 0.38
-    for offset, metric in ((-width / 2, "proxy"), (width / 2, "gold")):
+    width = 0.27
+    labels = {"proxy": "proxy P(MET)", "gold": "gold P(MET)", "judged": "judged reward"}
+    for offset, metric in ((-width, "proxy"), (0.0, "gold"), (width, "judged")):
         mean = table[f"{metric}_mean"].to_numpy(dtype=float)
         low, high = table[f"{metric}_ci_low"].to_numpy(dtype=float), table[f"{metric}_ci_high"].to_numpy(dtype=float)
         # An undefined CI (a single answer) draws no error bar instead of failing the plot.
         errors = np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0)
-        ax.bar(x + offset, mean, width, yerr=errors, capsize=3, color=REWARD_COLORS[metric],
-               label=f"{metric} reward")
+        ax.bar(x + offset, np.nan_to_num(mean), width, yerr=errors, capsize=3, color=REWARD_COLORS[metric],
+               label=labels[metric])
     ax.set_xticks(x, list(table["policy"]))
-    ax.set(ylim=(0, 1), ylabel="mean P(MET)", title="Reward by policy (95% CI)")
+    ax.set(ylim=(0, 1), ylabel="mean over answers", title="P(MET) and judged reward by policy (95% CI)")
     ax.legend(loc="upper left", fontsize="small")
     return figure
 
 
 def training_curves_figure(curves: pd.DataFrame | None) -> Figure | None:
-    """Left: `reward_mean` per step, and the evaluation rows' `proxy_reward` and `gold_reward`; right:
-    `kl` (and `kl_coef` on a second axis when logged). None without a `step` column or any data."""
+    """Left: the rollouts' training reward per step (`reward_mean`, the design's reward before
+    normalisation), and the validation evaluations' `judged_reward`, `gold_p_met` and `proxy_p_met`;
+    right: `kl` to the RL reference per step (and `kl_coef` on a second axis when logged). None without a
+    `step` column or any data."""
     if curves is None or curves.empty or "step" not in curves:
         return None
-    reward_columns = [c for c in ("reward_mean", "proxy_reward", "gold_reward") if _has_data(curves, c)]
+    reward_columns = [c for c in ("reward_mean", "proxy_p_met", "gold_p_met", "judged_reward")
+                      if _has_data(curves, c)]
     if not reward_columns and not _has_data(curves, "kl"):
         return None
     curves = curves.sort_values("step")
     figure = Figure(figsize=(9, 3.6), dpi=DPI, layout="constrained")
     left, right = figure.subplots(1, 2)
-    styles = {"reward_mean": dict(color=REWARD_COLORS["proxy"], alpha=0.6, label="reward (rollouts)"),
-              "proxy_reward": dict(color=REWARD_COLORS["proxy"], marker="o", label="proxy reward (eval)"),
-              "gold_reward": dict(color=REWARD_COLORS["gold"], marker="s", label="gold reward (eval)")}
+    styles = {"reward_mean": dict(color="#8172B3", alpha=0.6, label="training reward (rollouts)"),
+              "proxy_p_met": dict(color=REWARD_COLORS["proxy"], marker="o", label="proxy P(MET) (validation)"),
+              "gold_p_met": dict(color=REWARD_COLORS["gold"], marker="s", label="gold P(MET) (validation)"),
+              "judged_reward": dict(color=REWARD_COLORS["judged"], marker="^", label="judged reward (validation)")}
     for column in reward_columns:
         part = curves[["step", column]].dropna()  # eval columns are NaN between evaluations
         left.plot(part["step"], part[column], **styles[column])
-    left.set(xlabel="PPO step", ylabel="P(MET)", title="Reward")
+    left.set(xlabel="RL step", ylabel="reward", title="Training reward and validation judges")
     if reward_columns:
         left.legend(fontsize="small")
     lines = []
     if _has_data(curves, "kl"):
         part = curves[["step", "kl"]].dropna()
-        lines += right.plot(part["step"], part["kl"], color="#55A868", label="KL to base")
+        lines += right.plot(part["step"], part["kl"], color="#55A868", label="KL to RL reference")
     if _has_data(curves, "kl_coef"):
         # The adaptive KL coefficient lives on another scale: its own axis, one shared legend.
         twin = right.twinx()
         part = curves[["step", "kl_coef"]].dropna()
         lines += twin.plot(part["step"], part["kl_coef"], color="gray", linestyle="--", label="KL coefficient")
         twin.set_ylabel("KL coefficient")
-    right.set(xlabel="PPO step", ylabel="nats", title="KL to base policy")
+    right.set(xlabel="RL step", ylabel="nats per answer", title="KL to the RL reference (SFT policy)")
     if lines:
         right.legend(lines, [line.get_label() for line in lines], fontsize="small", loc="lower right")
     return figure

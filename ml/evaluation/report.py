@@ -29,11 +29,13 @@ from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
 DEFAULT_TITLE = "RLXF on MONA: policy evaluation"
 PLOTS_FOLDER = "plots"
 PLOT_CAPTIONS = {
-    "reward_by_policy": "Mean proxy and gold reward per policy, with 95% confidence intervals.",
-    "training_curves": "PPO training: reward (rollouts and evaluations, proxy and gold) and KL to the base policy.",
-    "kl_vs_gold": "Tuned policies' answers: KL to the base policy against gold reward; large markers are means.",
+    "reward_by_policy": "Mean proxy P(MET), gold P(MET) and judged reward per policy, with 95% confidence intervals.",
+    "training_curves": "RL training: the training reward of rollouts, the judged reward on validation prompts, and "
+                       "the KL to the RL reference (the SFT policy).",
+    "kl_vs_gold": "Tuned policies' answers: KL to the base policy against gold P(MET); large markers are means.",
 }
-_CURVE_COLUMNS = ("reward_mean", "proxy_reward", "gold_reward", "kl", "kl_coef", "entropy")
+_CURVE_COLUMNS = ("reward_mean", "judged_reward", "gold_p_met", "proxy_p_met", "on_topic_rate", "kl_to_reference",
+                  "kl", "kl_coef", "entropy")
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
        padding: 0 1rem; color: #222; line-height: 1.45; }
@@ -103,7 +105,7 @@ Block = Heading | Paragraph | Bullets | Table | Image
 
 
 def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd.DataFrame | None = None,
-                 promotion: dict | None = None, title: str = DEFAULT_TITLE) -> ReportFiles:
+                 promotion: dict | None = None, title: str = DEFAULT_TITLE, tuned: str = "ppo") -> ReportFiles:
     """Writes `report.md`, `report.html` and `plots/*.png` into `folder` (created if needed).
 
     `promotion`: {"decision": "promoted" | "challenger", "new_value", "champion_value",
@@ -113,7 +115,7 @@ def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots = save_plots(evaluation, folder / PLOTS_FOLDER, training_curves)
-    blocks = build_blocks(evaluation, plots, folder, training_curves, promotion, title)
+    blocks = build_blocks(evaluation, plots, folder, training_curves, promotion, title, tuned)
     md_path, html_path = folder / "report.md", folder / "report.html"
     _write_atomic(md_path, render_markdown(blocks))
     _write_atomic(html_path, render_html(blocks, title))
@@ -121,12 +123,16 @@ def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd
 
 
 def build_blocks(evaluation: PolicyEvaluation, plots: dict[str, Path], folder: Path,
-                 training_curves: pd.DataFrame | None, promotion: dict | None, title: str) -> list[Block]:
-    blocks: list[Block] = [Heading(1, title), Paragraph(
+                 training_curves: pd.DataFrame | None, promotion: dict | None, title: str,
+                 tuned: str = "ppo") -> list[Block]:
+    blocks: list[Block] = [Heading(1, title), *_summary_blocks(evaluation, tuned), Paragraph(
         f"{evaluation.n_prompts} held-out prompts; policies: {', '.join(evaluation.policies)}. "
-        "Proxy reward: P(MET) from the reward model the policy was tuned against. Gold reward: P(MET) from "
-        "a reward model trained on disjoint data, never used for training: a proxy gain it does not "
-        "confirm is over-optimisation, not alignment.")]
+        "Proxy P(MET): from the reward model the policy was tuned against. Gold P(MET): from a reward model "
+        "trained on disjoint data, never used for training: a proxy gain it does not confirm is "
+        "over-optimisation, not alignment. Judged reward: gold P(MET) times the probability, by an area "
+        "classifier fitted on the gold side's data, that the answer is about the area asked; the champion rule "
+        "uses it. Attainable: for each prompt, the best judged reward among real conditions of the asked area, "
+        "re-scored in that prompt's context.")]
     blocks += _decision_blocks(promotion)
     blocks += _verdict_blocks(evaluation)
     blocks += [Heading(2, "Policies"), Table(headline_table(evaluation.table), html_id="headline"),
@@ -153,20 +159,23 @@ def build_blocks(evaluation: PolicyEvaluation, plots: dict[str, Path], folder: P
 
 def headline_table(table: pd.DataFrame) -> pd.DataFrame:
     """The per-policy table as text: rewards as `mean (low–high)`; missing values as an em dash."""
+    def with_ci(prefix: str) -> list[str]:
+        return [_with_ci(*row) for row in table[[f"{prefix}_mean", f"{prefix}_ci_low", f"{prefix}_ci_high"]]
+                .itertuples(index=False)]
+
     return pd.DataFrame({
         "policy": table["policy"],
         "n": table["n"].map(lambda v: f"{int(v)}"),
-        "prompts": table["n_prompts"].map(lambda v: f"{int(v)}"),
-        "proxy reward (95% CI)": [_with_ci(*row) for row in table[["proxy_mean", "proxy_ci_low", "proxy_ci_high"]]
-                                  .itertuples(index=False)],
-        "gold reward (95% CI)": [_with_ci(*row) for row in table[["gold_mean", "gold_ci_low", "gold_ci_high"]]
-                                 .itertuples(index=False)],
+        "judged reward (95% CI)": with_ci("judged"),
+        "share of attainable": table["ceiling_share"].map(_share),
+        "gold P(MET) (95% CI)": with_ci("gold"),
+        "proxy P(MET) (95% CI)": with_ci("proxy"),
+        "on topic (classifier)": table["on_topic_rate"].map(_share),
+        "on topic (embeddings)": table["on_topic_rate_knn"].map(_share),
+        "KL to RL reference": table["kl_reference_mean"].map(_num),
         "KL to base": table["kl_mean"].map(_num),
-        "tokens": table["tokens_mean"].map(lambda v: _num(v, 1)),
-        "words": table["words_mean"].map(lambda v: _num(v, 1)),
-        "distinct-1": table["distinct_1"].map(_num),
+        "words (median)": table["words_median"].map(lambda v: _num(v, 0)),
         "distinct-2": table["distinct_2"].map(_num),
-        "on-topic": table["on_topic_rate"].map(_share),
         "nearest-train similarity": table["nearest_similarity"].map(_num),
         "copies": table["copy_share"].map(_share),
     })
@@ -184,6 +193,7 @@ def significance_table(tests: pd.DataFrame) -> pd.DataFrame:
                                  tests[["bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high"]]
                                  .itertuples(index=False)],
         "bootstrap p": tests["bootstrap_p"].map(_p),
+        "paired d": tests["paired_d"].map(lambda v: _num(v, 2)),
         "prompts paired": tests["n_pairs"].map(lambda v: f"{int(v)}"),
     })
 
@@ -260,13 +270,14 @@ def _verdict_blocks(evaluation: PolicyEvaluation) -> list[Block]:
     for comparison, pair in tests.groupby("comparison", sort=False):
         by_metric = pair.set_index("metric")
         parts = []
-        for metric in ("proxy", "gold"):
-            test = by_metric.loc[metric]
-            if not math.isfinite(test["gain"]):
-                parts.append(f"{metric} reward not available")
+        for metric, label in (("judged", "judged reward"), ("gold", "gold P(MET)"), ("proxy", "proxy P(MET)")):
+            if metric not in by_metric.index or not math.isfinite(by_metric.loc[metric, "gain"]):
                 continue
-            parts.append(f"{metric} reward {_signed(test['gain'])} (Welch p {_p(test['welch_p'])}, "
-                         f"g {_num(test['hedges_g'], 2)}; paired bootstrap p {_p(test['bootstrap_p'])})")
+            test = by_metric.loc[metric]
+            parts.append(f"{label} {_signed(test['gain'])} (paired bootstrap p {_p(test['bootstrap_p'])}, "
+                         f"d {_num(test['paired_d'], 2)}; Welch p {_p(test['welch_p'])})")
+        if not parts:
+            parts.append("no reward available")
         items.append(f"{pair['treatment'].iloc[0]} vs {pair['control'].iloc[0]}: " + "; ".join(parts) + ".")
     return [Heading(2, "Verdict"), Bullets(items)]
 
@@ -302,7 +313,9 @@ def _sample_blocks(samples: pd.DataFrame) -> list[Block]:
             blocks.append(Paragraph(_text(first["prompt"]), strong=f"{where}."))
             blocks.append(Table(pd.DataFrame({
                 "policy": prompt_rows["policy"], "answer": prompt_rows["answer"].map(_text),
-                "proxy": prompt_rows["proxy_reward"].map(_num), "gold": prompt_rows["gold_reward"].map(_num)})))
+                "proxy P(MET)": prompt_rows["proxy_reward"].map(_num),
+                "gold P(MET)": prompt_rows["gold_reward"].map(_num),
+                "judged": prompt_rows["judged_reward"].map(_num) if "judged_reward" in prompt_rows else "—"})))
     return blocks
 
 
@@ -331,12 +344,30 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
     accuracy = evaluation.area_classifier_accuracy
     classifier = (f"its accuracy on held-out corpus conditions is {accuracy:.1%}" if math.isfinite(accuracy)
                   else "the corpus was too small to measure its accuracy")
-    return ("KL to base: nats per answer (none for base and the reference policies). Distinct-n: unique n-grams "
-            "over all n-grams of the policy's answers. On-topic: share of answers that a TF-IDF classifier of "
-            f"economic area, trained on the corpus, assigns to the area asked for ({classifier}). Nearest-train "
-            "similarity: TF-IDF cosine to the closest training condition (lower is more novel); copies: share "
-            f"at or above {evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies "
-            "by construction.")
+    return ("KL: nats per answer at the sampling temperature, to the policy's RL reference (the SFT policy for "
+            "an RL-tuned one, the base for SFT) and to the base model (none for the reference policies). "
+            "On topic (classifier): share of answers that the gold side's TF-IDF classifier of economic area "
+            f"assigns to the area asked for ({classifier}); on topic (embeddings): share whose ten nearest training "
+            "conditions by MiniLM sentence embeddings mostly belong to that area. Distinct-2: unique word pairs "
+            "over all word pairs of the policy's answers. Nearest-train similarity: TF-IDF cosine to the closest "
+            "training condition (lower is more novel); copies: share at or above "
+            f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction.")
+
+
+def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:
+    """The report's first lines: how close the tuned policy is to the best it could do."""
+    table = evaluation.table.set_index("policy")
+    if tuned not in table.index:
+        return []
+    row = table.loc[tuned]
+    text = (f"{tuned.upper()}: judged reward {_num(row['judged_mean'])}, {_share(row['ceiling_share'])} of the "
+            f"attainable {_num(evaluation.ceiling)}; gold P(MET) {_num(row['gold_mean'])}; on topic "
+            f"{_share(row['on_topic_rate'])} by the area classifier and {_share(row['on_topic_rate_knn'])} by "
+            f"embeddings; {_share(row['copy_share'])} copies of training conditions.")
+    if "historical" in table.index:
+        text += (f" Historical MET conditions of the same prompts: judged {_num(table.loc['historical', 'judged_mean'])}, "
+                 f"gold P(MET) {_num(table.loc['historical', 'gold_mean'])}.")
+    return [Paragraph(text, strong="Summary.", style="info")]
 
 
 def _image(name: str, plots: dict[str, Path], folder: Path) -> Image:

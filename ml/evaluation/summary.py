@@ -37,8 +37,11 @@ POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")
 REFERENCE_POLICIES = ("random", "historical")
 REQUIRED_COLUMNS = ("policy", "prompt_id", "economic_area", "answer", "proxy_reward", "gold_reward")
-OPTIONAL_COLUMNS = ("country", "arrangement_type", "prompt", "kl_to_base", "n_tokens")
-REWARDS = {"proxy": "proxy_reward", "gold": "gold_reward"}
+OPTIONAL_COLUMNS = ("country", "arrangement_type", "prompt", "kl_to_base", "kl_to_reference", "n_tokens",
+                    "gold_p_area", "judged_reward")
+# Measures of an answer compared between policies: proxy and gold P(MET), and the judged reward
+# (gold P(MET) x P(asked area | answer)), which the champion rule uses.
+REWARDS = {"proxy": "proxy_reward", "gold": "gold_reward", "judged": "judged_reward"}
 
 # The paper's Table 3 scenarios, by how the asked-for economic area's name begins (MONA numbering
 # stripped, case-insensitive); areas matching none go to "other".
@@ -50,10 +53,11 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 OTHER_SCENARIO = "other"
 
 TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "proxy_ci_high", "gold_mean",
-                 "gold_ci_low", "gold_ci_high", "kl_mean", "tokens_mean", "words_mean", "distinct_1",
-                 "distinct_2", "on_topic_rate", "nearest_similarity", "copy_share"]
+                 "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
+                 "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
+                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
-                "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "n_pairs"]
+                "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
 SAMPLE_COLUMNS = ["scenario", "prompt_id", "country", "arrangement_type", "economic_area", "prompt", "policy",
                   "answer", "proxy_reward", "gold_reward"]
@@ -61,12 +65,15 @@ SAMPLE_COLUMNS = ["scenario", "prompt_id", "country", "arrangement_type", "econo
 _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_reward", "proxy_ci_low": "proxy_reward_ci_low",
                             "proxy_ci_high": "proxy_reward_ci_high", "gold_mean": "gold_reward",
                             "gold_ci_low": "gold_reward_ci_low", "gold_ci_high": "gold_reward_ci_high",
-                            "kl_mean": "kl_to_base", "tokens_mean": "tokens", "words_mean": "words",
+                            "judged_mean": "judged_reward", "judged_ci_low": "judged_reward_ci_low",
+                            "judged_ci_high": "judged_reward_ci_high", "ceiling_share": "share_of_ceiling",
+                            "kl_reference_mean": "kl_to_reference", "kl_mean": "kl_to_base", "tokens_mean": "tokens",
+                            "words_mean": "words", "words_median": "words_median",
                             "distinct_1": "distinct_1", "distinct_2": "distinct_2",
-                            "on_topic_rate": "on_topic_rate", "nearest_similarity": "nearest_similarity",
-                            "copy_share": "copy_share"}
+                            "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
+                            "nearest_similarity": "nearest_similarity", "copy_share": "copy_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
-                          "bootstrap_ci_high", "bootstrap_p")
+                          "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
@@ -81,6 +88,7 @@ class PolicyEvaluation:
     copy_threshold: float
     n_prompts: int
     n_boot: int  # bootstrap resamples behind `tests`
+    ceiling: float = math.nan  # mean over prompts of the best judged reward among real conditions of the area
 
     @property
     def policies(self) -> list[str]:
@@ -99,7 +107,8 @@ class PolicyEvaluation:
         the gold reward. Also `n_prompts` and `area_classifier_accuracy`.
         """
         flat: dict[str, float] = {"n_prompts": float(self.n_prompts),
-                                  "area_classifier_accuracy": self.area_classifier_accuracy}
+                                  "area_classifier_accuracy": self.area_classifier_accuracy,
+                                  "attainable_judged_reward": self.ceiling}
         for row in self.table.itertuples(index=False):
             for column, suffix in _HEADLINE_POLICY_METRICS.items():
                 flat[f"{row.policy}_{suffix}"] = getattr(row, column)
@@ -120,32 +129,40 @@ class PolicyEvaluation:
 
 
 def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0, n_boot: int = 2000,
-                      copy_threshold: float = 0.9, n_per_scenario: int = 2, n_other: int = 2) -> PolicyEvaluation:
+                      copy_threshold: float = 0.9, n_per_scenario: int = 2, n_other: int = 2,
+                      area_classifier: AreaClassifier | None = None, embedding_judge=None,
+                      ceiling: pd.Series | None = None) -> PolicyEvaluation:
     """Measures every policy in `answers` (see the module docstring) against the training `corpus`
-    (description, economic_area: what the on-topic classifier and the novelty index learn from).
+    (description, economic_area: what the novelty index learns from, and the area classifier unless
+    one is given). `embedding_judge` (`ml.evaluation.judges.EmbeddingAreaJudge`) is the second
+    on-topic judge; `ceiling` the best judged reward attainable per prompt_id (`attainable_ceiling`).
 
     Means, CIs and Welch's test run over answers (rows); the paired bootstrap over prompts, each side
     averaged over its samples first. Over-optimisation flags use the paired bootstrap (it sees the
     gold change more sharply than Welch's test); Welch's p-value stands in where no prompt is shared.
     """
     answers = _validated(answers)
-    classifier = AreaClassifier.fit(corpus, seed=seed)
+    classifier = area_classifier or AreaClassifier.fit(corpus, seed=seed)
     novelty = NoveltyIndex(corpus["description"], copy_threshold=copy_threshold)
     nearest = novelty.nearest(answers["answer"])
     scored = answers.assign(words=[len(tokens(a)) for a in answers["answer"]],
                             on_topic=classifier.on_topic(answers),
+                            on_topic_knn=embedding_judge.on_topic(answers) if embedding_judge is not None
+                            else math.nan,
+                            ceiling=answers["prompt_id"].map(ceiling) if ceiling is not None else math.nan,
                             nearest_similarity=nearest["similarity"].to_numpy(),
                             nearest_text=nearest["nearest"].to_numpy(),
                             is_copy=nearest["is_copy"].to_numpy())
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)
+    mean_ceiling = float(ceiling.mean()) if ceiling is not None and len(ceiling) else math.nan
     tests = pd.DataFrame([row for treatment, control in comparisons(policies)
                           for row in _test_rows(scored, treatment, control, n_boot, seed)], columns=TEST_COLUMNS)
     return PolicyEvaluation(table=table, tests=tests, flags=_flags(tests), scored=scored,
                             scenarios=scenario_samples(scored, n_per_scenario=n_per_scenario, n_other=n_other),
                             area_classifier_accuracy=classifier.holdout_accuracy, copy_threshold=copy_threshold,
-                            n_prompts=int(scored["prompt_id"].nunique()), n_boot=n_boot)
+                            n_prompts=int(scored["prompt_id"].nunique()), n_boot=n_boot, ceiling=mean_ceiling)
 
 
 def ordered_policies(policies: pd.Series) -> list[str]:
@@ -215,21 +232,26 @@ def _validated(answers: pd.DataFrame) -> pd.DataFrame:
     frame["policy"] = frame["policy"].astype(str)
     frame["prompt_id"] = frame["prompt_id"].astype(str)
     frame["answer"] = frame["answer"].map(lambda a: a if isinstance(a, str) else "").astype(object)
-    for column in ("proxy_reward", "gold_reward", "kl_to_base", "n_tokens"):
+    for column in ("proxy_reward", "gold_reward", "judged_reward", "gold_p_area", "kl_to_base", "kl_to_reference",
+                   "n_tokens"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
 
 
 def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
-    proxy, gold = mean_ci(rows["proxy_reward"]), mean_ci(rows["gold_reward"])
-    on_topic = rows["on_topic"].to_numpy(dtype=float)
+    proxy, gold, judged = (mean_ci(rows[c]) for c in ("proxy_reward", "gold_reward", "judged_reward"))
+    ceiling = _nanmean(rows["ceiling"])
     return {"policy": policy, "n": len(rows), "n_prompts": rows["prompt_id"].nunique(),
             "proxy_mean": proxy.mean, "proxy_ci_low": proxy.low, "proxy_ci_high": proxy.high,
             "gold_mean": gold.mean, "gold_ci_low": gold.low, "gold_ci_high": gold.high,
-            "kl_mean": _nanmean(rows["kl_to_base"]), "tokens_mean": _nanmean(rows["n_tokens"]),
-            "words_mean": _nanmean(rows["words"]),
+            "judged_mean": judged.mean, "judged_ci_low": judged.low, "judged_ci_high": judged.high,
+            # Over the same answers' prompts: the policy's mean judged reward as a share of the best it could get.
+            "ceiling_share": judged.mean / ceiling if ceiling and math.isfinite(ceiling) else math.nan,
+            "kl_reference_mean": _nanmean(rows["kl_to_reference"]), "kl_mean": _nanmean(rows["kl_to_base"]),
+            "tokens_mean": _nanmean(rows["n_tokens"]), "words_mean": _nanmean(rows["words"]),
+            "words_median": float(np.median(rows["words"])) if len(rows) else math.nan,
             "distinct_1": distinct_n(rows["answer"], 1), "distinct_2": distinct_n(rows["answer"], 2),
-            "on_topic_rate": float(np.nanmean(on_topic)) if np.isfinite(on_topic).any() else math.nan,
+            "on_topic_rate": _nanmean(rows["on_topic"]), "on_topic_rate_knn": _nanmean(rows["on_topic_knn"]),
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
             "copy_share": float(rows["is_copy"].astype(bool).mean())}
 
@@ -245,7 +267,8 @@ def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, 
                      "metric": metric, "gain": _nanmean(a[column]) - _nanmean(b[column]),
                      "welch_t": welch.t, "welch_p": welch.p, "hedges_g": welch.hedges_g,
                      "bootstrap_diff": boot.mean_diff, "bootstrap_ci_low": boot.ci_low,
-                     "bootstrap_ci_high": boot.ci_high, "bootstrap_p": boot.p, "n_pairs": boot.n_pairs})
+                     "bootstrap_ci_high": boot.ci_high, "bootstrap_p": boot.p, "paired_d": boot.effect_size,
+                     "n_pairs": boot.n_pairs})
     return rows
 
 
@@ -254,7 +277,7 @@ def _flags(tests: pd.DataFrame) -> pd.DataFrame:
     for comparison, pair in tests[tests["control"] == "base"].groupby("comparison", sort=False):
         by_metric = pair.set_index("metric")
         gains, ps = {}, {}
-        for metric in REWARDS:
+        for metric in ("proxy", "gold"):
             test = by_metric.loc[metric]
             paired = test["n_pairs"] >= 2 and math.isfinite(test["bootstrap_p"])
             gains[metric] = test["bootstrap_diff"] if paired else test["gain"]
