@@ -1,156 +1,240 @@
-"""Benchmark the RL-tuned policy on the demo profile (issue #4). Run after `make demo`.
+"""Benchmark the RL-tuned policy on the demo profile (issue #14). Run after `make demo`.
 
-- held-out mean P(MET) of the base, SFT and PPO policies from the demo run's evaluation (the same
-  prompts and samples; target: PPO >= base + 0.10), their on-topic rate and answer length, and PPO's
-  mean KL to its reference (target < 8 nats): in training, and on answers to the held-out test prompts
-  (the registered policy against its reference, the SFT adapter merged into the base);
-- PPO wall time from the demo run (target < 15 min);
-- tokens/s of rollout generation and of the PPO update, and the update's model-FLOPs utilisation
-  (6 x parameters x tokens / time) against a torch matmul peak measured in this run (a few PPO steps);
-- PPO against GRPO at equal wall time: GRPO (TRL) trains for PPO's wall time on the same prompts and is
-  evaluated on the same held-out prompts.
+Prints, and writes to bench/results/policy.json:
 
-    .venv/bin/python bench/bench_policy.py [--home .rlxf/demo] [--skip-grpo]
+1. the demo run's held-out evaluation (40 test prompts x 2 samples, the registered champion): on-topic
+   rate by the area classifier and by MiniLM nearest neighbours (targets: >= 90% for the tuned policy,
+   >= 70% for SFT), judged reward and gold P(MET) against the historical MET conditions of the same
+   prompts, the paired-bootstrap tests of the tuned policy against SFT, base and random (p < 0.01, with
+   effect sizes), copies, distinct-2 and median length against the historical conditions (within 30%),
+   and the share of the attainable judged reward;
+2. throughput of the RL step (rollout tokens/s; update tokens/s and model-FLOPs utilisation 6 x N x
+   answer tokens/s against a matmul peak measured in the same run), a few PPO steps with the demo's
+   settings;
+3. the reward-design ablation: PPO at equal training time from the same SFT policy with P(MET) alone
+   (the paper), P(MET) x P(area)^w, the topic term as a constraint, normalise-then-sum, a conservative
+   ensemble of three proxies, and a reward model trained with relevance negatives; each measured on
+   the test prompts by two gold judges (the gold model trained without and with relevance negatives,
+   each times the gold area classifier's P(area)), the embedding judge's on-topic rate, and KL;
+4. the algorithm ablation: PPO, GRPO and RLOO (TRL) at equal training time on the demo's reward;
+5. the run-to-run spread of the demo's configuration over two training seeds.
+
+The reward models the ablation needs beyond the demo's (without relevance negatives, and two more proxy
+seeds for the ensemble) are trained here once and cached under <home>/models/bench.
+
+    .venv/bin/python bench/bench_policy.py [--home .rlxf/demo] [--seconds 240] [--skip-ablation]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from common import REPO, matmul_peak_flops, write_result
+from variants import Judges, measure, paired_gain, summarise, train_variant
 
 from ml.config import get_profile
 from ml.data.splits import read_split
-from ml.evaluation.collect import collect_answers, model_answers
+from ml.evaluation.judges import EmbeddingAreaJudge
+from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
-from ml.policy.base import apply_lora
-from ml.policy.pipeline import (POLICY_ADAPTER_NAME, PolicyStack, load_policy, prompt_records,
-                                reward_fns, write_stack)
+from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.ppo import PPOConfig, PPOTrainer
+from ml.policy.base import apply_lora
 from ml.registry import Registry
-from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_champion_reward
-from ml.reward.topic import AreaClassifier
+from ml.reward.model import RewardModel
+from ml.reward.pipeline import load_rl_reward
+from ml.reward.rl_reward import RLReward
+from ml.reward.train import split_train_halves, train_reward_model
+
+TARGETS = {"on_topic_tuned": 0.90, "on_topic_sft": 0.70, "p_value": 0.01, "copy_share": 0.05,
+           "relative_gap": 0.30, "rollout_speedup": 5.0, "update_mfu": 0.35, "rl_minutes": 12.0,
+           "episodes_factor": 5.0}
+# The engine before issue #14, measured on this machine with the same PPO steps and matmul peak
+# (commit 4594eb3, demo settings: 8 prompts x 1 answer, HF generate): see bench/results/policy_baseline.json.
+BASELINE_FILE = REPO / "bench" / "results" / "policy_baseline.json"
+
+
+def held_out_figures(home: DataHome) -> dict:
+    """Part 1: the demo's own evaluation report, as the registered champion was judged."""
+    summary = json.loads((home.reports / "evaluation" / "headline.json").read_text())
+    headline, tuned = summary["headline"], summary["algorithm"]
+
+    def get(policy: str, key: str) -> float:
+        return float(headline.get(f"{policy}_{key}", np.nan))
+
+    figures = {"tuned": tuned, "attainable_judged_reward": headline.get("attainable_judged_reward")}
+    for policy in ("base", "sft", tuned, "random", "historical"):
+        figures[policy] = {key: get(policy, key) for key in (
+            "judged_reward", "share_of_ceiling", "gold_reward", "proxy_reward", "on_topic_rate", "on_topic_rate_knn",
+            "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "copy_share")}
+    for control in ("sft", "base", "random"):
+        figures[f"{tuned}_vs_{control}"] = {key: get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
+                                            for metric in ("judged", "gold") for stat in ("bootstrap_diff", "bootstrap_p", "paired_d")
+                                            for key in [f"{metric}_{stat}"]}
+    t, h = figures[tuned], figures["historical"]
+    figures["checks"] = {
+        "on_topic_classifier": t["on_topic_rate"] >= TARGETS["on_topic_tuned"],
+        "on_topic_embeddings": t["on_topic_rate_knn"] >= TARGETS["on_topic_tuned"],
+        "sft_on_topic": min(figures["sft"]["on_topic_rate"], figures["sft"]["on_topic_rate_knn"]) >= TARGETS["on_topic_sft"],
+        "gold_at_least_historical": t["gold_reward"] >= h["gold_reward"],
+        "significant_vs_sft_base_random": all(figures[f"{tuned}_vs_{c}"]["gold_bootstrap_p"] < TARGETS["p_value"]
+                                              for c in ("sft", "base", "random")),
+        "copies": t["copy_share"] <= TARGETS["copy_share"],
+        "distinct_2_within_30pct": abs(t["distinct_2"] / h["distinct_2"] - 1) <= TARGETS["relative_gap"],
+        "median_words_within_30pct": abs(t["words_median"] / h["words_median"] - 1) <= TARGETS["relative_gap"]}
+    return figures
+
+
+def throughput(home: DataHome, settings, reward: RLReward, steps: int) -> dict:
+    """Part 2: a few PPO steps with the demo's settings, next to the matmul peak measured now."""
+    prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
+    sft = home.models / "policy" / "sft"
+    model, tokenizer = load_policy(sft if sft.exists() else None, settings, home.models / "base_policy")
+    if sft.exists():
+        model = model.merge_and_unload()
+    config = PPOConfig.for_policy(settings, seed=1)
+    config.steps, config.eval_every, config.checkpoint_every, config.max_seconds = steps, 0, 0, None
+    trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, reward,
+                         prompt_records(prompts[prompts["split"] == "train"], tokenizer), progress=print)
+    peak = matmul_peak_flops()
+    history = trainer.train().history
+    params = model.num_parameters()
+    rollout = float(np.mean([s["tokens_per_s_rollout"] for s in history]))
+    update = float(np.mean([s["tokens_per_s_update"] for s in history]))
+    step_seconds = float(np.mean([s["step_seconds"] for s in history]))
+    result = {"steps": steps, "answers_per_step": config.answers_per_step, "rollout_tokens_per_s": rollout,
+              "update_tokens_per_s": update, "update_mfu": 6 * params * update / peak, "matmul_peak_gflops": peak / 1e9,
+              "step_seconds": step_seconds, "episodes_in_12_min": 12 * 60 / step_seconds * config.answers_per_step,
+              "parameters": params, "answer_length": float(np.mean([s["answer_length"] for s in history]))}
+    if BASELINE_FILE.exists():
+        baseline = json.loads(BASELINE_FILE.read_text())
+        result["baseline"] = baseline
+        result["rollout_speedup"] = rollout / baseline["rollout_tokens_per_s"]
+        result["episodes_factor"] = result["episodes_in_12_min"] / baseline["episodes_in_12_min"]
+    return result
+
+
+def bench_reward_models(home: DataHome, profile, registry: Registry, reward: RLReward) -> dict[str, RewardModel]:
+    """Reward models the ablation needs beside the demo's: the same recipe without relevance negatives
+    (proxy on half a, gold on half b), and two more plain proxies with other seeds for the ensemble.
+    Trained once, saved under <home>/models/bench."""
+    folder = home.models / "bench"
+    train = read_split(home.exports / "splits", "train")
+    validation = read_split(home.exports / "splits", "validation")
+    half_a, half_b = split_train_halves(train, seed=profile.reward.seed)
+    plain = replace(profile.reward, cross_area_negatives=0.0, vague_negatives=0.0)
+    wanted = {"proxy_plain": (half_a, profile.reward.seed), "gold_plain": (half_b, profile.reward.gold_seed),
+              "proxy_plain_seed2": (half_a, profile.reward.seed + 1), "proxy_plain_seed3": (half_a, profile.reward.seed + 2)}
+    models = {}
+    for name, (data, seed) in wanted.items():
+        path = folder / name
+        if not (path / "model.safetensors").exists():
+            print(f"training {name} ({len(data):,} rows, seed {seed})")
+            trained = train_reward_model(data, validation, plain, seed=seed, progress=print)
+            trained.reward_model().save(path)
+        models[name] = RewardModel.load(path)
+    return models
+
+
+def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, RewardModel], seconds: float,
+              seeds: list[int]) -> dict:
+    """Parts 3-5."""
+    settings = profile.policy
+    corpus = read_split(home.exports / "splits", "train")
+    prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
+    test = prompts[prompts["split"] == "test"].reset_index(drop=True)
+    spec = reward.spec
+    # Two gold judges: the demo's gold model (relevance negatives) and the same recipe without them.
+    plain_gold = RLReward(spec, extra["proxy_plain"], extra["gold_plain"], reward.proxy_area, reward.gold_area)
+    judges = Judges({"gold": reward, "plain_gold": plain_gold}, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
+                    NoveltyIndex(corpus["description"]), test, samples=2, seed=profile.data.seed)
+
+    def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
+        return RLReward(replace(spec, design=design, ensemble=tuple({"name": "bench", "version": str(i)}
+                                                                    for i, _ in enumerate(ensemble))),
+                        proxy, reward.gold, reward.proxy_area, reward.gold_area, list(ensemble))
+
+    designs = {
+        "p_met (paper)": variant_reward("p_met", extra["proxy_plain"]),
+        "product": variant_reward("product", extra["proxy_plain"]),
+        "constraint": variant_reward("constraint", extra["proxy_plain"]),
+        "normalize_then_sum": variant_reward("normalize_then_sum", extra["proxy_plain"]),
+        "ensemble of 3": variant_reward("ensemble", extra["proxy_plain"],
+                                        [extra["proxy_plain_seed2"], extra["proxy_plain_seed3"]]),
+        "relevance-trained RM, p_met": variant_reward("p_met", reward.proxy),
+        f"relevance-trained RM, {spec.design} (demo default)": variant_reward(spec.design, reward.proxy),
+    }
+    work = home.models / "bench" / "runs"
+    answers: dict[str, pd.DataFrame] = {}
+    results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}
+    base_answers = measure("base", home, settings, None, judges)
+    sft = home.models / "policy" / "sft"
+    sft_answers = measure("sft", home, settings, sft if sft.exists() else None, judges)
+    results["references"] = {"base": summarise(base_answers, judges), "sft": summarise(sft_answers, judges)}
+
+    def run(label: str, variant: RLReward, algorithm: str, seed: int) -> dict:
+        print(f"=== {label}: {algorithm}, seed {seed}, {seconds:.0f} s of training")
+        stack, info = train_variant(home, settings, variant, algorithm, seconds, seed, work / f"{algorithm}-{seed}",
+                                    progress=print)
+        rows = measure(algorithm, home, settings, stack, judges)
+        answers[label] = rows
+        figures = {**{k: v for k, v in info.items() if k != "validation_history"}, **summarise(rows, judges),
+                   "vs_sft": paired_gain(rows, sft_answers, reward, seed)}
+        print(json.dumps(figures, indent=1, default=float))
+        return figures
+
+    default_label = f"relevance-trained RM, {spec.design} (demo default)"
+    for label, variant in designs.items():
+        results["reward_designs"][label] = run(label, variant, "ppo", seeds[0])
+    results["algorithms"]["ppo"] = results["reward_designs"][default_label]
+    for algorithm in ("grpo", "rloo"):
+        results["algorithms"][algorithm] = run(f"{algorithm} (demo reward)", reward, algorithm, seeds[0])
+    results["seeds"][str(seeds[0])] = results["reward_designs"][default_label]
+    for seed in seeds[1:]:
+        results["seeds"][str(seed)] = run(f"demo configuration, seed {seed}", reward, settings.algorithm, seed)
+    return results
+
+
+def table(rows: dict[str, dict]) -> str:
+    columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
+               "kl_to_reference", "copy_share", "words_median"]
+    frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
+    return frame.round(3).to_markdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=str(REPO / ".rlxf" / "demo"))
     parser.add_argument("--profile", default="demo")
+    parser.add_argument("--seconds", type=float, default=240, help="training time of each ablation variant")
     parser.add_argument("--throughput-steps", type=int, default=3)
-    parser.add_argument("--skip-grpo", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 7])
+    parser.add_argument("--skip-ablation", action="store_true")
     args = parser.parse_args()
     home, profile = DataHome(Path(args.home)), get_profile(args.profile)
-    settings = profile.policy
-    answers_path = home.reports / "evaluation" / "answers.parquet"
-    if not answers_path.exists():
-        raise SystemExit(f"{answers_path} is missing: run `make demo` first")
-    answers = pd.read_parquet(answers_path)
-    held_out = answers.groupby("policy")[["proxy_reward", "gold_reward", "kl_to_base", "n_tokens"]].mean()
-    # The on-topic rate as the evaluation measured it: a generic answer can score P(MET) without
-    # being a condition for the area the prompt asked for.
-    headline = json.loads((home.reports / "evaluation" / "headline.json").read_text())["headline"]
-    held_out["on_topic"] = [headline.get(f"{policy}_on_topic_rate", np.nan) for policy in held_out.index]
-    print(held_out.round(3).to_string())
-
+    if not (home.reports / "evaluation" / "headline.json").exists():
+        raise SystemExit(f"{home.reports / 'evaluation'} has no report: run `make demo` first")
+    started = time.perf_counter()
+    result = {"profile": args.profile, "targets": TARGETS, "held_out": held_out_figures(home)}
+    print(json.dumps(result["held_out"], indent=1, default=float))
     with Registry.for_home(home.root) as registry:
-        proxy, _ = load_champion_reward(registry, REWARD_MODEL_NAME, home.models / "registry")
-        gold, _ = load_champion_reward(registry, GOLD_REWARD_MODEL_NAME, home.models / "registry")
-        proxy_fn, _ = reward_fns(home.exports / "splits", settings, proxy, gold, profile.reward.seed)
-        candidate = registry.versions(POLICY_ADAPTER_NAME)[-1]
-        run = registry.client.get_run(candidate.run_id)
-        with tempfile.TemporaryDirectory() as scratch:
-            logged = json.loads(Path(registry.client.download_artifacts(
-                candidate.run_id, "training/history.json", scratch)).read_text())
-    history = logged["history"]
-    ppo_seconds = float(run.data.metrics["train_seconds"])
-    ppo_kl = float(np.mean([row["kl"] for row in history[-5:]]))
-    # The registered adapter is the checkpoint at the gold peak within the KL budget: the KL that
-    # budget judged it by is that of the steps since the evaluation before it.
-    best_step = int(candidate.tags["best_step"])
-    ppo_kl_at_best = next(e["kl_since_previous_eval"] for e in logged["eval_history"] if e["step"] == best_step)
-
-    cache = home.models / "base_policy"
-    sft_dir = home.models / "policy" / "sft"
-    prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
-    # PPO's reference, as train_rl_stage builds it: the SFT adapter merged into the base.
-    model, tokenizer = load_policy(sft_dir if sft_dir.exists() else None, settings, cache)
-    if sft_dir.exists():
-        model = model.merge_and_unload()
-    policy, _ = load_policy(home.models / "policy" / settings.algorithm / "policy", settings, cache)
-    config = PPOConfig.for_policy(settings, seed=1)
-    # The evaluation's KL-to-base column, with the reference in the base's place.
-    kl_to_reference_heldout = float(model_answers(
-        settings.algorithm, policy, model, tokenizer, prompts[prompts["split"] == "test"], settings, samples=2,
-        seed=profile.data.seed, temperature=config.temperature)["kl_to_base"].mean())
-    del policy
-
-    # Throughput and MFU of rollout and update, measured here next to the matmul peak.
-    peak = matmul_peak_flops()
-    params = model.num_parameters()
-    train_records = prompt_records(prompts[prompts["split"] == "train"], tokenizer)
-    config.steps, config.eval_every, config.checkpoint_every = args.throughput_steps, 0, 0
-    trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, proxy_fn, train_records,
-                         progress=print)
-    stats = trainer.train().history
-    rollout_tps = float(np.mean([s["tokens_per_s_rollout"] for s in stats]))
-    update_tps = float(np.mean([s["tokens_per_s_update"] for s in stats]))
-    update_mfu = 6 * params * update_tps / peak
-
-    result = {
-        "profile": args.profile, "base_model": settings.base_model, "policy_version": candidate.version,
-        "heldout_p_met": {policy: float(row.proxy_reward) for policy, row in held_out.iterrows()},
-        "heldout_gold": {policy: float(row.gold_reward) for policy, row in held_out.iterrows()},
-        "heldout_on_topic": {policy: float(row.on_topic) for policy, row in held_out.iterrows()},
-        "heldout_answer_tokens": {policy: float(row.n_tokens) for policy, row in held_out.iterrows()},
-        "topic_weight": settings.topic_weight,
-        "ppo_minus_base_p_met": float(held_out.loc["ppo", "proxy_reward"] - held_out.loc["base", "proxy_reward"]),
-        "ppo_kl_to_reference_last_steps": ppo_kl, "ppo_best_step": best_step,
-        "ppo_kl_to_reference_at_best_step": ppo_kl_at_best,
-        "ppo_kl_to_base_heldout": float(held_out.loc["ppo", "kl_to_base"]),
-        "ppo_kl_to_reference_heldout": kl_to_reference_heldout,
-        "ppo_wall_seconds": ppo_seconds, "rollout_tokens_per_s": rollout_tps, "update_tokens_per_s": update_tps,
-        "matmul_peak_gflops": peak / 1e9, "update_mfu": update_mfu, "parameters": params,
-        "targets": {"ppo_minus_base_p_met": 0.10, "ppo_kl": 8.0, "ppo_wall_seconds": 900},
-    }
-    print(f"PPO - base held-out P(MET): {result['ppo_minus_base_p_met']:+.3f} (target +0.10); "
-          f"KL to reference {ppo_kl_at_best:.2f} nats over the steps up to the registered step {best_step} "
-          f"({ppo_kl:.2f} over the last 5; {kl_to_reference_heldout:.2f} on held-out answers; target < 8); "
-          f"PPO wall time {ppo_seconds / 60:.1f} min")
-    print(f"rollout {rollout_tps:,.0f} tokens/s, update {update_tps:,.0f} tokens/s, update MFU {update_mfu:.1%} "
-          f"of {peak / 1e9:.0f} GFLOP/s")
-
-    if not args.skip_grpo:
-        from ml.policy.grpo import train_grpo_adapter
-
-        base, tokenizer = load_policy(sft_dir if sft_dir.exists() else None, settings, cache)
-        if sft_dir.exists():
-            base = base.merge_and_unload()
-        with tempfile.TemporaryDirectory() as scratch:
-            grpo = train_grpo_adapter(base, tokenizer, prompts[prompts["split"] == "train"], proxy_fn,
-                                      settings, Path(scratch), steps=10_000, seed=1, progress=print,
-                                      learning_rate=config.learning_rate, temperature=config.temperature,
-                                      max_seconds=ppo_seconds)
-            adapters = {"sft_adapter": sft_dir / "sft_adapter"} if sft_dir.exists() else {}
-            stack = write_stack(Path(scratch) / "grpo_policy", PolicyStack(
-                settings.base_model, [*adapters, "rl_adapter"], "grpo"), {**adapters, "rl_adapter": grpo.adapter_dir})
-            test_prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
-            corpus = read_split(home.exports / "splits", "train")
-            grpo_answers = collect_answers(test_prompts, corpus, {"grpo": stack},
-                                           settings, cache, proxy, gold, samples=2, seed=profile.data.seed)
-        grpo_rows = grpo_answers[grpo_answers.policy == "grpo"]
-        on_topic = AreaClassifier.fit(corpus, seed=profile.data.seed).on_topic_rate(grpo_rows)
-        result["grpo"] = {"wall_seconds": grpo.seconds, "steps": grpo.steps,
-                          "heldout_p_met": float(grpo_rows.proxy_reward.mean()),
-                          "heldout_gold": float(grpo_rows.gold_reward.mean()),
-                          "kl_to_base_heldout": float(grpo_rows.kl_to_base.mean()), "on_topic": on_topic,
-                          "answer_tokens": float(grpo_rows.n_tokens.mean())}
-        print(f"GRPO at equal wall time ({grpo.seconds / 60:.1f} min, {grpo.steps} steps): held-out P(MET) "
-              f"{result['grpo']['heldout_p_met']:.3f} vs PPO {held_out.loc['ppo', 'proxy_reward']:.3f}")
+        reward, version = load_rl_reward(registry, None, home.models / "registry")
+        result["rl_reward_version"] = version
+        result["throughput"] = throughput(home, profile.policy, reward, args.throughput_steps)
+        print(json.dumps(result["throughput"], indent=1, default=float))
+        if not args.skip_ablation:
+            extra = bench_reward_models(home, profile, registry, reward)
+            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds)
+            print("\nReward designs (PPO, equal training time):\n" + table(result["ablation"]["reward_designs"]))
+            print("\nAlgorithms (demo reward, equal training time):\n" + table(result["ablation"]["algorithms"]))
+            print("\nSeeds (demo configuration):\n" + table(result["ablation"]["seeds"]))
+    result["bench_seconds"] = time.perf_counter() - started
     write_result("policy", result)
 
 

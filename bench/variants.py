@@ -75,9 +75,8 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     areas = answers["economic_area"].tolist()
     for judge, reward in judges.rewards.items():
         scored = score_answers(answers, reward)
-        out[f"{judge}_judged_reward"] = float(scored["judged_reward"].mean())
-        out[f"{judge}_gold_p_met"] = float(scored["gold_reward"].mean())
-        out[f"{judge}_proxy_p_met"] = float(scored["proxy_reward"].mean())
+        out[f"{judge}_judged"] = float(scored["judged_reward"].mean())
+        out[f"{judge}_p_met"] = float(scored["gold_reward"].mean())
         out[f"{judge}_on_topic"] = float(np.nanmean(on_topic(reward.gold_area, answers["answer"].tolist(), areas)))
     out["on_topic_knn"] = float(np.nanmean(judges.embedding.on_topic(answers)))
     out["kl_to_reference"] = float(answers["kl_to_reference"].mean())

@@ -100,21 +100,27 @@ def synthetic_inputs(seed: int = 0, n_prompts: int = 36, samples_per_prompt: int
                     area = prompt.economic_area if rng.random() < on_area else str(rng.choice(areas))
                     answer = condition_text(rng, area)
                 effect = prompt_effect[prompt.prompt_id] if policy != "random" else 0.0
+                gold = float(np.clip(gold_mean + effect + rng.normal(0, sd), 0, 1))
+                # The judge's P(asked area): high for an answer written about the area asked.
+                p_area = float(np.clip((0.9 if on_area is not None and area == prompt.economic_area else 0.2)
+                                       + rng.normal(0, 0.05), 0, 1))
                 rows.append({
                     "policy": policy, **prompt._asdict(), "sample": sample, "answer": answer,
                     "proxy_reward": float(np.clip(proxy_mean + effect + rng.normal(0, sd), 0, 1)),
-                    "gold_reward": float(np.clip(gold_mean + effect + rng.normal(0, sd), 0, 1)),
+                    "gold_reward": gold, "gold_p_area": p_area, "judged_reward": gold * p_area,
                     "kl_to_base": float(rng.gamma(4.0, kl_mean / 4.0)) if math.isfinite(kl_mean) else math.nan,
+                    "kl_to_reference": float(rng.gamma(4.0, kl_mean / 8.0)) if math.isfinite(kl_mean) else math.nan,
                     "n_tokens": float(len(answer.split()) + 3) if policy in ("base", "sft", "ppo") else math.nan,
                 })
     steps = np.arange(0, 60)
     progress = 1 - np.exp(-steps / 20)
     curves = pd.DataFrame({"step": steps, "reward_mean": 0.45 + ppo_proxy_gain * progress + rng.normal(0, 0.01, 60),
                            "kl": 4.0 * progress, "kl_coef": np.full(60, 0.05),
-                           "proxy_reward": np.nan, "gold_reward": np.nan})
+                           "proxy_p_met": np.nan, "gold_p_met": np.nan, "judged_reward": np.nan})
     evaluated = curves["step"] % 10 == 9
-    curves.loc[evaluated, "proxy_reward"] = 0.45 + ppo_proxy_gain * progress[evaluated]
-    curves.loc[evaluated, "gold_reward"] = 0.45 + ppo_gold_gain * progress[evaluated]
+    curves.loc[evaluated, "proxy_p_met"] = 0.45 + ppo_proxy_gain * progress[evaluated]
+    curves.loc[evaluated, "gold_p_met"] = 0.45 + ppo_gold_gain * progress[evaluated]
+    curves.loc[evaluated, "judged_reward"] = 0.8 * (0.45 + ppo_gold_gain * progress[evaluated])
     promotion = {"decision": "promoted" if ppo_gold_gain > 0 else "challenger", "version": "3",
                  "new_value": 0.45 + ppo_gold_gain, "champion_value": 0.5, "champion_version": "2",
                  "reason": "gold reward on the evaluation prompts against the champion's"}

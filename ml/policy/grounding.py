@@ -29,10 +29,9 @@ class Grounding:
         self.n_precedents = n_precedents
         self.seed = seed
 
-    def context(self, country: str | None, area: str | None, exclude: Iterable[str] = (),
-                variant: int = 0) -> str:
-        """The lines added under the question. `exclude` drops conditions with these descriptions (an
-        SFT target); `variant` draws another set of precedents (SFT examples vary theirs)."""
+    def context(self, country: str | None, area: str | None, exclude: Iterable[str] = ()) -> str:
+        """The lines added under the question. `exclude` drops conditions with these descriptions (the
+        targets an SFT prompt is trained on)."""
         key, who = area_key(area), (country or "").casefold()
         in_area = self.corpus[self.corpus["_area"] == key]
         excluded = set(exclude)
@@ -41,7 +40,7 @@ class Grounding:
         own = in_area[in_area["_country"] == who]
         lines = [f"Record of {country or 'the country'} in this area: {len(own)} conditions, "
                  f"{int(own['is_met'].sum())} met."]
-        rng = np.random.default_rng([self.seed, variant, len(in_area)])
+        rng = np.random.default_rng([self.seed, len(in_area)])
         # The country's own conditions first, then the area's others; distinct texts only.
         ordered = pd.concat([own.iloc[rng.permutation(len(own))], in_area[in_area["_country"] != who]
                              .iloc[rng.permutation(int((in_area["_country"] != who).sum()))]])

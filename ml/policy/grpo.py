@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallba
 from ml.config import PolicySettings
 from ml.policy.base import lora_config, trainer_runtime_args
 from ml.policy.prompts import KEY_COLUMNS
-from ml.policy.sft import ADAPTER_FOLDER, LogLinesCallback
+from ml.policy.sft import ADAPTER_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,19 @@ class GroupRLResult:
     @property
     def final_reward(self) -> float:
         return self.history[-1]["reward"] if self.history else math.nan
+
+
+class LogLinesCallback(TrainerCallback):
+    """Forwards each logged metrics row as one line (to a Dagster log, a CLI, or `logging`)."""
+
+    def __init__(self, label: str, progress: Callable[[str], None]) -> None:
+        self.label = label
+        self.progress = progress
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numbers = {key: value for key, value in (logs or {}).items() if isinstance(value, (int, float))}
+        shown = ", ".join(f"{key}={value:.4g}" for key, value in sorted(numbers.items()))
+        self.progress(f"{self.label} step {state.global_step}/{state.max_steps}: {shown}")
 
 
 class TimeBudgetCallback(TrainerCallback):

@@ -76,29 +76,39 @@ def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = N
 def build_sft_examples(splits: pd.DataFrame, split: str = "train", max_examples: int | None = None,
                        seed: int = 0, grounding: Grounding | None = None) -> pd.DataFrame:
     """(prompt, description) pairs for the SFT warm start: every historically MET condition of
-    `split` under the prompt of its combination; `max_examples` keeps a seeded sample. With
-    `grounding`, each prompt carries its record and precedents, never the example's own condition."""
+    `split` under the prompt of its combination; `max_examples` keeps the conditions of a seeded sample
+    of whole combinations (so a combination's conditions train together), at most that many. With
+    `grounding`, each prompt carries its record and precedents, never a condition it is the prompt of."""
     met = splits.loc[(splits["split"] == split) & (splits["is_met"] == 1)]
     met = met.loc[met["description"].map(_clean).notna()]
     if max_examples is not None and max_examples < len(met):
-        met = met.sample(n=max_examples, random_state=seed)
+        combination = met[KEY_COLUMNS].fillna("").astype(str).agg("|".join, axis=1)
+        sizes = combination.value_counts(sort=False).sample(frac=1.0, random_state=seed)
+        chosen = sizes.index[sizes.cumsum() <= max_examples]
+        met = met[combination.isin(chosen)]
     met = met.sort_values("condition_id") if "condition_id" in met else met
     keys = list(met[KEY_COLUMNS].itertuples(index=False))
+    # One prompt per combination (its conditions train together, sharing the prompt's forward pass);
+    # grounded, its precedents leave out every condition it is the prompt of.
+    targets: dict[tuple, list[str]] = {}
+    for key, text in zip(keys, met["description"]):
+        targets.setdefault(tuple(key), []).append(text)
+    prompt_of = {key: grounded(render_prompt(*key), key[0], key[2], grounding, exclude=texts)
+                 for key, texts in targets.items()}
     return pd.DataFrame({
         "prompt_id": [prompt_id(split, *key) for key in keys],
         **{column: pd.Series([_clean(getattr(key, column)) for key in keys], dtype=object) for column in KEY_COLUMNS},
-        "prompt": [grounded(render_prompt(*key), key.country, key.economic_area, grounding,
-                            exclude=[text], variant=i) for i, (key, text) in enumerate(zip(keys, met["description"]))],
+        "prompt": [prompt_of[tuple(key)] for key in keys],
         "description": [_clean(text) for text in met["description"]],
     })
 
 
 def grounded(question: str, country: str | None, area: str | None, grounding: Grounding | None,
-             exclude: tuple[str, ...] | list[str] = (), variant: int = 0) -> str:
+             exclude: tuple[str, ...] | list[str] = ()) -> str:
     """The question, followed by the grounding context when there is one."""
     if grounding is None:
         return question
-    return question + "\n" + grounding.context(country, area, exclude=exclude, variant=variant)
+    return question + "\n" + grounding.context(country, area, exclude=exclude)
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

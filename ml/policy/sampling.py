@@ -155,26 +155,33 @@ def trim_answers(responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[
 
 def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        responses: torch.Tensor, response_mask: torch.Tensor, temperature: float, *,
-                       entropy: bool = False, value_head: torch.nn.Module | None = None) -> TokenStats:
+                       entropy: bool = False, value_head: torch.nn.Module | None = None,
+                       answers_per_prompt: torch.Tensor | None = None) -> TokenStats:
     """log pi(a_t | s_t), optionally H(pi(. | s_t)) and V(s_t), for every answer token (N, R).
 
-    Row i of `responses` answers prompt i // (N // P). Gradients flow when called outside no_grad
-    (through the shared prompt cache too). Position t reads the state just before answer token t:
-    the last prompt position for t = 0, answer token t - 1 after that."""
+    Answers come grouped by prompt: N // P per prompt, or `answers_per_prompt[i]` for prompt i (SFT
+    targets). Gradients flow when called outside no_grad (through the shared prompt cache too).
+    Position t reads the state just before answer token t: the last prompt position for t = 0, answer
+    token t - 1 after that."""
     P, N, R = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
-    if N % P:
-        raise ValueError(f"{N} answers cannot be split evenly over {P} prompts")
-    n = N // P
+    if answers_per_prompt is None:
+        if N % P:
+            raise ValueError(f"{N} answers cannot be split evenly over {P} prompts")
+        repeats: int | torch.Tensor = N // P
+    else:
+        repeats = torch.as_tensor(answers_per_prompt, device=prompt_ids.device)
+        if int(repeats.sum()) != N or len(repeats) != P:
+            raise ValueError(f"answers_per_prompt {repeats.tolist()} does not match {P} prompts and {N} answers")
     hidden = value_head is not None
     output = _prefill(model, prompt_ids, prompt_mask, hidden=hidden)
     cache = output.past_key_values
     logits = output.logits[:, -1:]  # (P, 1, V)
     states = output.hidden_states[-1][:, -1:] if hidden else None  # (P, 1, H)
     mask, next_position = prompt_mask, prompt_mask.long().sum(-1, keepdim=True)  # (P, L), (P, 1)
-    if n > 1:
-        cache.batch_repeat_interleave(n)
-        logits, mask, next_position = (x.repeat_interleave(n, dim=0) for x in (logits, mask, next_position))
-        states = states.repeat_interleave(n, dim=0) if hidden else None
+    if not (isinstance(repeats, int) and repeats == 1):
+        cache.batch_repeat_interleave(repeats)  # each prompt's keys and values, once per answer
+        logits, mask, next_position = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, next_position))
+        states = states.repeat_interleave(repeats, dim=0) if hidden else None
     if R > 1:
         # Answer tokens 0..R-2 predict tokens 1..R-1 (and give the states before them).
         inputs = responses[:, :-1]

@@ -118,6 +118,32 @@ def test_sft_examples_are_met_conditions_under_their_prompt(splits):
     assert all(prompts[pid] == prompt for pid, prompt in zip(examples["prompt_id"], examples["prompt"]))
 
 
+def test_grounded_prompts_carry_the_record_and_precedents_but_never_their_own_targets(splits):
+    from ml.policy.grounding import Grounding
+
+    more = pd.concat([splits, pd.DataFrame([
+        ("c7", "Kenya", "ECF", "Revenue administration, including customs", "Computerize customs.", 1, "train", "MET"),
+    ], columns=splits.columns)], ignore_index=True)
+    grounding = Grounding(more[more["split"] == "train"], n_precedents=3, seed=0)
+    context = grounding.context("Ghana", "1.2. Revenue administration, including customs")
+    assert context.startswith("Record of Ghana in this area: 3 conditions, 2 met.\nPrecedents: ")
+    # The country's own conditions come first, then other countries' of the same area; outcomes shown.
+    precedents = context.split("Precedents: ")[1]
+    assert "Computerize customs (Kenya, met)." not in precedents  # three of Ghana's fill the three places
+    assert {"Adopt a customs code (Ghana, met).", "Audit large taxpayers (Ghana, not met).",
+            "Publish tax arrears (Ghana, met)."} <= set(p.strip() + ")." for p in precedents.split(").") if p.strip())
+    assert "Establish a cash plan" not in context  # another area
+
+    prompts = build_policy_prompts(more, "test", grounding=grounding)
+    assert prompts["prompt"].iloc[0].startswith(render_prompt("Ghana", "ECF", "Revenue administration, including customs")
+                                                + "\nRecord of Ghana")
+    examples = build_sft_examples(more, "train", grounding=grounding)
+    for row in examples.itertuples():
+        ghana_targets = set(examples.loc[examples["prompt"] == row.prompt, "description"])
+        assert not any(target.rstrip(".") in row.prompt.split("Precedents: ")[-1] for target in ghana_targets)
+    assert examples.groupby("prompt")["description"].count().max() == 2  # Ghana's two MET conditions share one
+
+
 def test_chat_text_uses_the_chat_template_when_present(tiny):
     _, tokenizer = tiny
     prompt = render_prompt("Ghana", "ECF", "Tax policy")

@@ -61,7 +61,7 @@ def test_dumped_dom_shows_the_headline_table_with_every_policy(chromium, report,
     table = match.group(1)
     for policy in ("base", "sft", "ppo", "random", "historical"):
         assert f"<td>{policy}</td>" in table
-    assert "proxy reward (95% CI)" in table and "gold reward (95% CI)" in table
+    assert all(f"{name} (95% CI)" in table for name in ("judged reward", "gold P(MET)", "proxy P(MET)"))
     assert dom.count("data:image/png;base64,") == 3
     assert "<script" not in dom
 
