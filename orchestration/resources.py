@@ -24,7 +24,7 @@ from ml.registry import Registry
 # The Dagster concurrency pool of every step that opens the DuckDB warehouse. DuckDB lets one process
 # write a database file at a time (and none read it meanwhile), so a sensor-started run and a manual
 # materialization take turns instead of one failing on the file lock. Its limit (1) is the instance's
-# `concurrency: pools: default_limit` in dagster.yaml, which `make ui` and `make demo` use.
+# `concurrency: pools: default_limit` in orchestration/dagster.yaml, which `make ui` and `make demo` use.
 DUCKDB_POOL = "duckdb_warehouse"
 
 
@@ -68,10 +68,18 @@ class MlflowRegistry(dg.ConfigurableResource):
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
 DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).with_name("dbt"))
 
+
+def _dbt_sources_newer_than(manifest: Path) -> bool:
+    sources = [DBT_PROJECT_DIR / "dbt_project.yml",
+               *(path for folder in ("models", "seeds", "macros", "tests") for path in (DBT_PROJECT_DIR / folder).rglob("*"))]
+    return max(path.stat().st_mtime for path in sources) > manifest.stat().st_mtime
+
+
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 dbt_project.prepare_if_dev()
-if not dbt_project.manifest_path.exists():
-    # Outside `dagster dev` nothing else writes the manifest (tests, CLI runs): parse once here.
+if not dbt_project.manifest_path.exists() or _dbt_sources_newer_than(dbt_project.manifest_path):
+    # Outside `dagster dev` nothing else writes the manifest (tests, CLI runs): parse here, also after an
+    # edit of the dbt project, whose stale manifest would not know the new nodes.
     subprocess.run([DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", ".", "--profiles-dir", "."],
                    cwd=DBT_PROJECT_DIR, check=True)
 

@@ -186,6 +186,7 @@ def ingest_landing(landing: Path, warehouse: Path, quarantine: Path,
     con = connect(warehouse)
     try:
         create_raw_tables(con)
+        _remove_partial_writes(quarantine, manifest_path(warehouse))
         files = landing_files(landing)
         previous = read_manifest(warehouse)
         stats = landing_shas(files, previous.landing if previous else {})
@@ -205,6 +206,13 @@ def ingest_landing(landing: Path, warehouse: Path, quarantine: Path,
         return IngestReport(outcomes=tuple(outcomes), total_rows=int(total))
     finally:
         con.close()
+
+
+def _remove_partial_writes(quarantine: Path, manifest: Path) -> None:
+    """Temporary files of a run killed while writing a quarantine copy or the manifest."""
+    partials = [*quarantine.glob(".*.partial")] if quarantine.exists() else []
+    for partial in [*partials, manifest.with_name(f".{manifest.name}.partial")]:
+        partial.unlink(missing_ok=True)
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, quarantine: Path, sha: str | None = None) -> FileOutcome:
