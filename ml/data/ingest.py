@@ -222,11 +222,14 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, quarantine: Path, sh
     except OSError as error:
         return FileOutcome(file=path.name, sha256="", status="unreadable",
                            reason=f"{path.name}: cannot be read ({error}); it will be tried again")
-    done = con.execute(f"select 'already_loaded' from {RAW_FILES} where source_sha256 = ? union all "
-                       f"select 'already_quarantined' from {RAW_QUARANTINED_FILES} where source_sha256 = ?",
-                       [sha, sha]).fetchone()
+    done = con.execute(f"select 'already_loaded', source_file, '' from {RAW_FILES} where source_sha256 = ? "
+                       f"union all select 'already_quarantined', source_file, reason from {RAW_QUARANTINED_FILES} "
+                       f"where source_sha256 = ?", [sha, sha]).fetchone()
     if done:
-        return FileOutcome(file=path.name, sha256=sha, status=done[0])
+        status, first_name, reason = done
+        same = "" if first_name == path.name else f"same bytes as {first_name}"
+        reason = "; ".join(part for part in (same, reason and f"quarantined before: {reason}") if part)
+        return FileOutcome(file=path.name, sha256=sha, status=status, reason=f"{path.name}: {reason}" if reason else "")
     try:
         mona = read_mona_file(path)
         return _load(con, path, sha, mona)
