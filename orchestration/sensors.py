@@ -9,10 +9,12 @@ file can never make the sensor fail.
   never DuckDB itself, which a running job may hold locked.
 - Hashing is done once per file: a file whose size and mtime match the manifest or the cursor keeps its
   known sha256. The cursor holds these (size, mtime, sha256) only for files now in the landing folder
-  that the manifest does not describe, so it stays small however many files accumulate.
+  that the manifest does not describe, and the sha256s it requested runs for until ingestion has
+  handled them, so it stays small however many files accumulate.
 - One run per new file, keyed by its sha256; files found together start one run (keyed by the sha256
-  of their sorted hashes), since one ingestion loads them all. While a run this sensor started is
-  still queued or running, the sensor waits: that run may load the files that arrived meanwhile.
+  of their sorted hashes), since one ingestion loads them all. A file is requested once. While a run
+  this sensor started is still queued or running, the sensor waits: that run may load the files that
+  arrived meanwhile.
 """
 
 import hashlib
@@ -37,10 +39,12 @@ def run_key_for(hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
-def _cached_stats(cursor: str | None) -> dict[str, tuple[int, int, str]]:
-    """The cursor's stat cache: file name -> (size, mtime_ns, sha256); older cursors held a list."""
+def _read_cursor(cursor: str | None) -> tuple[dict[str, tuple[int, int, str]], set[str]]:
+    """(file name -> (size, mtime_ns, sha256), sha256s already requested); older cursors held a list."""
     data = json.loads(cursor) if cursor else {}
-    return {name: tuple(stat) for name, stat in data.get("files", {}).items()} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}, set()
+    return {name: tuple(stat) for name, stat in data.get("files", {}).items()}, set(data.get("requested", []))
 
 
 @dg.sensor(job=retraining_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
@@ -56,12 +60,17 @@ def mona_landing_sensor(context: dg.SensorEvaluationContext, rlxf: RlxfSettings)
     except WarehouseError as error:  # no manifest yet, and a job holds the warehouse: look again later
         return dg.SkipReason(f"cannot tell which files are loaded yet: {error}")
 
-    cached = _cached_stats(context.cursor)
+    cached, requested = _read_cursor(context.cursor)
     stats = landing_shas(landing_files(home.landing), cached, handled.landing)
-    context.update_cursor(json.dumps({"files": {
-        path.name: list(stat) for path, stat in stats.items() if handled.landing.get(path.name) != stat}}))
-    new = sorted((path.name, stat[2]) for path, stat in stats.items() if stat[2] not in handled.handled)
+    pending = sorted((path.name, stat[2]) for path, stat in stats.items() if stat[2] not in handled.handled)
+    new = [(name, sha) for name, sha in pending if sha not in requested]
+    context.update_cursor(json.dumps({
+        "files": {path.name: list(stat) for path, stat in stats.items() if handled.landing.get(path.name) != stat},
+        "requested": sorted({sha for _, sha in pending}),  # until ingestion has handled them
+    }))
     if not new:
+        if pending:
+            return dg.SkipReason(f"{len(pending)} file(s) waiting for the run already requested for them")
         return dg.SkipReason(f"no new MONA files in {home.landing} ({len(stats)} file(s), all ingested)")
     names = ", ".join(name for name, _ in new)
     context.log.info(f"new MONA files: {names}")

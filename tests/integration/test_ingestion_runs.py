@@ -122,7 +122,7 @@ def test_sensor_after_the_demo_runs_starts_nothing(world):
     result = mona_landing_sensor(context)
     assert isinstance(result, dg.SkipReason), result
     assert "no new MONA files" in result.skip_message
-    assert json.loads(context.cursor) == {"files": {}}
+    assert json.loads(context.cursor) == {"files": {}, "requested": []}
 
 
 def test_sigkill_during_ingestion_leaves_every_file_whole_and_a_rerun_completes(world):

@@ -44,6 +44,10 @@ def test_new_file_starts_one_run_keyed_by_its_sha(settings, instance, paper_samp
     sha = file_sha256(landing / "reviews_2024.csv")
     assert result.run_key == sha
     assert json.loads(cursor)["files"]["reviews_2024.csv"][2] == sha
+    # Until the run has ingested it, the file is not requested again (e.g. after a restart).
+    again, cursor_again = evaluate(settings, instance, cursor=cursor)
+    assert isinstance(again, dg.SkipReason) and "waiting for the run already requested" in again.skip_message
+    assert cursor_again == cursor
 
 
 def test_unchanged_file_is_not_hashed_again(settings, instance, paper_sample_csv):
@@ -51,15 +55,20 @@ def test_unchanged_file_is_not_hashed_again(settings, instance, paper_sample_csv
     target = landing / "reviews.csv"
     shutil.copy(paper_sample_csv, target)
     first, cursor = evaluate(settings, instance)
-    # Same size, same mtime, other bytes: the sensor trusts its cached sha256 (it does not re-read).
+    # Same size, same mtime, other bytes: the sensor trusts its cached sha256 (it does not re-read), so
+    # it sees the file it already requested, not a new one.
     stat = target.stat()
     data = bytearray(target.read_bytes())
     data[-2:-1] = b"X"
     target.write_bytes(bytes(data))
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     again, cursor_again = evaluate(settings, instance, cursor=cursor)
-    assert again.run_key == first.run_key  # the same key: Dagster starts no second run for it
+    assert isinstance(first, dg.RunRequest) and isinstance(again, dg.SkipReason)
     assert cursor_again == cursor
+    # A new mtime: hashed again, and the changed bytes are new data.
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    changed, _ = evaluate(settings, instance, cursor=cursor)
+    assert isinstance(changed, dg.RunRequest) and changed.run_key == file_sha256(target) != first.run_key
 
 
 def test_files_already_ingested_start_nothing_however_they_got_there(settings, instance, paper_sample_csv):
@@ -68,7 +77,7 @@ def test_files_already_ingested_start_nothing_however_they_got_there(settings, i
     ingest(settings)  # e.g. `make demo` loaded it through the job, not through this sensor
     result, cursor = evaluate(settings, instance)  # no cursor: a sensor that never saw these files
     assert isinstance(result, dg.SkipReason) and "no new MONA files" in result.skip_message
-    assert json.loads(cursor) == {"files": {}}  # the manifest describes every file: nothing to cache
+    assert json.loads(cursor) == {"files": {}, "requested": []}  # the manifest describes every file
     # A copy under another name is the same data: still nothing.
     shutil.copy(paper_sample_csv, landing / "copy_of_reviews.csv")
     result, cursor = evaluate(settings, instance, cursor=cursor)
@@ -145,11 +154,11 @@ def test_cursor_stays_bounded_as_files_accumulate(settings, instance, paper_samp
                 encoding="utf-8")
         result, cursor = evaluate(settings, instance, cursor=cursor)
         assert isinstance(result, dg.RunRequest)
-        assert len(json.loads(cursor)["files"]) == 40  # only the files not ingested yet
+        assert len(json.loads(cursor)["files"]) == len(json.loads(cursor)["requested"]) == 40  # not ingested yet
         ingest(settings)
     result, cursor = evaluate(settings, instance, cursor=cursor)
     assert isinstance(result, dg.SkipReason) and "120 file(s)" in result.skip_message
-    assert json.loads(cursor) == {"files": {}}
+    assert json.loads(cursor) == {"files": {}, "requested": []}
 
 
 def test_warehouse_without_manifest_is_read_and_a_locked_one_is_waited_for(settings, instance, paper_sample_csv):
