@@ -264,7 +264,8 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, sha: str, mona: MonaFile) 
                     f"select {rejected_columns} from incoming_rejected")
         con.execute(f"""insert into {RAW_FILES} (source_sha256, source_file, sheet, header_row, rows_loaded,
                         rows_rejected, ingested_at, encoding, warnings) values (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    [sha, path.name, mona.sheet, mona.header_row, len(rows), len(rejected), now, mona.encoding,
+                    [sha, path.name, mona.sheet, mona.header_row, len(rows), _rows_rejected(rejected), now,
+                     mona.encoding,
                      "; ".join(mona.warnings) or None])
         con.commit()
     except Exception:
@@ -280,7 +281,12 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, sha: str, mona: MonaFile) 
         reason = f"rejected rows, first: {where}row {first.source_row} column {first.column_name}: {first.problem}" \
                  + (f"; {reason}" if reason else "")
     return FileOutcome(file=path.name, sha256=sha, status="loaded", rows_loaded=len(rows),
-                       rows_rejected=len(rejected), reason=reason, warnings=mona.warnings)
+                       rows_rejected=_rows_rejected(rejected), reason=reason, warnings=mona.warnings)
+
+
+def _rows_rejected(rejected: pd.DataFrame) -> int:
+    """Rows set aside; a row with two problems is one row (and two records in raw.rejected_rows)."""
+    return len(rejected[["source_sheet", "source_row"]].drop_duplicates())
 
 
 def _quarantine(con: duckdb.DuckDBPyConnection, path: Path, quarantine: Path, sha: str, reason: str) -> FileOutcome:

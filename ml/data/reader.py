@@ -515,9 +515,13 @@ def _row_problems(rows: pd.DataFrame, extra: dict[str, pd.Series], beyond: dict[
         if bad.any():
             problems.append((bad, column, "bytes that are not UTF-8 in a file that is otherwise UTF-8 "
                                           "(the rest of the file is loaded as UTF-8)"))
+    # One problem per row, named by the first column beyond the header that holds a value.
+    earlier = np.zeros(len(rows), dtype=bool)
     for letter, series in beyond.items():
-        problems.append((series.notna().to_numpy(), letter,
-                         f"cells beyond the header's {width} columns: a delimiter inside an unquoted cell?"))
+        here = series.notna().to_numpy()
+        problems.append((here & ~earlier, letter, f"cells beyond the header's {width} columns, from column "
+                                                  f"{letter}: a delimiter inside an unquoted cell?"))
+        earlier |= here
     for column in ("country", "description"):
         problems.append((rows[column].isna().to_numpy(), column, f"{column} is empty"))
     no_area = (rows["economic_descriptor"].isna() & rows["economic_code"].isna()).to_numpy()

@@ -300,3 +300,15 @@ def test_workbook_sheets_load_with_their_sheet_in_the_provenance(home):
     assert raw_rows(home, "select source_sheet, source_row from raw.rejected_rows") == [("2016", 3)]
     assert raw_rows(home, "select sheet from raw.ingested_files where source_file = 'reviews.xlsx'") == [
         ("2015, 2016",)]
+
+
+def test_a_row_with_two_problems_counts_as_one_rejected_row(home):
+    (home / "landing" / "two_problems.csv").write_text(
+        "Country Name,Economic Code,Description,PC Status\nGhana,20.2,Adopt a law,M\n,twenty,No country,NM\n",
+        encoding="utf-8")
+    outcome = next(o for o in ingest(home).outcomes if o.file == "two_problems.csv")
+    assert (outcome.rows_loaded, outcome.rows_rejected) == (1, 1)
+    assert raw_rows(home, "select source_row, column_name from raw.rejected_rows order by 2") == [
+        (3, "country"), (3, "economic_code")]
+    assert raw_rows(home, "select rows_rejected from raw.ingested_files where source_file = 'two_problems.csv'") == [
+        (1,)]
