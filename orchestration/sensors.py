@@ -72,7 +72,7 @@ def mona_landing_sensor(context: dg.SensorEvaluationContext, rlxf: RlxfSettings)
         if pending:
             return dg.SkipReason(f"{len(pending)} file(s) waiting for the run already requested for them")
         return dg.SkipReason(f"no new MONA files in {home.landing} ({len(stats)} file(s), all ingested)")
-    names = ", ".join(name for name, _ in new)
-    context.log.info(f"new MONA files: {names}")
+    names = ", ".join(name for name, _ in new[:20]) + (f" and {len(new) - 20} more" if len(new) > 20 else "")
+    context.log.info(f"{len(new)} new MONA file(s): {names}")
     return dg.RunRequest(run_key=run_key_for(sorted({sha for _, sha in new})),
                          tags={TRIGGER_TAG[0]: TRIGGER_TAG[1], "rlxf/files": names[:200]})

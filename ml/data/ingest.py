@@ -259,9 +259,10 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, sha: str, mona: MonaFile) 
     try:
         con.register("incoming_rows", rows)
         con.execute(f"insert into {RAW_CONDITIONS} ({columns}) select {columns} from incoming_rows")
-        con.register("incoming_rejected", rejected)
-        con.execute(f"insert into {RAW_REJECTED_ROWS} ({rejected_columns}) "
-                    f"select {rejected_columns} from incoming_rejected")
+        if len(rejected):  # registering a DataFrame costs milliseconds: not for nothing
+            con.register("incoming_rejected", rejected)
+            con.execute(f"insert into {RAW_REJECTED_ROWS} ({rejected_columns}) "
+                        f"select {rejected_columns} from incoming_rejected")
         con.execute(f"""insert into {RAW_FILES} (source_sha256, source_file, sheet, header_row, rows_loaded,
                         rows_rejected, ingested_at, encoding, warnings) values (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     [sha, path.name, mona.sheet, mona.header_row, len(rows), _rows_rejected(rejected), now,

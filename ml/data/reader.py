@@ -175,7 +175,7 @@ def _read_csv(path: Path) -> MonaFile:
     table = _parse_csv(path, buffer, parser_encoding, separator)
     header_index = _find_header_row(path, table.head(HEADER_SEARCH_ROWS).values.tolist())
     # A row with cells beyond the header cannot be aligned with the columns: reject it.
-    mona = _to_canonical(path, table, header_index, sheet=None, reject_beyond_header=True)
+    mona = _to_canonical(path, table, header_index, sheet=None, reject_beyond_header=True, mixed=mixed)
     return MonaFile(path=path, rows=mona.rows, rejected=mona.rejected, sheets=(), header_row=header_index + 1,
                     encoding=encoding + (" (mixed: rows with other bytes rejected)" if mixed else ""),
                     warnings=tuple(warnings) + mona.warnings)
@@ -382,7 +382,7 @@ def _times(n: int) -> str:
 
 
 def _to_canonical(path: Path, table: pd.DataFrame, header_index: int, sheet: str | None,
-                  reject_beyond_header: bool = False) -> MonaFile:
+                  reject_beyond_header: bool = False, mixed: bool = False) -> MonaFile:
     where = f" (sheet {sheet!r})" if sheet else ""
     # A header row shorter than the rows below it has missing (NaN) cells at its end.
     headers = ["" if pd.isna(cell) else str(cell).strip() for cell in table.iloc[header_index].tolist()]
@@ -440,7 +440,7 @@ def _to_canonical(path: Path, table: pd.DataFrame, header_index: int, sheet: str
     rows["source_sheet"] = sheet
     rows["source_row"] = source_row.astype("int64")
 
-    problems = _row_problems(rows, extra_cells, beyond_cells, width)
+    problems = _row_problems(rows, {**cells, **extra_cells}, beyond_cells, width, mixed)
     rejected = _rejected_frame(rows, problems, extra_cells, beyond_cells)
     good = rows.loc[~rows["source_row"].isin(rejected["source_row"])].reset_index(drop=True)
     return MonaFile(path=path, rows=good, rejected=rejected, sheets=(sheet,) if sheet else (),
@@ -449,9 +449,8 @@ def _to_canonical(path: Path, table: pd.DataFrame, header_index: int, sheet: str
 
 def _clean(series: pd.Series) -> pd.Series:
     """Trimmed text with internal whitespace collapsed; empty cells become None."""
-    text = series.astype(object).where(series.notna(), "").astype(str)
-    text = text.str.replace(r"\s+", " ", regex=True).str.strip()
-    return text.where(text != "", None).astype(object)
+    text = series.fillna("").astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
+    return text.astype(object).where(text != "", None)
 
 
 def _nulls_as_none(series: pd.Series) -> pd.Series:
@@ -505,16 +504,17 @@ def _extra_json(extra: dict[str, pd.Series], n: int) -> pd.Series:
                      dtype=object)
 
 
-def _row_problems(rows: pd.DataFrame, extra: dict[str, pd.Series], beyond: dict[str, pd.Series],
-                  width: int) -> list[tuple[np.ndarray, str, str]]:
-    """(mask, column, problem) for rows that cannot become a condition."""
+def _row_problems(rows: pd.DataFrame, texts: dict[str, pd.Series], beyond: dict[str, pd.Series], width: int,
+                  mixed: bool) -> list[tuple[np.ndarray, str, str]]:
+    """(mask, column, problem) for rows that cannot become a condition; `texts` are the file's cells by
+    column (canonical name or extra header), as read."""
     problems = []
-    # Bytes that are not UTF-8 in an otherwise UTF-8 file: report the row, never guess its text.
-    for column, series in [*((c, rows[c]) for c in CANONICAL_COLUMNS if c != "extra_columns"), *extra.items()]:
-        bad = series.fillna("").astype(str).str.contains(_UNDECODED).to_numpy()
-        if bad.any():
-            problems.append((bad, column, "bytes that are not UTF-8 in a file that is otherwise UTF-8 "
-                                          "(the rest of the file is loaded as UTF-8)"))
+    if mixed:  # bytes that are not UTF-8 in an otherwise UTF-8 file: report the row, never guess its text
+        for column, series in texts.items():
+            bad = series.fillna("").str.contains(_UNDECODED).to_numpy()
+            if bad.any():
+                problems.append((bad, column, "bytes that are not UTF-8 in a file that is otherwise UTF-8 "
+                                              "(the rest of the file is loaded as UTF-8)"))
     # One problem per row, named by the first column beyond the header that holds a value.
     earlier = np.zeros(len(rows), dtype=bool)
     for letter, series in beyond.items():
@@ -529,14 +529,13 @@ def _row_problems(rows: pd.DataFrame, extra: dict[str, pd.Series], beyond: dict[
     code = rows["economic_code"].fillna("").astype(str)
     bad_code = ((code != "") & ~code.str.match(_NUMBER)).to_numpy()
     problems.append((bad_code, "economic_code", "economic code is not a number"))
-    length = rows["description"].fillna("").astype(str).str.len().to_numpy()
-    problems.append((length > MAX_DESCRIPTION_CHARS, "description",
-                     f"description is longer than {MAX_DESCRIPTION_CHARS:,} characters"))
-    for column, series in [*((c, rows[c]) for c in CANONICAL_COLUMNS if c not in ("description", "extra_columns")),
-                           *extra.items()]:
-        too_long = series.fillna("").astype(str).str.len().to_numpy() > MAX_CELL_CHARS
-        if too_long.any():
-            problems.append((too_long, column, f"cell is longer than {MAX_CELL_CHARS:,} characters"))
+    for column, series in texts.items():
+        length = series.fillna("").str.len().to_numpy()
+        if column == "description" and (length > MAX_DESCRIPTION_CHARS).any():
+            problems.append((length > MAX_DESCRIPTION_CHARS, column,
+                             f"description is longer than {MAX_DESCRIPTION_CHARS:,} characters"))
+        elif (length > MAX_CELL_CHARS).any():
+            problems.append((length > MAX_CELL_CHARS, column, f"cell is longer than {MAX_CELL_CHARS:,} characters"))
     return problems
 
 
