@@ -2,7 +2,7 @@
 
 - A file is identified by the sha256 of its bytes: a file handled once (loaded or quarantined) is
   never read again, a changed file is new data. Loaded files stay in the landing folder (it is the set
-  of exports).
+  of exports); one whose size and mtime have not changed since the last run is not even hashed again.
 - No file can stop the others: any error while reading, checking or loading one file (a damaged
   workbook, a zip that is not one, an encoding, a DuckDB error on its rows) quarantines that file with
   the reason, and the loop goes on. Only a warehouse that cannot be opened or written stops ingestion.

@@ -243,7 +243,7 @@ def _read_workbook(path: Path) -> MonaFile:
                 try:
                     header_index = _find_header_row(path, head, sheet=worksheet.title)
                 except MonaReadError as error:
-                    skipped.append(f"{worksheet.title!r}: {error.problem.split(' (sheet ')[0]}")
+                    skipped.append(f"{worksheet.title!r}: {error.problem.replace(f' (sheet {worksheet.title!r})', '')}")
                     if best_error is None or len(error.missing_columns) < len(best_error.missing_columns):
                         best_error = error
                     continue
@@ -262,7 +262,10 @@ def _read_workbook(path: Path) -> MonaFile:
     if not parts:
         if best_error is None:
             raise MonaReadError(path, "workbook has no sheets")
-        raise best_error
+        if len(skipped) == 1:
+            raise best_error
+        raise MonaReadError(path, "no sheet has MONA's columns: " + "; ".join(skipped),
+                            missing_columns=best_error.missing_columns)
     warnings = [warning for part in parts for warning in part.warnings]
     if skipped:
         warnings.append("sheets skipped: " + "; ".join(skipped))
