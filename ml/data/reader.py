@@ -68,6 +68,9 @@ _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+# Exactly the characters str.isspace() accepts, spelled out: pandas runs `\s` through Python's `re` one
+# cell at a time (RE2's `\s` differs), this class through pyarrow's vectorized RE2 (1M rows: 10+ s less).
+WHITESPACE_RUN = "[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
 
 
 class MonaReadError(ValueError):
@@ -452,7 +455,7 @@ def _to_canonical(path: Path, table: pd.DataFrame, header_index: int, sheet: str
 
 def _clean(series: pd.Series) -> pd.Series:
     """Trimmed text with internal whitespace collapsed; empty cells become None."""
-    text = series.fillna("").astype(str).str.replace(r"\s+", " ", regex=True).str.strip()
+    text = series.fillna("").astype(str).str.replace(WHITESPACE_RUN, " ", regex=True).str.strip()
     return text.astype(object).where(text != "", None)
 
 

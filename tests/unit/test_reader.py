@@ -5,12 +5,14 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import json
+import re
 import shutil
+import sys
 
 import pytest
 from openpyxl import Workbook
 
-from ml.data.reader import MAX_DESCRIPTION_CHARS, MonaReadError, read_mona_file
+from ml.data.reader import MAX_DESCRIPTION_CHARS, WHITESPACE_RUN, MonaReadError, read_mona_file
 from ml.data.schema import CANONICAL_COLUMNS
 
 
@@ -301,3 +303,13 @@ def test_csv_row_with_cells_beyond_the_header_is_rejected_not_misaligned(tmp_pat
     assert mona.rows.country.tolist() == ["Ghana", "Kenya"]  # a short row is fine
     assert mona.rejected[["source_row", "column_name"]].values.tolist() == [[3, "F"]]  # one row, one record
     assert strict_loads(mona.rejected.raw_values.iloc[0])["G"] == "01/31/2010"
+
+
+def test_whitespace_is_collapsed_exactly_like_python(tmp_path):
+    # The reader spells out str.isspace()'s characters so that pandas hands the regex to pyarrow.
+    pattern = re.compile(WHITESPACE_RUN)
+    assert [c for c in range(sys.maxunicode + 1) if bool(pattern.fullmatch(chr(c))) != chr(c).isspace()] == []
+    description = " Submit\tthe  2010 budget\u00a0law to\u2003Parliament\x1c now\u3000"
+    path = tmp_path / "spaces.csv"
+    path.write_text(HEADER + f'Ghana,1.2. Revenue administration,"{description}",M,01/31/2010\n', encoding="utf-8")
+    assert read_mona_file(path).rows.description.iloc[0] == " ".join(description.split())
