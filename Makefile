@@ -30,11 +30,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml:
+# The instance configuration (telemetry off, the DuckDB concurrency pool) lives in the repository.
+$(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	cp orchestration/dagster.yaml $@
 
 demo: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.stale_runs
 	RLXF_PROFILE=$(PROFILE) $(BIN)/dagster job execute -m orchestration.definitions -j rlxf_full_pipeline
 	$(BIN)/rlxf summary --profile $(PROFILE)
 	@echo "Open the Dagster UI on these results with: make ui"
@@ -55,6 +57,7 @@ test-fast: venv
 # Dagster UI (dagster dev, workspace.yaml) and the MLflow UI on the profile's store; localhost only.
 ui: venv $(DAGSTER_HOME)/dagster.yaml
 	@mkdir -p .rlxf/$(PROFILE)
+	@$(BIN)/python -m orchestration.stale_runs
 	@echo "Dagster UI: http://127.0.0.1:3000    MLflow UI: http://127.0.0.1:5000    (profile $(PROFILE))"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(CURDIR)/.rlxf/$(PROFILE)/mlflow.db \

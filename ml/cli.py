@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ from ml.paths import DataHome, default_home
 
 
 def _home(args: argparse.Namespace) -> DataHome:
+    """--home, else RLXF_HOME, else .rlxf/<profile>; the profile from --profile, else RLXF_PROFILE (as the
+    Dagster assets resolve them, so `rlxf` and the pipeline use the same data home)."""
+    if args.profile not in PROFILES:
+        sys.exit(f"rlxf: unknown profile {args.profile!r} (from RLXF_PROFILE); choose one of {sorted(PROFILES)}")
     return DataHome(Path(args.home) if args.home else default_home(args.profile))
 
 
@@ -26,8 +31,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Validate a MONA export with the reader, then drop it into the landing folder."""
+    """Check a MONA export with the reader, then drop it into the landing folder, never over another file."""
+    from ml.data.ingest import file_sha256, handled_files
     from ml.data.reader import MonaReadError, read_mona_file
+    from ml.data.warehouse import WarehouseError
 
     source = Path(args.file)
     try:
@@ -35,11 +42,34 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except MonaReadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for _, problem in mona.rejected.iterrows():
-        print(f"warning: {source.name} row {problem.source_row} column {problem.column_name}: {problem.problem}",
-              file=sys.stderr)
+    except Exception as error:  # a file the reader chokes on: name it, no traceback
+        print(f"error: {source.name}: cannot be read ({type(error).__name__}: {error})", file=sys.stderr)
+        return 2
+    for warning in mona.warnings:
+        print(f"warning: {source.name}: {warning}", file=sys.stderr)
+    for problem in mona.rejected.itertuples():
+        sheet = f" sheet {problem.source_sheet!r}" if problem.source_sheet else ""
+        print(f"rejected: {source.name}{sheet} row {problem.source_row} column {problem.column_name}: "
+              f"{problem.problem}", file=sys.stderr)
     home = _home(args).ensure()
+    sha = file_sha256(source)
+    try:
+        handled = handled_files(home.warehouse).handled
+    except WarehouseError:  # a job holds the warehouse: ingestion recognizes the file by sha256 anyway
+        handled = {}
+    if sha in handled:
+        print(f"{source.name}: already {handled[sha]} in {home.warehouse} (same sha256); not landed again")
+        return 0
+    # A different file of the same name may be waiting: both must reach the warehouse.
     target = home.landing / source.name
+    renamed = target.with_name(f"{source.stem}.{sha[:12]}{source.suffix}")
+    for waiting in (target, renamed):
+        if waiting.exists() and file_sha256(waiting) == sha:
+            print(f"{source.name}: already waiting in {home.landing} as {waiting.name}")
+            return 0
+    if target.exists():
+        target = renamed
+        print(f"note: another {source.name} is already waiting in {home.landing}; this one lands as {target.name}")
     tmp = target.with_name("." + target.name + ".partial")  # hidden until complete: the sensor skips it
     shutil.copyfile(source, tmp)
     tmp.replace(target)
@@ -157,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--profile", choices=sorted(PROFILES), default="demo")
-        p.add_argument("--home", default=None, help="data home (default: .rlxf/<profile> in the repository)")
+        p.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("RLXF_PROFILE", "demo"),
+                       help="default: $RLXF_PROFILE, else demo")
+        p.add_argument("--home", default=os.environ.get("RLXF_HOME") or None,
+                       help="data home (default: $RLXF_HOME, else .rlxf/<profile> in the repository)")
         return p
 
     generate = sub.add_parser("generate", help="write a synthetic MONA export")

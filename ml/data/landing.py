@@ -1,7 +1,8 @@
 """Fill an empty landing folder with the embedded default data: synthetic MONA plus the paper's rows.
 
-Runs once per data home (a marker file remembers it), so a user who empties the landing folder or
-drops in real exports never gets synthetic data mixed in behind their back.
+Only into an empty landing folder, and once per data home (a marker file remembers the decision): a
+user who drops in real exports, or later empties the landing folder, never gets synthetic data mixed in
+behind their back. The `paper` profile seeds nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from ml.config import DataSettings
+from ml.data.ingest import landing_files
 from ml.data.synthetic import write_synthetic_export
 from ml.paths import PAPER_SAMPLE_CSV, DataHome
 
@@ -17,10 +19,14 @@ SEEDED_MARKER = ".landing_seeded"
 
 
 def seed_landing(home: DataHome, settings: DataSettings) -> list[Path]:
-    """Write the profile's default exports into the landing folder on first run; returns new files."""
+    """Write the profile's default exports into an empty landing folder on first run; returns new files."""
     home.ensure()
     marker = home.root / SEEDED_MARKER
     if marker.exists() or settings.synthetic_rows <= 0 and not settings.include_paper_sample:
+        return []
+    if landing_files(home.landing):
+        # The user's own exports: never mixed with synthetic data, now or after the folder is emptied.
+        marker.write_text("(not seeded: the landing folder held exports)\n", encoding="utf-8")
         return []
     written: list[Path] = []
     if settings.synthetic_rows > 0:
@@ -29,7 +35,9 @@ def seed_landing(home: DataHome, settings: DataSettings) -> list[Path]:
         written.append(export)
     if settings.include_paper_sample:
         target = home.landing / PAPER_SAMPLE_CSV.name
-        shutil.copyfile(PAPER_SAMPLE_CSV, target)
+        partial = target.with_name(f".{target.name}.partial")  # hidden until complete: the sensor skips it
+        shutil.copyfile(PAPER_SAMPLE_CSV, partial)
+        partial.replace(target)
         written.append(target)
     marker.write_text("\n".join(path.name for path in written) + "\n", encoding="utf-8")
     return written

@@ -2,6 +2,8 @@
 
 `raw.mona_conditions` keeps every row of every ingested file exactly as read (text columns), with
 its provenance; nothing is updated or deleted, so the warehouse is a lossless history of all exports.
+`raw.ingested_files` and `raw.quarantined_files` record, by sha256, every file ingestion has handled:
+the same bytes are never read twice, whether they loaded or were quarantined.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ RAW_SCHEMA = "raw"
 RAW_CONDITIONS = f"{RAW_SCHEMA}.mona_conditions"
 RAW_FILES = f"{RAW_SCHEMA}.ingested_files"
 RAW_REJECTED_ROWS = f"{RAW_SCHEMA}.rejected_rows"
+RAW_QUARANTINED_FILES = f"{RAW_SCHEMA}.quarantined_files"
 
-PROVENANCE_COLUMNS = ("source_file", "source_sha256", "source_row", "ingested_at")
+PROVENANCE_COLUMNS = ("source_file", "source_sha256", "source_sheet", "source_row", "ingested_at")
 
 _DDL = [
     f"create schema if not exists {RAW_SCHEMA}",
@@ -25,7 +28,7 @@ _DDL = [
         {", ".join(f"{column} varchar" for column in CANONICAL_COLUMNS)},
         source_file varchar not null,   -- file name as it arrived in the landing folder
         source_sha256 varchar not null, -- content hash: the same file twice is ingested once
-        source_row integer not null,    -- row number in the file (1 = first line / spreadsheet row)
+        source_row integer not null,    -- row number in the file or sheet (1 = first line / spreadsheet row)
         ingested_at timestamp not null
     )""",
     f"""create table if not exists {RAW_FILES} (
@@ -46,6 +49,19 @@ _DDL = [
         raw_values varchar,             -- JSON of the row as read, so nothing is lost
         ingested_at timestamp not null
     )""",
+    f"""create table if not exists {RAW_QUARANTINED_FILES} (
+        source_sha256 varchar primary key,
+        source_file varchar not null,
+        reason varchar not null,
+        quarantined_to varchar,         -- the copy in quarantine/; NULL when it could not be written
+        left_in_landing boolean not null, -- the landing file could not be removed (read-only folder)
+        quarantined_at timestamp not null
+    )""",
+    # Columns added after the first release: warehouses written before them gain them here.
+    f"alter table {RAW_CONDITIONS} add column if not exists source_sheet varchar",  # workbook sheet
+    f"alter table {RAW_REJECTED_ROWS} add column if not exists source_sheet varchar",
+    f"alter table {RAW_FILES} add column if not exists encoding varchar",  # how a CSV was decoded
+    f"alter table {RAW_FILES} add column if not exists warnings varchar",  # reader warnings, '; '-joined
 ]
 
 

@@ -4,13 +4,14 @@
 import dagster as dg
 
 from ml.data.splits import export_splits, load_split_tables
-from orchestration.resources import RlxfSettings
+from orchestration.resources import DUCKDB_POOL, RlxfSettings
 
 
 @dg.asset(
     group_name="warehouse",
     kinds={"parquet", "python"},
     deps=["mona_splits"],
+    pool=DUCKDB_POOL,  # reads DuckDB: not while another run writes it
     description="Train/validation/test snapshot (parquet + manifest with a content hash) of `mona_splits`. "
                 "Runs only after the blocking Great Expectations suite on `mona_splits` passed, so the "
                 "previous snapshot stays in place when new data fails validation.",

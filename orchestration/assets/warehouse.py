@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from orchestration.resources import RlxfSettings, dbt_project
+from orchestration.resources import DUCKDB_POOL, RlxfSettings, dbt_project
 
 
 class MonaDbtTranslator(DagsterDbtTranslator):
@@ -25,7 +25,7 @@ class MonaDbtTranslator(DagsterDbtTranslator):
 
 
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project,
-            dagster_dbt_translator=MonaDbtTranslator())
+            dagster_dbt_translator=MonaDbtTranslator(), pool=DUCKDB_POOL)
 def mona_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, rlxf: RlxfSettings):
     dbt_vars = json.dumps({"duckdb_path": str(rlxf.data_home().warehouse)})
     yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()

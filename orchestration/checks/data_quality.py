@@ -5,13 +5,14 @@ import dagster as dg
 
 from ml.data.splits import load_split_tables
 from ml.data.validation import validate_splits
-from orchestration.resources import RlxfSettings
+from orchestration.resources import DUCKDB_POOL, RlxfSettings
 
 
 @dg.asset_check(
     asset="mona_splits",
     name="great_expectations_suite",
     blocking=True,
+    pool=DUCKDB_POOL,  # reads DuckDB: not while another run writes it
     description="Great Expectations 1.x suite: labels, non-empty text, no condition or arrangement in two "
                 "splits, split shares, class balance, minimum rows, share of unknown statuses. A failure "
                 "stops `validated_splits` and everything downstream.",

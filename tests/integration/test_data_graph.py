@@ -20,7 +20,8 @@ DATA_ASSETS = {"raw_mona_conditions", "stg_mona__conditions", "int_mona__latest_
 
 
 def run_data_platform(home):
-    defs = build_definitions(build_resources(RlxfSettings(profile="smoke", home=str(home))))
+    settings = RlxfSettings(profile="smoke", home=str(home), seed_synthetic=True)
+    defs = build_definitions(build_resources(settings))
     job = defs.resolve_job_def("mona_data_platform")
     return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
 

@@ -138,12 +138,28 @@ def _export_rows() -> list[dict]:
     ]
     for row_number, row in enumerate(file_2, start=2):
         row.update(source_file="mona_export_2019.csv", source_row=row_number)
-    return file_1 + file_2
+    # A workbook whose second sheet repeats a row of the first (same review, same row number), with
+    # status spellings the label map must know after normalization.
+    modified = {"economic_code": "20.2", "description": "Strengthen the large taxpayers office"}
+    sheet_1 = [
+        _review(KENYA_ECF, modified, "R4", "2017-06-30", "Implemented with modifications"),
+        _review(KENYA_ECF, {"economic_code": "20.5", "description": "Publish the debt report"},
+                "R4", "2017-06-30", "Not-met."),
+        _review(KENYA_ECF, {"economic_code": "25.2", "description": "Sell the state insurer"},
+                "R4", "2017-06-30", "Superseded"),
+        _review(KENYA_ECF, {"economic_code": "27.1", "description": "Unbundle the power utility"},
+                "R4", "2017-12-31", "Not yet due"),
+    ]
+    for row_number, row in enumerate(sheet_1, start=2):
+        row.update(source_file="mona_export_2020.xlsx", source_sheet="ECF", source_row=row_number)
+    sheet_2 = [_review(KENYA_ECF, modified, "R4", "2017-06-30", "Implemented with modifications",
+                       source_file="mona_export_2020.xlsx", source_sheet="ECF (copy)", source_row=2)]
+    return file_1 + file_2 + sheet_1 + sheet_2
 
 
 def _insert_raw_rows(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     ingested_at = {PAPER_SAMPLE.name: datetime(2024, 1, 1), "mona_export_2018.xlsx": datetime(2024, 2, 1),
-                   "mona_export_2019.csv": datetime(2024, 3, 1)}
+                   "mona_export_2019.csv": datetime(2024, 3, 1), "mona_export_2020.xlsx": datetime(2024, 4, 1)}
     columns = [*CANONICAL_COLUMNS, *PROVENANCE_COLUMNS]
     values = []
     for row in rows:
@@ -286,7 +302,7 @@ def test_paper_prior_actions_are_typed_from_the_test_date_text(built):
 def test_reward_text_is_the_python_reward_input_text(built):
     con, _, _ = built
     examples = _records(con, "select * from main.mona_examples")
-    assert len(examples) == 10 + 9  # the paper's rows, and the MET / NON_MET conditions above
+    assert len(examples) == 10 + 12  # the paper's rows, and the MET / NON_MET conditions above
     for example in examples:
         assert example["reward_text"] == reward_input_text(
             example["country"], example["arrangement_type"], example["economic_area"], example["description"])
@@ -322,3 +338,44 @@ def test_temporal_holdout_flags_the_latest_three_years(built):
     expected = splits["test_year"].fillna(0) > 2022 - 3
     assert splits["is_temporal_holdout"].tolist() == expected.tolist()
     assert set(splits.loc[splits["is_temporal_holdout"], "test_year"]) == {2021, 2022}
+
+
+def test_rows_repeated_across_sheets_collapse_like_repeated_reviews(built):
+    con, _, _ = built
+    staged = _records(con, "select source_sheet, source_row, raw_row_id from main.stg_mona__conditions "
+                           "where source_file = 'mona_export_2020.xlsx' and source_row = 2 order by 1")
+    # Same file, same row number on two sheets: two raw rows, two keys.
+    assert [(r["source_sheet"], r["source_row"]) for r in staged] == [("ECF", 2), ("ECF (copy)", 2)]
+    assert staged[0]["raw_row_id"] != staged[1]["raw_row_id"]
+    condition = _labeled(con, "Strengthen the large taxpayers office")
+    assert (condition["n_rows"], condition["n_reviews"]) == (2, 1)
+    assert condition["status_history"] == "IMPLEMENTED WITH MODIFICATIONS"  # one assessment, not two
+
+
+def test_status_spellings_are_normalized_before_the_label_map(built):
+    con, _, _ = built
+    # Regression: 'Implemented with modifications' ended EXCLUDED as an unknown status.
+    modified = _labeled(con, "Strengthen the large taxpayers office")
+    assert (modified["status_code"], modified["label"], modified["label_reason"]) == (
+        "IMPLEMENTED WITH MODIFICATIONS", "NON_MET", "mapped")
+    not_met = _labeled(con, "Publish the debt report")
+    assert (not_met["status_raw"], not_met["status_code"], not_met["label"]) == ("Not-met.", "NOT MET", "NON_MET")
+    assert _labeled(con, "Sell the state insurer")["label"] == "NON_MET"
+    not_yet_due = _labeled(con, "Unbundle the power utility")
+    assert (not_yet_due["label"], not_yet_due["label_reason"]) == ("EXCLUDED", "not_assessed")
+
+
+MONA_STATUS_FORMS = {  # MONA's short and long forms (issue #13), and the label each must get
+    "M": "MET", "Met": "MET", "PM": "MET", "Partially met": "MET",
+    "NM": "NON_MET", "Not met": "NON_MET", "Implemented with delay": "NON_MET", "Met with delay": "NON_MET",
+    "Implemented with modifications": "NON_MET", "Modified": "NON_MET", "W": "NON_MET", "Waived": "NON_MET",
+    "D": "NON_MET", "Delayed": "NON_MET", "R": "NON_MET", "Reprogrammed": "NON_MET", "Replaced": "NON_MET",
+    "Cancelled": "NON_MET", "Canceled": "NON_MET", "Superseded": "NON_MET", "Not implemented": "NON_MET",
+    "PC": "EXCLUDED", "Not yet due": "EXCLUDED", "Pending": "EXCLUDED", "N/A": "EXCLUDED",
+}
+
+
+def test_every_mona_status_form_is_in_the_label_map(built):
+    con, _, _ = built
+    seed = dict(con.execute("select status_code, label from main.status_label_map").fetchall())
+    assert {form: seed.get(form.upper()) for form in MONA_STATUS_FORMS} == MONA_STATUS_FORMS

@@ -19,6 +19,7 @@ rows_ranked_by_recency as (
                 review_sequence desc nulls last,
                 test_date desc nulls last,
                 ingested_at desc,
+                source_sheet desc nulls last,
                 source_row desc
         ) as recency_rank
 
@@ -28,7 +29,8 @@ rows_ranked_by_recency as (
 
 assessments_deduplicated as (
 
-    -- The same review arrives again with every new export: keep one assessment per review.
+    -- The same review arrives again with every new export, or on two sheets of one workbook: keep
+    -- one assessment per review.
     select
         condition_id,
         review_sequence,
@@ -39,7 +41,7 @@ assessments_deduplicated as (
     where status_code is not null
     qualify row_number() over (
         partition by condition_id, review_sequence, test_date
-        order by ingested_at desc, source_row desc
+        order by ingested_at desc, source_sheet desc nulls last, source_row desc
     ) = 1
 
 ),

@@ -33,6 +33,7 @@ whitespace_collapsed as (
         extra_columns,
         source_file,
         source_sha256,
+        source_sheet,
         source_row,
         ingested_at
 
@@ -74,11 +75,12 @@ typed as (
         try_cast(test_date as date) as test_date,
         test_date_text,
         status as status_raw,
-        upper(status) as status_code,
+        {{ status_code('status') }} as status_code,
         comments,
         extra_columns,
         source_file,
         source_sha256,
+        source_sheet,
         source_row,
         ingested_at
 
@@ -122,7 +124,10 @@ economic_areas_joined as (
 final as (
 
     select
-        md5(source_sha256 || ':' || cast(source_row as varchar)) as raw_row_id,
+        -- a workbook's sheets each count their rows from 1: the sheet is part of the key
+        md5(
+            source_sha256 || ':' || coalesce(source_sheet || ':', '') || cast(source_row as varchar)
+        ) as raw_row_id,
         md5(
             lower(coalesce(country, '')) || '|'
             || coalesce(arrangement_number, '') || '|'
@@ -161,6 +166,7 @@ final as (
         extra_columns,
         source_file,
         source_sha256,
+        source_sheet,
         source_row,
         ingested_at
 

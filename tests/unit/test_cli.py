@@ -1,0 +1,92 @@
+"""`rlxf ingest`: checks a file, prints every warning and rejected row, lands it without replacing a
+different waiting file, in the data home RLXF_HOME / RLXF_PROFILE name (as the Dagster assets do)."""
+
+import zipfile
+
+import pytest
+
+from ml.cli import main
+from ml.data.ingest import file_sha256, ingest_landing
+from ml.paths import DataHome
+
+ROWS = ("Country Name,Economic Code,Description,PC Status,TestDate\n"
+        "Ghana,20.2,Adopt a revenue law,M,03/31/2015\n"
+        ",20.2,A condition without a country,NM,03/31/2015\n"
+        "Ghana,20.6,Audit the treasury,NM,02/30/2015\n")
+
+
+@pytest.fixture()
+def export(tmp_path):
+    path = tmp_path / "incoming" / "reviews.csv"
+    path.parent.mkdir()
+    path.write_text(ROWS, encoding="utf-8")
+    return path
+
+
+def test_honours_rlxf_home_and_profile(tmp_path, export, monkeypatch, capsys):
+    # Regression: with both set, the CLI used .rlxf/demo.
+    monkeypatch.setenv("RLXF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RLXF_PROFILE", "smoke")
+    assert main(["ingest", str(export)]) == 0
+    assert (tmp_path / "home" / "landing" / "reviews.csv").read_bytes() == export.read_bytes()
+    main(["summary"])
+    assert f"profile smoke: data home {tmp_path / 'home'}" in capsys.readouterr().out
+    # --home still wins over the environment.
+    assert main(["ingest", "--home", str(tmp_path / "other"), str(export)]) == 0
+    assert (tmp_path / "other" / "landing" / "reviews.csv").exists()
+
+
+def test_prints_every_reader_warning_and_rejected_row(tmp_path, export, capsys):
+    assert main(["ingest", "--home", str(tmp_path / "home"), str(export)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    # Regression: the malformed date was reported in Dagster's log only.
+    assert any(line.startswith("warning: reviews.csv:") and "row 4: '02/30/2015'" in line for line in err)
+    assert any(line.startswith("rejected: reviews.csv row 3 column country:") for line in err)
+
+
+def test_never_replaces_a_different_waiting_file(tmp_path, export, capsys):
+    home = tmp_path / "home"
+    assert main(["ingest", "--home", str(home), str(export)]) == 0
+    first = export.read_bytes()
+    export.write_text(ROWS + "Kenya,20.2,Adopt a budget,M,06/30/2016\n", encoding="utf-8")
+    capsys.readouterr()
+    # Regression: the second `rlxf ingest reviews.csv` replaced the first file waiting in the landing folder.
+    assert main(["ingest", "--home", str(home), str(export)]) == 0
+    out = capsys.readouterr().out
+    renamed = f"reviews.{file_sha256(export)[:12]}.csv"
+    assert f"lands as {renamed}" in out
+    landing = home / "landing"
+    assert (landing / "reviews.csv").read_bytes() == first
+    assert (landing / renamed).read_bytes() == export.read_bytes()
+    # The same bytes again: nothing new is landed.
+    capsys.readouterr()
+    assert main(["ingest", "--home", str(home), str(export)]) == 0
+    assert f"already waiting in {landing} as {renamed}" in capsys.readouterr().out
+    assert {p.name for p in landing.iterdir()} == {"reviews.csv", renamed}
+
+
+def test_a_file_already_in_the_warehouse_is_not_landed_again(tmp_path, export, capsys):
+    home = DataHome(tmp_path / "home").ensure()
+    assert main(["ingest", "--home", str(home.root), str(export)]) == 0
+    ingest_landing(home.landing, home.warehouse, home.quarantine, progress=lambda _: None)
+    (home.landing / "reviews.csv").unlink()
+    capsys.readouterr()
+    assert main(["ingest", "--home", str(home.root), str(export)]) == 0
+    assert "already loaded" in capsys.readouterr().out
+    assert list(home.landing.iterdir()) == []
+
+
+def test_a_corrupt_workbook_is_an_error_without_traceback(tmp_path, capsys):
+    path = tmp_path / "MONA.xlsx"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("xl/workbook.xml", "<workbook")
+    assert main(["ingest", "--home", str(tmp_path / "home"), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MONA.xlsx: not a valid Excel workbook") and "Traceback" not in err
+    assert not (tmp_path / "home" / "landing" / "MONA.xlsx").exists()
+
+
+def test_an_unknown_profile_in_the_environment_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("RLXF_PROFILE", "papr")
+    with pytest.raises(SystemExit, match="unknown profile 'papr'"):
+        main(["summary"])
