@@ -494,11 +494,14 @@ class PPOTrainer:
         # 3. Logprobs, entropies and values of the sampling policy, and reference logprobs (adapter
         #    off), mini_batch_size prompts (with their answers) at a time to bound memory.
         chunks = []
+        R = responses.shape[1]
         for i in range(0, len(queries), config.mini_batch_size):
             part, answer_part = slice(i, i + config.mini_batch_size), slice(i * n, (i + config.mini_batch_size) * n)
-            args = (queries[part], query_mask[part], responses[answer_part], response_mask[answer_part],
-                    config.temperature)
-            chunks.append((*self.model.response_outputs(*args), self.model.reference_logprobs(*args)))
+            width = max(int(response_mask[answer_part].sum(dim=1).max().item()), 1)  # this chunk's longest answer
+            args = (queries[part], query_mask[part], responses[answer_part, :width],
+                    response_mask[answer_part, :width], config.temperature)
+            outputs = (*self.model.response_outputs(*args), self.model.reference_logprobs(*args))
+            chunks.append([F.pad(x, (0, R - width)) for x in outputs])  # zeros where no answer reaches
         logprobs, entropy, values, ref_logprobs = (torch.cat(parts) for parts in zip(*chunks))
 
         return Rollout(prompts=prompts, queries=queries, query_mask=query_mask, responses=responses,
@@ -557,13 +560,15 @@ class PPOTrainer:
             for start_index in range(0, n_prompts, config.mini_batch_size):
                 mb_groups = b_groups[start_index:start_index + config.mini_batch_size].to(self.device)
                 mb_inds = (mb_groups.unsqueeze(1) * n + torch.arange(n, device=self.device)).flatten()
-                mb_mask = mask[mb_inds]  # (b, R)
-                mb_advantages, mb_returns = advantages[mb_inds], returns[mb_inds]  # (b, R)
-                mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds], ro.values[mb_inds]  # (b, R)
+                # Only as many answer columns as this minibatch's longest answer: padding costs compute.
+                width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1)
+                mb_mask = mask[mb_inds, :width]  # (b, r)
+                mb_advantages, mb_returns = advantages[mb_inds, :width], returns[mb_inds, :width]  # (b, r)
+                mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds, :width], ro.values[mb_inds, :width]  # (b, r)
 
                 new_logprobs, new_entropy, new_values = self.model.response_outputs(
-                    ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds],
-                    ro.response_mask[mb_inds], config.temperature)  # (b, R) each
+                    ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds, :width],
+                    ro.response_mask[mb_inds, :width], config.temperature)  # (b, r) each
                 logratio = new_logprobs - mb_old_logprobs
                 ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
 
@@ -740,6 +745,8 @@ class PPOTrainer:
             "best_step": self.best_step,
             "best_metric": self.best_metric,
             "config": asdict(self.config),
+            # A reward with state of its own (the constraint design's Lagrange multiplier) resumes too.
+            "reward_state": self.reward_fn.state_dict() if hasattr(self.reward_fn, "state_dict") else None,
         }
 
         def write_training_state(folder: Path) -> None:
@@ -788,6 +795,8 @@ class PPOTrainer:
         self.history = state["history"]
         self.eval_history = state["eval_history"]
         self.best_step, self.best_metric = state["best_step"], state["best_metric"]
+        if state.get("reward_state") is not None and hasattr(self.reward_fn, "load_state_dict"):
+            self.reward_fn.load_state_dict(state["reward_state"])
         _set_rng_state(torch.load(folder / "rng_state.pt", weights_only=True))
         return state["config"]
 

@@ -123,6 +123,8 @@ def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
 _PREFIX = re.compile(r"^\W*(?:the\s+)?(?:proposed\s+)?(?:policy\s+)?(?:condition|proposal)(?:\s+is)?\s*:\s*",
                      re.IGNORECASE)
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)]|\([a-z0-9]+\))\s+", re.IGNORECASE)
+# A precedent's annotation in a grounded prompt ("(Ghana, met)"), echoed at the end of an answer.
+_PRECEDENT_NOTE = re.compile(r"\s*\([^()]*,\s*(?:not )?met\)\s*\.?$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z])")
 # Abbreviations common in MONA conditions that end with a period but not a sentence.
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "no.", "art.", "incl.", "approx.", "vs.", "u.s.", "st.")
@@ -139,7 +141,8 @@ def answer_to_condition(answer: str) -> str:
     if not lines:
         return ""
     chosen = next((line for line in lines if not line.endswith(":")), lines[0])
-    return _first_sentence(chosen).strip().strip("\"'\u201c\u201d").strip()
+    condition = _PRECEDENT_NOTE.sub("", _first_sentence(chosen).strip())
+    return condition.strip().strip("\"'\u201c\u201d").strip()
 
 
 def _strip_decoration(line: str) -> str:

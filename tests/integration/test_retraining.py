@@ -176,6 +176,17 @@ def test_sigkill_during_reward_training_changes_nothing_and_a_rerun_completes(wo
     assert world.state()[REWARD_MODEL_NAME][0] == before[REWARD_MODEL_NAME][0] + 1
 
 
+def test_sigkill_during_sft_keeps_the_previous_warm_start_and_a_rerun_completes(world):
+    sft = world.home.models / "policy" / "sft"
+    before = {path.relative_to(sft): path.read_bytes() for path in sft.rglob("*") if path.is_file()}
+    run_until_killed(world, "sft_adapter", "sft step 1/")  # smoke SFT: two steps, saved after the last
+    after = {path.relative_to(sft): path.read_bytes() for path in sft.rglob("*") if path.is_file()}
+    assert after == before  # the killed run wrote nothing into the warm start PPO reads
+    result = world.execute("rlxf_full_pipeline", selection=[dg.AssetKey("sft_adapter")])
+    assert result.success
+    assert (sft / "policy_stack.json").exists() and (sft / "sft_adapter" / "adapter_model.safetensors").exists()
+
+
 def test_sigkill_during_ppo_resumes_from_the_last_checkpoint(world):
     before = world.state()
     run_until_killed(world, "ppo_adapter", "step 3/")  # smoke: a checkpoint every 2 steps

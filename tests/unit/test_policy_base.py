@@ -176,6 +176,10 @@ def test_ensure_padding_uses_eos_and_left_side(tiny):
     ('"Publish quarterly fiscal reports."', "Publish quarterly fiscal reports."),
     ("Cap the wage bill", "Cap the wage bill"),
     ("  \n ", ""),
+    # A grounded prompt's precedent annotation echoed by the model is not part of the condition.
+    ("Audit the treasury accounts, with the Revenue Authority (Afghanistan, not met).",
+     "Audit the treasury accounts, with the Revenue Authority"),
+    ("Adopt the law (on taxes).", "Adopt the law (on taxes)."),
 ])
 def test_answer_to_condition(answer, condition):
     assert answer_to_condition(answer) == condition

@@ -412,3 +412,30 @@ def test_sampling_draws_from_the_tempered_distribution_the_logprobs_score(tokeni
                                                    few.responses[i:i + 1], few.response_mask[i:i + 1], 0.5).logprobs
                                 for i in range(4)])
     torch.testing.assert_close(shared * few.response_mask, one_by_one * few.response_mask, atol=1e-5, rtol=0)
+
+
+class CountingReward:
+    """A reward with state of its own, like the constraint design's multiplier."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, records, answers):
+        self.calls += 1
+        return met_share(records, answers)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = int(state["calls"])
+
+
+def test_a_resumed_run_restores_the_rewards_own_state(tokenizer, tmp_path):
+    small = dict(batch_size=4, mini_batch_size=2, checkpoint_every=2)
+    first = CountingReward()
+    make_trainer(tokenizer, checkpoint_dir=tmp_path, steps=2, reward_fn=first, **small).train()
+    assert first.calls == 2
+    resumed = CountingReward()
+    make_trainer(tokenizer, checkpoint_dir=tmp_path, steps=3, reward_fn=resumed, **small).train()
+    assert resumed.calls == 3  # 2 restored from the checkpoint + 1 new step
