@@ -29,7 +29,7 @@ def main() -> None:
         run = run_evaluation(home, profile, registry, home.models / "base_policy", sft if sft.exists() else None,
                              samples=2, progress=print)
     keys = [k for k in run.report.headline if k.split("_")[0] in ("base", "sft", "ppo", "random", "historical")
-            and k.endswith(("proxy_reward", "gold_reward", "kl_to_base", "on_topic_rate"))]
+            and k.endswith(("judged_reward", "gold_p_met", "proxy_p_met", "kl_to_base", "on_topic_rate"))]
     headline = {k: run.report.headline[k] for k in keys}
     print(f"report in {run.seconds:.0f} s (target < 180 s): {run.report.html}")
     for key, value in headline.items():

@@ -71,7 +71,7 @@ def held_out_figures(home: DataHome) -> dict:
     figures = {"tuned": tuned, "attainable_judged_reward": headline.get("attainable_judged_reward")}
     for policy in ("base", "sft", tuned, "random", "historical"):
         figures[policy] = {key: get(policy, key) for key in (
-            "judged_reward", "share_of_ceiling", "gold_reward", "proxy_reward", "on_topic_rate", "on_topic_rate_knn",
+            "judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate", "on_topic_rate_knn",
             "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "copy_share")}
     for control in ("sft", "base", "random"):
         figures[f"{tuned}_vs_{control}"] = {key: get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
@@ -82,7 +82,7 @@ def held_out_figures(home: DataHome) -> dict:
         "on_topic_classifier": t["on_topic_rate"] >= TARGETS["on_topic_tuned"],
         "on_topic_embeddings": t["on_topic_rate_knn"] >= TARGETS["on_topic_tuned"],
         "sft_on_topic": min(figures["sft"]["on_topic_rate"], figures["sft"]["on_topic_rate_knn"]) >= TARGETS["on_topic_sft"],
-        "gold_at_least_historical": t["gold_reward"] >= h["gold_reward"],
+        "gold_at_least_historical": t["gold_p_met"] >= h["gold_p_met"],
         "significant_vs_sft_base_random": all(figures[f"{tuned}_vs_{c}"]["gold_bootstrap_p"] < TARGETS["p_value"]
                                               for c in ("sft", "base", "random")),
         "copies": t["copy_share"] <= TARGETS["copy_share"],

@@ -123,10 +123,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(f"              {'policy':<10} {'judged':>7} {'gold P(MET)':>11} {'proxy P(MET)':>12} "
               f"{'on topic':>8} {'KL to ref':>9} {'KL to base':>10}")
         for policy in ("base", "sft", tuned, "random", "historical"):
-            if f"{policy}_gold_reward" not in headline:
+            if f"{policy}_gold_p_met" not in headline:
                 continue
             cells = [_cell(headline.get(f"{policy}_{key}"), fmt) for key, fmt in (
-                ("judged_reward", "{:.3f}"), ("gold_reward", "{:.3f}"), ("proxy_reward", "{:.3f}"),
+                ("judged_reward", "{:.3f}"), ("gold_p_met", "{:.3f}"), ("proxy_p_met", "{:.3f}"),
                 ("on_topic_rate", "{:.0%}"), ("kl_to_reference", "{:.2f}"), ("kl_to_base", "{:.2f}"))]
             print(f"              {policy:<10} {cells[0]:>7} {cells[1]:>11} {cells[2]:>12} {cells[3]:>8} "
                   f"{cells[4]:>9} {cells[5]:>10}")

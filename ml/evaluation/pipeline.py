@@ -52,8 +52,9 @@ def training_curves(registry: Registry, run_id: str, scratch: Path) -> pd.DataFr
         return None
     logged = json.loads(Path(path).read_text(encoding="utf-8"))
     steps = pd.DataFrame(logged.get("history", []))
-    if "score_mean" in steps:
-        steps = steps.rename(columns={"reward_mean": "normalised_reward", "score_mean": "reward_mean"})
+    # The training reward as the design defines it, before PPO's normalisation: PPO's score_mean, TRL's reward.
+    steps = steps.drop(columns=["reward_mean"], errors="ignore").rename(
+        columns={"score_mean": "reward_mean", "train_reward_mean": "reward_mean"})
     evals = pd.DataFrame(logged.get("eval_history", []))
     frames = [frame for frame in (steps, evals) if not frame.empty]
     return pd.concat(frames, ignore_index=True).sort_values("step") if frames else None

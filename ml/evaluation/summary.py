@@ -62,9 +62,9 @@ FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold
 SAMPLE_COLUMNS = ["scenario", "prompt_id", "country", "arrangement_type", "economic_area", "prompt", "policy",
                   "answer", "proxy_reward", "gold_reward"]
 # headline(): per-policy table column -> metric suffix.
-_HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_reward", "proxy_ci_low": "proxy_reward_ci_low",
-                            "proxy_ci_high": "proxy_reward_ci_high", "gold_mean": "gold_reward",
-                            "gold_ci_low": "gold_reward_ci_low", "gold_ci_high": "gold_reward_ci_high",
+_HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low": "proxy_p_met_ci_low",
+                            "proxy_ci_high": "proxy_p_met_ci_high", "gold_mean": "gold_p_met",
+                            "gold_ci_low": "gold_p_met_ci_low", "gold_ci_high": "gold_p_met_ci_high",
                             "judged_mean": "judged_reward", "judged_ci_low": "judged_reward_ci_low",
                             "judged_ci_high": "judged_reward_ci_high", "ceiling_share": "share_of_ceiling",
                             "kl_reference_mean": "kl_to_reference", "kl_mean": "kl_to_base", "tokens_mean": "tokens",
@@ -97,7 +97,8 @@ class PolicyEvaluation:
     def headline(self) -> dict[str, float]:
         """Flat MLflow-safe metrics; non-finite values are left out.
 
-        Per policy: `<policy>_proxy_reward` (+ `_ci_low`, `_ci_high`), `<policy>_gold_reward` (likewise),
+        Per policy: `<policy>_judged_reward`, `<policy>_proxy_p_met`, `<policy>_gold_p_met` (each + `_ci_low`,
+        `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
         `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_on_topic_rate`,
         `_nearest_similarity`, `_copy_share`, `_n`; tuned ones also `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 KINDS = ("grpo", "rloo")
 # What the reward callable receives per answer: enough to build the reward model's input text.
 METADATA_COLUMNS = ["prompt_id", *KEY_COLUMNS]
-# Per-step diagnostics kept from TRL's log rows (TRL name -> our name).
-HISTORY_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss": "loss",
-                "completions/mean_length": "completion_length", "entropy": "entropy"}
+# Per-step diagnostics kept from TRL's log rows (TRL name -> our name, saying which reward and which KL).
+HISTORY_KEYS = {"reward": "train_reward_mean", "reward_std": "train_reward_std", "kl": "kl_per_token_to_reference",
+                "loss": "loss", "completions/mean_length": "completion_length", "entropy": "entropy"}
 
 RewardFn = Callable[[list[dict], list[str]], list[float]]
 
@@ -56,7 +56,7 @@ class GroupRLResult:
 
     @property
     def final_reward(self) -> float:
-        return self.history[-1]["reward"] if self.history else math.nan
+        return self.history[-1]["train_reward_mean"] if self.history else math.nan
 
 
 class LogLinesCallback(TrainerCallback):
@@ -179,7 +179,7 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         trainer.model.unload()  # hand the caller's base model back without LoRA layers, even on failure
     history = [{"step": int(row["step"]), **{ours: float(row[theirs]) for theirs, ours in HISTORY_KEYS.items()
                                              if theirs in row}}
-               for row in trainer.state.log_history if "reward" in row]
+               for row in trainer.state.log_history if "reward" in row]  # the per-step rows
     return GroupRLResult(adapter_dir=adapter_dir, history=history, seconds=round(budget.seconds, 2),
                          steps=int(trainer.state.global_step))
 

@@ -232,7 +232,7 @@ def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettin
                "rl_reward_version": reward_version, "reward_design": spec.design,
                "reward_model_version": spec.proxy["version"], "gold_model_version": spec.gold["version"]}
     with registry.run(POLICY_EXPERIMENT, run_name=f"{algorithm}-{profile}", params=params, tags=lineage) as run:
-        job.log_metrics = lambda stats, step: run.log_metrics(stats, step=step)
+        job.log_metrics = lambda stats, step: run.log_metrics(mlflow_names(stats), step=step)
         evaluate = job.evaluate
 
         def logged_evaluate(model: torch.nn.Module, step: int) -> dict:
@@ -261,6 +261,17 @@ def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettin
              f"validation judged reward {result.best_metric})")
     return RLRun(algorithm, version.version, run_id, stack_dir, result.history, result.eval_history,
                  result.best_step, result.best_metric, result.seconds)
+
+
+# PPO's stable stat names (ml/policy/ppo.py) say what they are inside PPO; in MLflow, next to the
+# validation judges, the names say which reward and which KL.
+MLFLOW_NAMES = {"score_mean": "train_reward_mean", "score_std": "train_reward_std",
+                "reward_mean": "train_reward_normalised_mean", "reward_std": "train_reward_normalised_std",
+                "kl": "kl_to_reference", "non_score_reward": "kl_penalty"}
+
+
+def mlflow_names(stats: dict) -> dict:
+    return {MLFLOW_NAMES.get(name, name): value for name, value in stats.items()}
 
 
 def checkpoint_dir_for(work_dir: Path, snapshot: Path, settings: PolicySettings, reward_version: str,

@@ -190,7 +190,7 @@ class PPOConfig:
     seed: int = 0  # seeds torch, numpy and python at the start of a fresh run
     checkpoint_every: int = 10  # save checkpoint_dir/last every N steps (0 = only at the end)
     eval_every: int = 10  # call evaluate() every N steps and at step 0 (0 = never)
-    best_metric: str = "gold_reward"  # evaluate()'s key that picks checkpoint_dir/best (higher is better)
+    best_metric: str = "judged_reward"  # evaluate()'s key that picks checkpoint_dir/best (higher is better)
     best_max_kl: float | None = None  # KL budget: an evaluation whose steps since the previous one averaged
     # more KL per answer than this cannot become best, however high its metric (None = no budget)
     log_every: int = 1  # progress line and log_metrics every N steps

@@ -8,7 +8,7 @@ from orchestration.assets.policy import sft_dir
 from orchestration.assets.reward import TRAINING_TAGS
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
-HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_reward", "proxy_reward", "on_topic_rate",
+HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate",
                  "on_topic_rate_knn", "kl_to_reference", "kl_to_base", "distinct_2", "copy_share")
 
 

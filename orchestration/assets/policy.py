@@ -1,7 +1,10 @@
 """The policy: base LLaMA-architecture model, the paper's prompts, SFT warm start, RL-tuned adapter."""
 
+from dataclasses import replace
+
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_rl_stage, \
     train_sft_stage
@@ -67,9 +70,16 @@ def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.Mat
                       f"or TRL's GRPO / RLOO) against the newest `{RL_REWARD_NAME}`. The registered adapter is the "
                       "checkpoint with the best judged reward on validation prompts (gold P(MET) x P(asked area)) "
                       f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
-def ppo_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
+class RLRunConfig(dg.Config):
+    """Choices for one run, set in the launchpad: the profile's otherwise."""
+
+    algorithm: str = Field(default="", description="ppo, grpo or rloo for this run (empty: the profile's)")
+
+
+def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: RlxfSettings,
+                mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    settings = profile.policy
+    settings = replace(profile.policy, algorithm=config.algorithm) if config.algorithm else profile.policy
     with mlflow.open(home) as registry:
         reward, reward_version = load_rl_reward(registry, None, home.models / "registry")
         use_sft = settings.sft_enabled and (sft_dir(rlxf) / "policy_stack.json").exists()

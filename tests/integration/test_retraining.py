@@ -54,10 +54,10 @@ class World:
         self.cursor = context.cursor
         return result
 
-    def execute(self, job_name: str, tags=None, selection=None):
+    def execute(self, job_name: str, tags=None, selection=None, run_config=None):
         job = self.defs.resolve_job_def(job_name)
         return job.execute_in_process(instance=self.instance, tags=tags, raise_on_error=False,
-                                      asset_selection=selection)
+                                      asset_selection=selection, run_config=run_config)
 
     def registry(self) -> Registry:
         return Registry.for_home(self.home.root)
@@ -142,10 +142,12 @@ def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(w
         assert reward.spec.gold == {"name": GOLD_REWARD_MODEL_NAME, "version": after[GOLD_REWARD_MODEL_NAME][1]}
 
 
-def run_until_killed(world: World, asset: str, marker: str, timeout: float = 240) -> str:
+def run_until_killed(world: World, asset: str, marker: str, timeout: float = 240, config: dict | None = None) -> str:
     """Materialize `asset` in a separate process and SIGKILL it once `marker` appears in its logs."""
+    extra = ["--config-json", json.dumps(config)] if config else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "--select", asset, "-m", "orchestration.definitions"],
+        [sys.executable, "-m", "dagster", "asset", "materialize", "--select", asset, "-m", "orchestration.definitions",
+         *extra],
         cwd=REPO_ROOT, env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     seen, deadline = [], time.monotonic() + timeout
@@ -199,6 +201,20 @@ def test_sigkill_during_ppo_resumes_from_the_last_checkpoint(world):
     logs = [e.message for e in world.instance.all_logs(result.run_id)]
     assert any("resumed from" in message and "at step 2/4" in message for message in logs)
     assert world.state()[POLICY_ADAPTER_NAME] == (before[POLICY_ADAPTER_NAME][0] + 1, before[POLICY_ADAPTER_NAME][1])
+
+
+def test_sigkill_during_grpo_registers_nothing_and_a_rerun_completes(world):
+    """GRPO (TRL, chosen for one run in the run config) killed mid-training: no version, no champion
+    moved; the re-run trains from the start and registers one GRPO version."""
+    before = world.state()
+    grpo = {"ops": {"ppo_adapter": {"config": {"algorithm": "grpo"}}}}
+    run_until_killed(world, "ppo_adapter", "grpo step 2/", config=grpo)
+    assert world.state() == before
+    result = world.execute("rlxf_full_pipeline", selection=[dg.AssetKey("ppo_adapter")], run_config=grpo)
+    assert result.success
+    assert world.state()[POLICY_ADAPTER_NAME] == (before[POLICY_ADAPTER_NAME][0] + 1, before[POLICY_ADAPTER_NAME][1])
+    with world.registry() as registry:
+        assert registry.versions(POLICY_ADAPTER_NAME)[-1].tags["algorithm"] == "grpo"
 
 
 def free_port() -> int:

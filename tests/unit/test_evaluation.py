@@ -162,7 +162,7 @@ def test_evaluation_flags_a_proxy_gain_the_gold_reward_denies(hacked):
 
 def test_headline_names_are_mlflow_safe_and_include_the_paper_test(confirmed):
     headline = confirmed[1].headline()
-    for name in ("ppo_gold_reward", "ppo_proxy_reward", "ppo_vs_base_gold_gain", "ppo_vs_random_welch_p",
+    for name in ("ppo_gold_p_met", "ppo_proxy_p_met", "ppo_judged_reward", "ppo_vs_base_gold_gain", "ppo_vs_random_welch_p",
                  "ppo_vs_base_gold_bootstrap_p", "sft_vs_base_hedges_g", "ppo_kl_to_base", "ppo_distinct_2"):
         assert name in headline
     assert all(MLFLOW_SAFE.match(name) for name in headline)

@@ -315,7 +315,7 @@ def test_evaluation_keeps_best_checkpoint_and_does_not_disturb_training(tokenize
 
     def evaluate(trainer: PPOTrainer, step: int) -> dict:
         answers = trainer.generate_answers(PROMPTS[:2])  # consumes RNG; training must not notice
-        return {"gold_reward": gold[step], "proxy_reward": sum(met_share(PROMPTS[:2], answers)) / 2}
+        return {"judged_reward": gold[step], "proxy_p_met": sum(met_share(PROMPTS[:2], answers)) / 2}
 
     small = dict(batch_size=8, mini_batch_size=4, steps=4, eval_every=2)
     trainer = make_trainer(tokenizer, checkpoint_dir=tmp_path, **small)
@@ -338,14 +338,14 @@ def test_kl_budget_keeps_an_over_budget_peak_from_becoming_best(tokenizer, tmp_p
     gold = {0: 0.1, 2: 0.3, 4: 0.9}
     small = dict(batch_size=8, mini_batch_size=4, steps=4, eval_every=2)
     free = make_trainer(tokenizer, **small)
-    free.evaluate = lambda trainer, step: {"gold_reward": gold[step]}
+    free.evaluate = lambda trainer, step: {"judged_reward": gold[step]}
     history = free.train().history
     kl_steps_3_4 = (history[2]["kl"] + history[3]["kl"]) / 2
     # A budget below the KL of steps 3-4 (and above that of steps 1-2) rules out the step-4 peak.
     budget = (kl_steps_3_4 + max(row["kl"] for row in history[:2])) / 2
     assert kl_steps_3_4 > budget
     capped = make_trainer(tokenizer, checkpoint_dir=tmp_path, best_max_kl=budget, **small)
-    capped.evaluate = lambda trainer, step: {"gold_reward": gold[step]}
+    capped.evaluate = lambda trainer, step: {"judged_reward": gold[step]}
     messages: list[str] = []
     capped.progress = messages.append
     result = capped.train()

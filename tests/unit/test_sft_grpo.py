@@ -107,7 +107,8 @@ def test_group_rl_runs_with_kl_against_a_callable_reward(kind, tokenizer, splits
                             progress=lambda line: None)
 
     assert [row["step"] for row in result.history] == [1, 2]
-    assert all(math.isfinite(row["reward"]) and math.isfinite(row["kl"]) for row in result.history)
+    assert all(math.isfinite(row["train_reward_mean"]) and math.isfinite(row["kl_per_token_to_reference"])
+               for row in result.history)
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
     records, answers = calls[0]
     assert len(answers) == 4 and all(isinstance(answer, str) for answer in answers)
