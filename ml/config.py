@@ -63,6 +63,7 @@ class GroupRLSettings:
     beta: float = 0.04  # KL penalty against the reference (adapter off); must be > 0
     eval_every: int = 10  # evaluate on the validation prompts every N steps (and at 0 and the end)
     best_max_kl: float | None = None  # an evaluation over this KL to the reference (nats/answer) cannot be kept
+    max_seconds: float | None = None  # stop once training took this long (evaluations excluded)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ PROFILES: dict[str, Profile] = {
                                    "target_kl": 6.0, "kl_horizon": 1000, "best_max_kl": 8.0,
                                    "eval_every": 6, "checkpoint_every": 6, "max_seconds": 600},
                               group_rl=GroupRLSettings(steps=200, prompts_per_step=4, num_generations=8,
-                                                       learning_rate=3e-4, eval_every=6, best_max_kl=8.0)),
+                                                       learning_rate=3e-4, eval_every=6, best_max_kl=8.0,
+                                                       max_seconds=600)),
     ),
     "paper": Profile(
         name="paper",

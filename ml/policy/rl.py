@@ -163,7 +163,8 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
     started = time.perf_counter()
     trained = train_group_rl(kind, job.model, job.tokenizer, pd.DataFrame(job.train_records), job.reward,
                              job.settings, job.work_dir / kind, seed=job.seed, progress=job.progress,
-                             max_seconds=job.max_seconds, callbacks=[keeper] if keeper else [])
+                             max_seconds=job.max_seconds if job.max_seconds is not None else group.max_seconds,
+                             callbacks=[keeper] if keeper else [])
     if job.log_metrics is not None:
         for row in trained.history:
             job.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))

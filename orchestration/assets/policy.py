@@ -48,10 +48,10 @@ def policy_prompts(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.
         "path": dg.MetadataValue.path(str(path))})
 
 
-@dg.asset(group_name="policy", kinds={"pytorch", "trl", "peft"}, deps=["base_policy", "validated_splits"],
+@dg.asset(group_name="policy", kinds={"pytorch", "peft"}, deps=["base_policy", "validated_splits"],
           op_tags=TRAINING_TAGS,
-          description="Optional LoRA warm start (TRL SFTTrainer) on historically MET conditions as answers to their "
-                      "prompts; merged into the base it becomes PPO's reference policy. Off when the profile's "
+          description="Optional LoRA warm start (ml/policy/sft.py) on historically MET conditions as answers to "
+                      "their prompts; merged into the base it becomes PPO's reference policy. Off when the profile's "
                       "`sft_enabled` is false.")
 def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.MaterializeResult:
     profile = rlxf.get_profile()
@@ -64,18 +64,18 @@ def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.Mat
                                           "loss_curve": dg.MetadataValue.md(losses.to_markdown(index=False))})
 
 
-@dg.asset(group_name="policy", kinds={"pytorch", "peft", "mlflow"},
-          deps=["policy_prompts", "sft_adapter", "rl_reward"], op_tags=TRAINING_TAGS,
-          description="RL from experience feedback on a LoRA adapter: the profile's algorithm (PPO, ml/policy/ppo.py; "
-                      f"or TRL's GRPO / RLOO) against the newest `{RL_REWARD_NAME}`. The registered adapter is the "
-                      "checkpoint with the best judged reward on validation prompts (gold P(MET) x P(asked area)) "
-                      f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 class RLRunConfig(dg.Config):
     """Choices for one run, set in the launchpad: the profile's otherwise."""
 
     algorithm: str = Field(default="", description="ppo, grpo or rloo for this run (empty: the profile's)")
 
 
+@dg.asset(group_name="policy", kinds={"pytorch", "peft", "mlflow"},
+          deps=["policy_prompts", "sft_adapter", "rl_reward"], op_tags=TRAINING_TAGS,
+          description="RL from experience feedback on a LoRA adapter: the profile's algorithm (PPO, ml/policy/ppo.py; "
+                      f"or TRL's GRPO / RLOO) against the newest `{RL_REWARD_NAME}`. The registered adapter is the "
+                      "checkpoint with the best judged reward on validation prompts (gold P(MET) x P(asked area)) "
+                      f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: RlxfSettings,
                 mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()

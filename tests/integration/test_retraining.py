@@ -114,6 +114,32 @@ def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
     assert recorded < candidate["gold_reward"].mean()
 
 
+def test_recommend_and_score_answer_as_the_pipeline_trained(world, capsys):
+    """`rlxf recommend` gives distinct proposals, each with both P(MET)s and its topic probability and
+    precedents of the area asked; `rlxf score` refuses an empty condition and names unseen values."""
+    import pandas as pd
+
+    from ml.cli import main
+
+    prompt = pd.read_parquet(world.home.exports / "policy_prompts.parquet").query("split == 'test'").iloc[0]
+    home = ["--profile", "smoke", "--home", str(world.home.root)]
+    assert main(["recommend", *home, "--country", prompt.country, "--arrangement", str(prompt.arrangement_type),
+                 "--area", prompt.economic_area, "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    proposals = [line for line in out.splitlines() if line[:3] in ("1. ", "2. ", "3. ")]
+    assert proposals and len({line[3:] for line in proposals}) == len(proposals)  # distinct
+    assert out.count("proxy P(MET)") == len(proposals) and "P(about the area asked)" in out
+    assert "closest precedents in this area" in out and prompt.country in out.splitlines()[0]
+
+    assert main(["score", *home, "--country", "Atlantis", "--area", prompt.economic_area, "--condition", " "]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["score", *home, "--country", "Atlantis", "--area", prompt.economic_area,
+                 "--condition", "Submit to parliament a draft budget law"]) == 0
+    captured = capsys.readouterr()
+    assert "country 'Atlantis' does not occur in the data" in captured.err
+    assert "proxy P(MET) =" in captured.out and "gold P(MET) =" in captured.out
+
+
 def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(world):
     before = world.state()
     new_file, _ = write_synthetic_export(world.home.landing, world.home.truth, 600, seed=77, fmt="csv")
