@@ -146,6 +146,7 @@ import mlflow, pandas as pd
 rows = pd.DataFrame(json.loads(sys.argv[1]))
 out = {name: mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(rows)["p_met"].tolist()
        for name in ("rlxf-reward-model", "rlxf-gold-reward-model")}
+out["reward_modules"] = sorted({name.split(".")[0] for name in set(sys.modules) - started_with} - {"ml"})
 policy = mlflow.pyfunc.load_model("models:/rlxf-policy-adapter@champion")
 out["policy"] = policy.predict(rows.drop(columns="description").head(2), params={"n": 3, "seed": 5}).to_dict("list")
 out["ml"] = sys.modules["ml"].__file__
@@ -157,26 +158,30 @@ print(json.dumps(out))
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
 
-    requirements = set()
     with world.registry() as registry:
         for name in (REWARD_MODEL_NAME, GOLD_REWARD_MODEL_NAME):
             expected = load_registered_reward(registry, {"name": name, "version": "1"}).score(rows)
             assert out[name] == pytest.approx(expected.tolist(), abs=1e-6), name
-        for name in MODELS:
-            requirements |= {line.split("==")[0] for line in
-                             (registry.download(name, "1") / "requirements.txt").read_text().splitlines()}
+        requirements = {name: {line.split("==")[0] for line in
+                               (registry.download(name, "1") / "requirements.txt").read_text().splitlines()}
+                        for name in (REWARD_MODEL_NAME, POLICY_ADAPTER_NAME)}
     policy = pd.DataFrame(out["policy"])
     assert policy["input_row"].tolist() == [0, 0, 0, 1, 1, 1] and policy["sample"].tolist() == [0, 1, 2] * 2
     assert policy["proposal"].tolist() == [answer_to_condition(answer) for answer in policy["answer"]]
     assert Path(out["ml"]).is_relative_to(world.home.root / "mlartifacts")  # the code logged with the model
 
     installed = packages_distributions()
-    imported = {dist for module in out["modules"] if module not in sys.stdlib_module_names
-                for dist in installed.get(module, [])}
-    assert imported - requirement_closure(requirements) - OPTIONAL_IMPORTS == set()
+    for name, modules, optional in (
+            (REWARD_MODEL_NAME, out["reward_modules"], OPTIONAL_IMPORTS | {"peft", "accelerate"}),
+            (POLICY_ADAPTER_NAME, out["modules"], OPTIONAL_IMPORTS)):
+        imported = {dist for module in modules if module not in sys.stdlib_module_names
+                    for dist in installed.get(module, [])}
+        assert imported - requirement_closure(requirements[name] | optional) == set(), name
 
 
-# Imported when installed, needed by nothing: torch's datapipes probe dill, FastAPI orjson, pandas pytz.
+# Imported when installed, needed by nothing: torch's datapipes probe dill, FastAPI orjson, pandas pytz
+# (and transformers imports peft and accelerate, with their dependencies, when it finds them; only the
+# policy needs them).
 OPTIONAL_IMPORTS = {"dill", "orjson", "pytz"}
 
 
@@ -361,7 +366,8 @@ def test_sigkill_during_ppo_resumes_from_the_last_checkpoint(world):
     before = world.state()
     run_until_killed(world, "ppo_adapter", "step 3/")  # smoke: a checkpoint every 2 steps
     assert world.state() == before
-    checkpoints = list((world.home.models / "policy" / "ppo" / "checkpoints").glob("*/last/state.json"))
+    # The trainer keeps them under checkpoints/<key>/checkpoints/last since the RL interface (ml/policy/rl.py).
+    checkpoints = list((world.home.models / "policy" / "ppo" / "checkpoints").glob("**/last/state.json"))
     assert len(checkpoints) == 1 and json.loads(checkpoints[0].read_text())["step"] == 2
 
     result = world.execute("rlxf_full_pipeline", selection=[dg.AssetKey("ppo_adapter")])
