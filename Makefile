@@ -10,13 +10,14 @@ export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 PROFILE ?= demo
 export DAGSTER_HOME := $(CURDIR)/.rlxf/dagster_home
 # dbt and dagster from the venv, also for subprocesses, without activating it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast ui bench bench-data bench-reward bench-policy chromium clean
+.PHONY: venv demo test test-fast ui serve bench bench-data bench-reward bench-policy chromium clean
 
 venv: $(STAMP)
 
@@ -64,6 +65,20 @@ ui: venv $(DAGSTER_HOME)/dagster.yaml
 		--default-artifact-root $(CURDIR)/.rlxf/$(PROFILE)/mlartifacts & \
 	trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
 	RLXF_PROFILE=$(PROFILE) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The champions as MLflow Models over HTTP (`mlflow models serve` in this venv), localhost only: the reward
+# model on REWARD_PORT, the policy on POLICY_PORT. POST JSON to /invocations (README: Serving the models).
+REWARD_PORT ?= 5001
+POLICY_PORT ?= 5002
+serve: venv
+	@test -f .rlxf/$(PROFILE)/mlflow.db || { echo "no MLflow store in .rlxf/$(PROFILE): run make demo first"; exit 1; }
+	@echo "reward model http://127.0.0.1:$(REWARD_PORT)/invocations    policy http://127.0.0.1:$(POLICY_PORT)/invocations    (profile $(PROFILE))"
+	@export MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.rlxf/$(PROFILE)/mlflow.db; \
+	$(BIN)/mlflow models serve -m models:/rlxf-policy-adapter@champion --env-manager local \
+		-h 127.0.0.1 -p $(POLICY_PORT) & \
+	trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/mlflow models serve -m models:/rlxf-reward-model@champion --env-manager local \
+		-h 127.0.0.1 -p $(REWARD_PORT)
 
 bench: bench-data bench-reward bench-policy
 

@@ -224,7 +224,7 @@ def main() -> None:
     result = {"profile": args.profile, "targets": TARGETS, "held_out": held_out_figures(home)}
     print(json.dumps(result["held_out"], indent=1, default=float))
     with Registry.for_home(home.root) as registry:
-        reward, version = load_rl_reward(registry, None, home.models / "registry")
+        reward, version = load_rl_reward(registry, None)
         result["rl_reward_version"] = version
         result["throughput"] = throughput(home, profile.policy, reward, args.throughput_steps)
         print(json.dumps(result["throughput"], indent=1, default=float))

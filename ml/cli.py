@@ -162,11 +162,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
-    from ml.config import get_profile
     from ml.recommend import recommend
 
-    proposals = recommend(_home(args), get_profile(args.profile).policy, args.country, args.arrangement, args.area,
-                          n=args.n, seed=args.seed)
+    proposals = recommend(_home(args), args.country, args.arrangement, args.area, n=args.n, seed=args.seed)
     for line in proposals.warnings:
         print(f"warning: {line}", file=sys.stderr)
     print(proposals.header)

@@ -103,11 +103,22 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class PromotionSettings:
+    """Champion/challenger: a challenger takes `champion` only when a paired test on the same data says
+    it is better (ml/registry.py)."""
+
+    level: float = 0.95  # confidence of the interval of challenger - champion that must lie above zero
+    bootstrap_samples: int = 2000  # resamples of the paired bootstraps
+    seed: int = 0  # of the bootstrap resampling, so a decision can be re-derived
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     data: DataSettings
     reward: RewardSettings
     policy: PolicySettings
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
     def with_data(self, **changes) -> "Profile":
         return replace(self, data=replace(self.data, **changes))

@@ -44,7 +44,7 @@ class DataHome:
 
     @property
     def models(self) -> Path:
-        """Local model folders: training outputs and registry downloads (by name and version)."""
+        """Local model folders: training outputs and the converted base policy."""
         return self.root / "models"
 
     @property

@@ -1,8 +1,9 @@
 """`rlxf recommend` and `rlxf score`: the champion policy's proposals and the reward's view of a condition.
 
 The paper's intended use: benchmark new proposals against past experience and peer examples. A
-recommendation samples several answers from the champion policy, cuts each to one condition, drops
-empty ones and repeats, ranks the rest by the RL reward the policy was trained on (proxy P(MET) x
+recommendation samples several answers from the champion policy (the registered MLflow Model, which
+prompts as the policy was trained), drops empty proposals and repeats, ranks the rest by the RL reward
+the policy was trained on (proxy P(MET) x
 P(asked area)), and shows for each its proxy and gold P(MET), the probability that it is about the
 area asked, whether it copies a training condition, and the closest historical conditions of the
 same area (the same country's first) with their year and outcome.
@@ -22,16 +23,13 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from ml.config import PolicySettings
 from ml.data.splits import SPLITS, read_split
 from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, grounding_for, load_policy
-from ml.policy.prompts import answer_to_condition, chat_text, grounded, render_prompt
-from ml.policy.sampling import generate_answers
+from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
-from ml.reward.rl_reward import RL_REWARD_NAME, RLReward
+from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
@@ -108,16 +106,6 @@ def precedents_for(corpus: pd.DataFrame, country: str, area: str, text: str, k: 
     return lines
 
 
-def _reward_for_champion(registry: Registry, home: DataHome) -> tuple[RLReward, str, str, Path]:
-    champion = registry.champion_version(POLICY_ADAPTER_NAME)
-    if champion is None:
-        raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
-    cache = home.models / "registry"
-    reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"), cache)
-    return reward, reward_version, champion.version, registry.cached_version(POLICY_ADAPTER_NAME, champion.version,
-                                                                             cache)
-
-
 def score(home: DataHome, country: str, arrangement: str | None, area: str | None, condition: str) -> Scored:
     if not condition or not condition.strip():
         raise InputError("the condition is empty: there is nothing to score")
@@ -125,7 +113,7 @@ def score(home: DataHome, country: str, arrangement: str | None, area: str | Non
         versions = registry.versions(RL_REWARD_NAME)
         if not versions:
             raise LookupError(f"no {RL_REWARD_NAME} is registered yet: run the pipeline first (make demo)")
-        reward, reward_version = load_rl_reward(registry, versions[-1].version, home.models / "registry")
+        reward, reward_version = load_rl_reward(registry, versions[-1].version)
     record = {"country": country, "arrangement_type": arrangement, "economic_area": area}
     parts = reward.components([record], [condition.strip()]).iloc[0]
     spec = reward.spec
@@ -135,29 +123,32 @@ def score(home: DataHome, country: str, arrangement: str | None, area: str | Non
                   float(parts["gold_p_met"]), float(parts["gold_p_area"]))
 
 
-def recommend(home: DataHome, settings: PolicySettings, country: str, arrangement: str | None, area: str,
-              n: int = 3, seed: int = 0, cache_dir: Path | None = None) -> Proposals:
+def recommend(home: DataHome, country: str, arrangement: str | None, area: str, n: int = 3, seed: int = 0,
+              cache_dir: Path | None = None) -> Proposals:
+    """`cache_dir`: where the policy's base model is cached (default: where it was when it was trained)."""
     corpus = corpus_of(home)
     warnings = input_warnings(corpus, country, arrangement, area)
     with Registry.for_home(home.root) as registry:
-        reward, reward_version, policy_version, policy_dir = _reward_for_champion(registry, home)
-    model, tokenizer = load_policy(policy_dir, settings, cache_dir or home.models / "base_policy")
-    # The prompt exactly as the policy was trained on it (with the record and precedents if grounded).
-    grounding = grounding_for(home.exports / "splits", settings, seed=0)
-    prompt = grounded(render_prompt(country, arrangement, area), country, area, grounding)
-    answers = generate_answers(model, tokenizer, [chat_text(tokenizer, prompt)], settings.max_new_tokens,
-                               temperature=settings.temperature, num_return_sequences=n * OVERSAMPLE, seed=seed,
-                               max_prompt_tokens=settings.max_prompt_tokens)
+        champion = registry.champion_version(POLICY_ADAPTER_NAME)
+        if champion is None:
+            raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
+        reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"))
+        policy = registry.load_model(POLICY_ADAPTER_NAME, champion.version,
+                                     {"base_model_cache": str(cache_dir)} if cache_dir else None)
+    request = {"country": country, "arrangement_type": arrangement, "economic_area": area}
+    # Sampled at the policy's own temperature, from the prompt it was trained on (grounded or not).
+    answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]),
+                             params={"n": n * OVERSAMPLE, "seed": seed})["proposal"]
+    prompt = policy.unwrap_python_model().prompt(country, arrangement, area)
     conditions, seen = [], set()
-    for text in (answer_to_condition(answer) for answer in answers):
+    for text in answers:
         key = " ".join(text.casefold().split()).rstrip(".")
         if key and key not in seen:
             seen.add(key)
             conditions.append(text)
-    record = {"country": country, "arrangement_type": arrangement, "economic_area": area}
     items: list[Proposal] = []
     if conditions:
-        parts = reward.components([record] * len(conditions), conditions)
+        parts = reward.components([request] * len(conditions), conditions)
         # Ranked by the training side of the reward (proxy P(MET) x P(area)); the gold judge stays a judge.
         order = np.argsort(-(parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(), kind="stable")[:n]
         copies = NoveltyIndex(corpus["description"]).nearest([conditions[i] for i in order])
@@ -168,7 +159,7 @@ def recommend(home: DataHome, settings: PolicySettings, country: str, arrangemen
                                   precedents_for(corpus, country, area, conditions[index])))
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
-    header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{policy_version}, champion; reward: {RL_REWARD_NAME} "
+    header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "
               f"v{reward_version}: {reward.spec.proxy['name']} v{reward.spec.proxy['version']}, judged by "
               f"{reward.spec.gold['name']} v{reward.spec.gold['version']})")
     return Proposals(header, warnings, items)

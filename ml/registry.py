@@ -1,14 +1,24 @@
-"""MLflow tracking and model registry for the reward model and the PPO adapter.
+"""MLflow tracking and model registry, and the champion rule, which is the part MLflow does not do.
 
-Every training asset records one MLflow run (params, metrics, plots, reports) and registers the
-model folder it produced (safetensors + tokenizer + json) as a new version of a registered model.
-Promotion is champion/challenger through model aliases: a version becomes `champion` only when its
-evaluation figure is at least the current champion's on the same metric.
+Every training asset records one MLflow run. Inside it `ml.serving` logs the model with MLflow's own
+`mlflow.pyfunc.log_model` (an MLflow Model: `MLmodel`, signature, input example, requirements), and
+`Registry.register` makes it a new version of a registered model, tagged with its lineage (git commit
+of the code, Dagster run id, and what the caller adds: data snapshot, reward-model versions).
+`Registry.load_model` is `mlflow.pyfunc.load_model("models:/<name>/<version or @alias>")` on this store.
+
+Promotion is champion/challenger through model aliases. A challenger takes `champion` only when a
+paired test on the same data says it is better (`Evidence.better`: the interval of challenger minus
+champion, at the profile's level, lies above zero); a tie or an inconclusive test keeps the champion,
+and the challenger gets the `challenger` alias. The first version of a name becomes champion. The
+test, its interval and p-value and both figures are written as version tags.
 
 The default store is a SQLite file in the data home (`sqlite:///<home>/mlflow.db`, artifacts in
-`<home>/mlartifacts`); a tracking-server URI works the same. Everything goes through one
-`MlflowClient` per `Registry` (never the fluent `mlflow.start_run` globals), so several registries
-or threads in one process do not share an "active run".
+`<home>/mlartifacts`); a tracking-server URI works the same. MLflow's fluent API (`mlflow.start_run`,
+`log_model`, `models:/` URIs) reads the process's tracking URI, which `mlflow.set_tracking_uri` also
+exports as MLFLOW_TRACKING_URI to subprocesses: a `Registry` points it at its own store only inside
+`with registry:`, `registry.run(...)` and `registry.load_model(...)`, and puts back what was there after,
+so no other code and no subprocess started later inherits a store by accident (MLflow has no public
+way to use a store for one block only).
 """
 
 from __future__ import annotations
@@ -17,32 +27,29 @@ import contextlib
 import logging
 import math
 import os
-import posixpath
 import re
-import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The project runs offline and logs to Dagster: keep MLflow's usage telemetry and its tqdm
-# download bars off unless a caller chose otherwise (defaults written, nothing read; MLflow 3.x
-# honours MLFLOW_DISABLE_TELEMETRY=true or DO_NOT_TRACK=true).
+# The project runs offline and logs to Dagster: keep MLflow's usage telemetry and its tqdm progress
+# bars off unless a caller chose otherwise (defaults written, nothing read).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+import mlflow  # noqa: E402
 import mlflow.artifacts  # noqa: E402
+import mlflow.pyfunc  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.telemetry.client import get_telemetry_client, set_telemetry_client  # noqa: E402
-from mlflow.telemetry.utils import is_telemetry_disabled  # noqa: E402
 
-if get_telemetry_client() is not None and is_telemetry_disabled():
-    set_telemetry_client()  # mlflow was imported before us: re-reads the setting and drops the client
+from ml.paths import REPO_ROOT  # noqa: E402
 
 # Creating a fresh SQLite store logs alembic migrations at INFO; keep the pipeline's logs readable.
 for _name in ("alembic", "mlflow.store.db.utils"):
@@ -55,8 +62,8 @@ except ImportError:  # pragma: no cover
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# Weights must be safetensors: these suffixes carry pickles (torch .bin/.pt, joblib, ...).
-PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib"}
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the run page of the MLflow UI shows this one
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_KEY = 250  # MLflow's limit on metric/param/tag names
 _MAX_PARAM_VALUE = 6000
@@ -90,6 +97,18 @@ def clean_key(name: str) -> str:
     return name[:_MAX_KEY] or "_"
 
 
+def code_version(root: Path = REPO_ROOT) -> dict[str, str]:
+    """The git commit of the code, and whether the work tree differed from it, as lineage tags."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain"))).lower()}
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed package)
+        return {"git_commit": "unknown"}
+
+
 @dataclass(frozen=True)
 class ModelVersionInfo:
     name: str
@@ -106,21 +125,59 @@ class ModelVersionInfo:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A challenger against the champion on the same data: both figures and a paired test of the
+    difference (challenger minus champion; higher is better)."""
+
+    champion_version: str
+    champion_value: float  # the champion's figure, measured on the same data as the challenger's
+    test: str  # which test, on which data, in words
+    ci_low: float  # interval of the difference at `level`
+    ci_high: float
+    p_value: float  # two-sided, of no difference
+    level: float
+
+    @property
+    def better(self) -> bool:
+        """Better with evidence: the whole interval lies above zero (an undefined one does not)."""
+        return self.ci_low > 0
+
+    @classmethod
+    def from_bootstrap(cls, champion_version: str, champion_value: float, test: str, result: Any,
+                       level: float) -> Evidence:
+        """From a `ml.evaluation.metrics.BootstrapResult` of challenger minus champion at `level`."""
+        return cls(str(champion_version), float(champion_value), test, float(result.ci_low), float(result.ci_high),
+                   float(result.p), float(level))
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
     promoted: bool  # True: the version is now `champion`; False: it is `challenger`
     version: str
     previous_champion_version: str | None
+    metric: str
     new_value: float
     champion_value: float | None  # the champion's figure compared against (None: none to compare)
     reason: str
+    evidence: Evidence | None = None
 
     @property
     def alias(self) -> str:
         return CHAMPION if self.promoted else CHALLENGER
 
+    def fields(self) -> dict[str, Any]:
+        """The decision as flat fields: the version tags (`promotion.<field>`), Dagster metadata, reports."""
+        fields = {"decision": "promoted" if self.promoted else "challenger", "metric": self.metric,
+                  "new_value": self.new_value, "champion_version": self.previous_champion_version or "none",
+                  "champion_value": self.champion_value, "reason": self.reason}
+        if self.evidence is not None:
+            fields |= {"test": self.evidence.test, "ci_low": self.evidence.ci_low, "ci_high": self.evidence.ci_high,
+                       "p_value": self.evidence.p_value, "level": self.evidence.level}
+        return {key: value for key, value in fields.items() if value is not None}
+
 
 class TrackedRun:
-    """One MLflow run, written through the owning registry's client."""
+    """One MLflow run, written through the owning registry's client (names made valid, NaN skipped)."""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, artifact_uri: str):
         self.client = client
@@ -136,20 +193,17 @@ class TrackedRun:
             value = float(value)  # numpy / torch scalars too; a non-number is a caller bug and raises
             if math.isfinite(value):
                 logged[clean_key(name)] = value
-        entities = [Metric(key, value, now, step or 0) for key, value in logged.items()]
-        for start in range(0, len(entities), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=entities[start : start + 1000])
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step or 0)
+                                                    for key, value in logged.items()])
         return logged
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        entities = [Param(clean_key(k), str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
-        for start in range(0, len(entities), 100):
-            self.client.log_batch(self.run_id, params=entities[start : start + 100])
+        self.client.log_batch(self.run_id, params=[Param(clean_key(k), str(v)[:_MAX_PARAM_VALUE])
+                                                   for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        entities = [RunTag(clean_key(k), str(v)[:_MAX_TAG_VALUE]) for k, v in tags.items()]
-        for start in range(0, len(entities), 100):
-            self.client.log_batch(self.run_id, tags=entities[start : start + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag(clean_key(k), str(v)[:_MAX_TAG_VALUE])
+                                                 for k, v in tags.items()])
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -172,31 +226,25 @@ class TrackedRun:
                 raise ValueError(f"{path} is not a PNG file")
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def artifact_files(self, path: str = "") -> dict[str, int]:
-        """Relative path -> size of every artifact under `path` (recursive)."""
-        files = {}
-        for info in self.client.list_artifacts(self.run_id, path or None):
-            if info.is_dir:
-                files.update(self.artifact_files(info.path))
-            else:
-                files[info.path] = info.file_size
-        return files
-
 
 class Registry:
     """MLflow tracking + model registry on one store (SQLite file or tracking server).
 
-    One per process is the intended use with SQLite: the file is opened in WAL mode so readers
-    (the MLflow UI) do not block the writer. Use as a context manager or call `close()`.
+    With SQLite the file is opened in WAL mode so readers (the MLflow UI) do not block the writer.
+    `lineage` (e.g. the Dagster run id) is added, with the git commit of the code, to the tags of every
+    run and every registered version. `with registry:` makes this store MLflow's current one for the block.
     """
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None = None, await_ready_s: int = 300):
+    def __init__(self, tracking_uri: str, artifact_root: str | None = None, lineage: Mapping[str, str] | None = None,
+                 await_ready_s: int = 300):
         self.tracking_uri = tracking_uri
         db_path = _sqlite_path(tracking_uri)
         if artifact_root is None and db_path is not None:
             artifact_root = str(db_path.parent / "mlartifacts")  # not MLflow's default ./mlruns in cwd
         self.artifact_root = artifact_root  # None on a server: the server decides
         self.await_ready_s = await_ready_s
+        self.lineage = {**code_version(), **{k: str(v) for k, v in (lineage or {}).items() if v}}
+        self._saved_environment: list[str | None] = []
         try:
             with _creation_lock(db_path):
                 if db_path is not None:
@@ -209,26 +257,24 @@ class Registry:
             raise RegistryError(f"cannot open MLflow store {tracking_uri}: {exc}") from exc
 
     @classmethod
-    def for_home(cls, root: Path) -> "Registry":
-        return cls(tracking_uri_for(root), artifact_root_for(root))
+    def for_home(cls, root: Path, lineage: Mapping[str, str] | None = None) -> Registry:
+        return cls(tracking_uri_for(root), artifact_root_for(root), lineage=lineage)
 
-    def close(self) -> None:
-        """Release pooled SQLite connections (MLflow caches engines per URI, process-wide)."""
-        if _sqlite_path(self.tracking_uri) is None:
-            return
-        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
-
-        for store_cls in (TrackingStore, RegistryStore):
-            engine = getattr(store_cls, "_engine_map", {}).get(self.tracking_uri)
-            if engine is not None:
-                engine.dispose()  # safe for other users of the engine: it reconnects on demand
-
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
+        """MLflow's current store is this one until the block ends (re-entrant)."""
+        self._saved_environment.append(os.environ.get(TRACKING_URI_VARIABLE))
+        mlflow.set_tracking_uri(self.tracking_uri)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.close()
+        # Unset MLflow's process-wide URI and put the variable back as it was: MLflow then resolves the
+        # store as before the block (set_tracking_uri mirrors the URI into the variable anyway).
+        mlflow.set_tracking_uri(None)
+        saved = self._saved_environment.pop()
+        if saved is None:
+            os.environ.pop(TRACKING_URI_VARIABLE, None)
+        else:
+            os.environ[TRACKING_URI_VARIABLE] = saved
 
     # --- tracking -------------------------------------------------------------------------------
 
@@ -256,132 +302,94 @@ class Registry:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> Iterator[TrackedRun]:
-        """A run that ends FINISHED when the block succeeds, FAILED when it raises (re-raised)."""
+        """A run that is MLflow's active run inside the block (so `mlflow.pyfunc.log_model` logs into it)
+        and ends FINISHED when the block succeeds, FAILED when it raises, KILLED on Ctrl-C, SystemExit
+        or a cancelled Dagster step (the exception is re-raised)."""
         experiment_id = self.ensure_experiment(experiment)
-        created = self.client.create_run(
-            experiment_id, run_name=run_name, tags={clean_key(k): str(v) for k, v in (tags or {}).items()}
-        )
-        tracked = TrackedRun(self.client, created.info.run_id, experiment_id, created.info.artifact_uri)
-        status = "FAILED"
-        try:
-            if params:
-                tracked.log_params(params)
-            yield tracked
-            status = "FINISHED"
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                status = "KILLED"  # Ctrl-C, SystemExit, a cancelled Dagster step
-            raise
-        finally:
+        run_tags = {**self.lineage, GIT_COMMIT_TAG: self.lineage["git_commit"], **(tags or {})}
+        with self:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                      tags={clean_key(k): str(v)[:_MAX_TAG_VALUE] for k, v in run_tags.items()})
+            tracked = TrackedRun(self.client, active.info.run_id, experiment_id, active.info.artifact_uri)
+            status = "FAILED"
             try:
-                self.client.set_terminated(tracked.run_id, status)
-            except Exception:
-                if status == "FINISHED":
-                    raise
-                # Otherwise keep the original exception: it says why the run failed.
+                if params:
+                    tracked.log_params(params)
+                yield tracked
+                status = "FINISHED"
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    status = "KILLED"
+                raise
+            finally:
+                mlflow.end_run(status)
 
     # --- registry -------------------------------------------------------------------------------
 
-    def register_model(
-        self,
-        run: TrackedRun,
-        local_dir: Path,
-        name: str,
-        artifact_path: str = "model",
-        tags: Mapping[str, Any] | None = None,
-        require_weights: bool = True,
-    ) -> ModelVersionInfo:
-        """Upload a model folder to the run, then register it as a new READY version of `name`
-        (`require_weights`: the folder must hold safetensors weights).
-
-        The version is created only after every file is in the run's artifacts, so an upload
-        that crashes leaves stray artifacts but never a registered, half-written version.
-        """
-        local_dir = Path(local_dir)
-        if not local_dir.is_dir():
-            raise RegistryError(f"model folder {local_dir} does not exist")
-        local = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in local_dir.rglob("*") if p.is_file()}
-        pickles = sorted(p for p in local if Path(p).suffix.lower() in PICKLE_SUFFIXES)
-        if pickles:
-            raise RegistryError(f"{local_dir} holds pickle files {pickles}: save weights as safetensors")
-        if require_weights and not any(p.endswith(".safetensors") for p in local):
-            raise RegistryError(f"{local_dir} holds no .safetensors weights")
-
-        run.log_artifacts(local_dir, artifact_path)
-        uploaded = {posixpath.relpath(p, artifact_path): s for p, s in run.artifact_files(artifact_path).items()}
-        if uploaded != local:
-            raise RegistryError(f"upload of {local_dir} to run {run.run_id} is incomplete; nothing registered")
-
+    def register(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any] | None = None,
+                 description: str | None = None, model_id: str | None = None) -> ModelVersionInfo:
+        """A new READY version of `name` (created if new): `source` is a logged model's `models:/m-...`
+        URI with its `model_id`, or an artifact folder's URI. Tagged with the lineage and `tags`."""
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version_tags = {clean_key(k): str(v) for k, v in (tags or {}).items()}
-        version_tags.update({"artifact_path": artifact_path, "files": str(len(local))})
+        version_tags = {clean_key(k): str(v)[:_MAX_TAG_VALUE] for k, v in {**self.lineage, **(tags or {})}.items()}
         created = self.client.create_model_version(
-            name,
-            source=f"{run.artifact_uri.rstrip('/')}/{artifact_path}",
-            run_id=run.run_id,
-            tags=version_tags,
-            await_creation_for=self.await_ready_s,  # raises unless the version becomes READY
-        )
+            name, source=source, run_id=run_id, tags=version_tags, description=description,
+            await_creation_for=self.await_ready_s, model_id=model_id)  # raises unless the version becomes READY
         return self._info(self.client.get_model_version(name, created.version))
 
-    def promote(
-        self,
-        name: str,
-        version: str,
-        metric: str,
-        value: float,
-        higher_is_better: bool = True,
-        comparison: str = "",
-        champion_value: float | None = None,
-    ) -> PromotionDecision:
-        """Champion/challenger: `version` becomes champion if its `metric` is at least the champion's.
+    def load_model(self, name: str, version_or_alias: str | int,
+                   model_config: Mapping[str, Any] | None = None) -> mlflow.pyfunc.PyFuncModel:
+        """`mlflow.pyfunc.load_model` of a version (`3`) or an alias (`"champion"`) of `name`;
+        `model_config` overrides the settings the model was logged with (e.g. `device`)."""
+        ref = str(version_or_alias)
+        uri = f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+        with self:
+            return mlflow.pyfunc.load_model(uri, model_config=dict(model_config) if model_config else None)
 
-        `value` must come from the same evaluation data as the champion's figure; `comparison`
-        records which (e.g. the test split's hash). Pass `champion_value` when the caller re-measured
-        the champion on that same data (new reviews change the test split); otherwise the figure
-        recorded on the champion when it was promoted is used. A losing version becomes
-        `challenger` and the champion alias does not move. Not safe against two promotions of one
-        name at once.
-        """
-        measured_champion_value = champion_value
+    def download(self, name: str, version: str | int) -> Path:
+        """A version's artifacts on local disk: their own folder for a store on this machine, else a
+        fresh download."""
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                        tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri))
+
+    def promote(self, name: str, version: str, metric: str, value: float,
+                evidence: Evidence | None = None) -> PromotionDecision:
+        """Champion/challenger: `version` (whose `metric` is `value`) becomes champion when the name has
+        none, or when `evidence` against the current champion on the same data says it is better.
+        Otherwise it becomes `challenger` and the champion alias does not move. Not safe against two
+        promotions of one name at once."""
         version, value = str(version), float(value)
         if not math.isfinite(value):
             raise ValueError(f"cannot promote {name} v{version} on a non-finite {metric}={value}")
-        metric_tag = clean_key(f"metric.{metric}")
         self.client.get_model_version(name, version)  # fails early for an unknown version
         # Written before any alias moves, so a champion always carries its own figure.
-        self.client.set_model_version_tag(name, version, metric_tag, repr(value))
+        self.client.set_model_version_tag(name, version, clean_key(f"metric.{metric}"), repr(value))
 
         champion = self._alias_version(name, CHAMPION)
-        champion_value = None
-        if champion is None:
-            promoted, reason = True, f"{name} has no champion yet; v{version} ({metric}={value:.4g}) becomes champion"
-        elif champion.version == version:
-            promoted, reason = True, f"v{version} is already champion"
+        if champion is None or champion.version == version:
+            evidence = None
+            promoted = True
+            reason = (f"v{version} is already champion" if champion else
+                      f"{name} has no champion yet; v{version} ({metric}={value:.4g}) becomes champion")
+        elif evidence is None:
+            raise ValueError(f"{name} v{version} needs evidence against champion v{champion.version} to be judged")
+        elif evidence.champion_version != champion.version:
+            promoted = False
+            reason = (f"v{version} was compared with v{evidence.champion_version}, but the champion is now "
+                      f"v{champion.version}; kept as challenger")
         else:
-            if measured_champion_value is not None and math.isfinite(measured_champion_value):
-                champion_value = float(measured_champion_value)
-            else:
-                champion_value = _as_float(champion.tags.get(metric_tag))
-            if champion_value is None:
-                promoted = True
-                reason = f"champion v{champion.version} has no recorded {metric}; v{version} ({value:.4g}) replaces it"
-            else:
-                promoted = value >= champion_value if higher_is_better else value <= champion_value
-                relation = "equal to" if value == champion_value else "better than" if promoted else "worse than"
-                reason = (
-                    f"v{version} {metric}={value:.4g} is {relation} champion v{champion.version} "
-                    f"{metric}={champion_value:.4g} ({'higher' if higher_is_better else 'lower'} is better)"
-                )
-            champion_comparison = champion.tags.get("promotion.comparison", "")
-            if measured_champion_value is not None:
-                reason += f"; both measured on {comparison or 'the same data'}"
-            elif comparison and champion_comparison and champion_comparison != comparison:
-                reason += f"; note: the champion's figure came from {champion_comparison}, this one from {comparison}"
+            promoted = evidence.better
+            verdict = ("better with evidence: promoted" if promoted else
+                       "worse with evidence: champion kept" if evidence.ci_high < 0 else
+                       "not better with evidence (a tie or an inconclusive test): champion kept")
+            reason = (f"v{version} {metric}={value:.4g} vs champion v{champion.version} {evidence.champion_value:.4g} "
+                      f"on the same data: difference {value - evidence.champion_value:+.4g}, {evidence.level:.0%} "
+                      f"interval [{evidence.ci_low:+.4g}, {evidence.ci_high:+.4g}], p={evidence.p_value:.3g} "
+                      f"({evidence.test}); {verdict}")
 
         if promoted:
             self.client.set_registered_model_alias(name, CHAMPION, version)
@@ -389,46 +397,15 @@ class Registry:
                 self.client.delete_registered_model_alias(name, CHALLENGER)
         else:
             self.client.set_registered_model_alias(name, CHALLENGER, version)
-        previous = champion.version if champion else None
-        for key, tag_value in {
-            "promotion.decision": "promoted" if promoted else "challenger",
-            "promotion.metric": metric,
-            "promotion.new_value": repr(value),
-            "promotion.champion_value": "none" if champion_value is None else repr(champion_value),
-            "promotion.champion_version": previous or "none",
-            "promotion.comparison": comparison,
-            "promotion.reason": reason,
-        }.items():
-            self.client.set_model_version_tag(name, version, key, tag_value)
-        return PromotionDecision(promoted, version, previous, value, champion_value, reason)
+        decision = PromotionDecision(promoted, version, champion.version if champion else None, metric, value,
+                                     evidence.champion_value if evidence else None, reason, evidence)
+        for key, tag_value in decision.fields().items():
+            self.client.set_model_version_tag(name, version, f"promotion.{key}",
+                                              repr(tag_value) if isinstance(tag_value, float) else str(tag_value))
+        return decision
 
     def champion_version(self, name: str) -> ModelVersionInfo | None:
         return self._alias_version(name, CHAMPION)
-
-    def cached_version(self, name: str, version: str, cache_root: Path) -> Path:
-        """A version's model folder under `cache_root/<name>/v<version>`, downloaded only the first time."""
-        folder = Path(cache_root) / name / f"v{version}"
-        if not (folder / "model").exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a download cut short leaves no partial folder in use
-            self.download_version(name, version, folder)
-        return folder / "model"
-
-    def download_version(self, name: str, alias_or_version: str | int, dst: Path) -> Path:
-        """Download a version (`3`, `"3"` or an alias such as `"champion"`); returns the model folder."""
-        ref = str(alias_or_version)
-        info = self._info(self.client.get_model_version(name, ref)) if ref.isdigit() else self._alias_version(name, ref)
-        if info is None:
-            raise RegistryError(f"registered model {name!r} has no version with alias {ref!r}")
-        source = self.client.get_model_version_download_uri(name, info.version)
-        target = Path(dst) / posixpath.basename(source.rstrip("/"))
-        if target.exists() and any(target.iterdir()):
-            raise RegistryError(f"{target} is not empty: download {name} v{info.version} to a fresh folder")
-        Path(dst).mkdir(parents=True, exist_ok=True)
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
-            )
-        )
 
     def versions(self, name: str) -> list[ModelVersionInfo]:
         """Every version of `name`, oldest first, with aliases and tags."""
@@ -474,13 +451,6 @@ class Registry:
             aliases=tuple(mv.aliases or ()) if aliases is None else aliases,
             tags=dict(mv.tags or {}),
         )
-
-
-def _as_float(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -61,8 +61,12 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     tracking_uri: str = ""
 
-    def open(self, home: DataHome) -> Registry:
-        return Registry(self.tracking_uri) if self.tracking_uri else Registry.for_home(home.root)
+    def open(self, home: DataHome, dagster_run_id: str) -> Registry:
+        """The registry, tagging every run and version it writes with the Dagster run that wrote it."""
+        lineage = {"dagster_run_id": dagster_run_id}
+        if self.tracking_uri:
+            return Registry(self.tracking_uri, lineage=lineage)
+        return Registry.for_home(home.root, lineage=lineage)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).

@@ -81,14 +81,16 @@ def score_answers(answers: pd.DataFrame, reward: RLReward) -> pd.DataFrame:
                           gold_p_area=parts["gold_p_area"].to_numpy(), judged_reward=parts["judged_reward"].to_numpy())
 
 
-def collect_answers(prompts: pd.DataFrame, corpus: pd.DataFrame, policies: dict[str, Path | None],
-                    settings: PolicySettings, cache_dir: Path, reward: RLReward, samples: int = 2, seed: int = 0,
+def collect_answers(prompts: pd.DataFrame, corpus: pd.DataFrame,
+                    policies: dict[str, Callable[[], PreTrainedModel] | None], settings: PolicySettings,
+                    cache_dir: Path, reward: RLReward, samples: int = 2, seed: int = 0,
                     progress: Progress = print) -> pd.DataFrame:
-    """`policies` maps a name to a saved policy stack folder (None = the base model itself)."""
+    """`policies` maps a name to a function that loads that policy (None = the base model itself); each
+    is loaded when its turn comes, so one tuned policy at a time is in memory."""
     base, tokenizer = load_policy(None, settings, cache_dir)
     frames = [reference_answers(prompts, corpus, samples, seed)]
-    for name, folder in policies.items():
-        model = base if folder is None else load_policy(folder, settings, cache_dir)[0]
+    for name, load in policies.items():
+        model = base if load is None else load()
         frames.append(model_answers(name, model, base, tokenizer, prompts, settings, samples, seed))
         progress(f"{name}: {len(prompts) * samples} answers generated")
     answers = pd.concat(frames, ignore_index=True)

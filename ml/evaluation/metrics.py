@@ -99,14 +99,14 @@ def welch_test(a: Iterable[float], b: Iterable[float]) -> WelchResult:
 
 
 def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int = 2000,
-                     seed: int = 0) -> BootstrapResult:
+                     seed: int = 0, level: float = 0.95) -> BootstrapResult:
     """Bootstrap over prompts of mean(a - b), pairing on the series' index (prompt_id).
 
     Each side is first averaged over its samples per prompt (the index may repeat), so a prompt counts
     once however many answers it got; only prompts on both sides are used. Pairing removes the
     prompt-to-prompt spread (some combinations are easy for every policy), which is why this test sees
-    gains Welch's cannot. The CI is the percentile interval; the p-value is two-sided, from the
-    bootstrap distribution shifted to mean zero (the null of no difference), with the +1 correction
+    gains Welch's cannot. The CI is the percentile interval at `level`; the p-value is two-sided, from
+    the bootstrap distribution shifted to mean zero (the null of no difference), with the +1 correction
     so it is never exactly 0.
     """
     a = pd.Series(a_by_prompt, dtype=float).groupby(level=0).mean()
@@ -121,10 +121,46 @@ def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int
     effect = observed / spread if spread > 0 else math.nan
     rng = np.random.default_rng(seed)
     boot = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)  # (n_boot,)
-    low, high = np.percentile(boot, [2.5, 97.5])
+    return _bootstrap_result(boot, observed, level, len(diffs), effect)
+
+
+def paired_bootstrap_macro_f1(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray,
+                              n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> BootstrapResult:
+    """Bootstrap over rows of macro-F1(a) - macro-F1(b): two classifiers' 0/1 predictions of the same
+    0/1 `labels`, each resample scoring both on the same rows (the pairing). CI and p-value as in
+    `paired_bootstrap`; `n_pairs` is the number of rows; no effect size (macro-F1 is not a mean)."""
+    labels, a, b = (np.asarray(x, dtype=np.int8) for x in (labels, predicted_a, predicted_b))
+    if not len(labels) == len(a) == len(b):
+        raise ValueError(f"labels and predictions differ in length: {len(labels)}, {len(a)}, {len(b)}")
+    if len(labels) == 0:
+        return BootstrapResult(math.nan, math.nan, math.nan, math.nan, 0)
+    observed = float(_macro_f1(labels[None], a[None])[0] - _macro_f1(labels[None], b[None])[0])
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(labels), size=(n_boot, len(labels)), dtype=np.int32)  # (n_boot, N)
+    boot = _macro_f1(labels[rows], a[rows]) - _macro_f1(labels[rows], b[rows])
+    return _bootstrap_result(boot, observed, level, len(labels))
+
+
+def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Macro-F1 over the classes 0 and 1 of each row of (R, N) arrays, as sklearn's f1_score(average=
+    "macro", labels=[0, 1], zero_division=0) computes it: a class never true nor predicted scores 0."""
+    scores = []
+    for cls in (0, 1):
+        true, guess = labels == cls, predicted == cls
+        tp = (true & guess).sum(axis=1)
+        denominator = true.sum(axis=1) + guess.sum(axis=1)  # 2 tp + fp + fn
+        scores.append(np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0))
+    return (scores[0] + scores[1]) / 2
+
+
+def _bootstrap_result(boot: np.ndarray, observed: float, level: float, n_pairs: int,
+                      effect: float = math.nan) -> BootstrapResult:
+    """Percentile interval at `level` and the two-sided p-value of a bootstrap distribution of a difference."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
     extreme = np.abs(boot - observed) >= abs(observed) - 1e-12  # |shifted| as large as observed
-    p = (1 + int(extreme.sum())) / (n_boot + 1)
-    return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), len(diffs), effect)
+    p = (1 + int(extreme.sum())) / (len(boot) + 1)
+    return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), n_pairs, effect)
 
 
 class NoveltyIndex:

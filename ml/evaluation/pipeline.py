@@ -3,9 +3,12 @@
 The newest registered policy (the candidate) is evaluated on the held-out test prompts together with
 the base and SFT policies, the current champion (when it is another version), and the random and
 historical reference policies, judged by the gold side of the RL reward it was trained against. The
+registered policies are loaded as the MLflow Models they are (`mlflow.pyfunc.load_model`). The
 candidate becomes `champion` of `rlxf-policy-adapter` only if its held-out judged reward (gold P(MET)
-x P(asked area | answer)) is at least the champion's on the same prompts and samples; the report
-states the decision with both figures and is logged to the candidate's MLflow run.
+x P(asked area | answer)) is better with evidence than the champion's on the same prompts and samples:
+a paired bootstrap over the prompts of the difference, whose interval at the profile's level lies
+above zero. The report states the decision with both figures, the interval and the p-value, and is
+logged to the candidate's MLflow run.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from transformers import PreTrainedModel
 
 from ml.config import Profile
 from ml.data.splits import read_split
 from ml.evaluation.collect import attainable_ceiling, collect_answers
 from ml.evaluation.judges import EmbeddingAreaJudge
+from ml.evaluation.metrics import paired_bootstrap
 from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack
-from ml.registry import PromotionDecision, Registry
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, load_policy
+from ml.registry import Evidence, PromotionDecision, Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 
@@ -67,28 +72,32 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
     corpus = read_split(snapshot, "train")
-    models_cache = home.models / "registry"
+    settings = profile.policy
 
     versions = registry.versions(POLICY_ADAPTER_NAME)
     if not versions:
         raise LookupError(f"no {POLICY_ADAPTER_NAME} version is registered; materialize ppo_adapter first")
     candidate = versions[-1]
     # Judged with the RL reward the candidate was trained against (its gold side is the judge).
-    reward, reward_version = load_rl_reward(registry, candidate.tags.get("rl_reward_version"), models_cache)
-    candidate_dir = registry.cached_version(POLICY_ADAPTER_NAME, candidate.version, models_cache)
-    algorithm = PolicyStack.load(candidate_dir).algorithm
-    policies: dict[str, Path | None] = {"base": None}
+    reward, reward_version = load_rl_reward(registry, candidate.tags.get("rl_reward_version"))
+    algorithm = candidate.tags["algorithm"]
+
+    def registered(version: str) -> Callable[[], PreTrainedModel]:
+        config = {"device": settings.device, "base_model_cache": str(cache_dir)}
+        return lambda: registry.load_model(POLICY_ADAPTER_NAME, version, config).unwrap_python_model().model
+
+    policies: dict[str, Callable[[], PreTrainedModel] | None] = {"base": None}
     if sft_dir is not None and (Path(sft_dir) / STACK_FILE).exists():
-        policies["sft"] = Path(sft_dir)
-    policies[algorithm] = candidate_dir
+        policies["sft"] = lambda: load_policy(sft_dir, settings, cache_dir)[0]
+    policies[algorithm] = registered(candidate.version)
     champion = registry.champion_version(POLICY_ADAPTER_NAME)
     if champion is not None and champion.version != candidate.version:
-        policies["champion"] = registry.cached_version(POLICY_ADAPTER_NAME, champion.version, models_cache)
+        policies["champion"] = registered(champion.version)
 
     progress(f"evaluating {', '.join(policies)} (+ random, historical) on {len(prompts)} held-out prompts "
              f"x {samples} samples, judged by {reward.spec.gold['name']} v{reward.spec.gold['version']} "
              f"({RL_REWARD_NAME} v{reward_version})")
-    answers = collect_answers(prompts, corpus, policies, profile.policy, cache_dir, reward, samples=samples,
+    answers = collect_answers(prompts, corpus, policies, settings, cache_dir, reward, samples=samples,
                               seed=profile.data.seed, progress=progress)
     ceiling = attainable_ceiling(prompts, corpus, reward, seed=profile.data.seed)
     progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")
@@ -97,22 +106,25 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
 
     # The champion is judged by the judged reward: gold P(MET) x P(asked area | answer), so a policy of
     # generic or off-topic answers cannot keep the title on P(MET) alone.
-    def judged(policy: str) -> float:
-        return float(answers.loc[answers["policy"] == policy, "judged_reward"].mean())
+    def judged(policy: str) -> pd.Series:
+        return answers.loc[answers["policy"] == policy].set_index("prompt_id")["judged_reward"]
 
-    candidate_value = judged(algorithm)
-    champion_value = judged("champion") if "champion" in policies else None
-    decision = registry.promote(POLICY_ADAPTER_NAME, candidate.version, PROMOTION_METRIC, candidate_value,
-                                comparison=f"{len(prompts)} test prompts x {samples} samples",
-                                champion_value=champion_value)
+    evidence = None
+    if "champion" in policies:
+        promotion = profile.promotion
+        result = paired_bootstrap(judged(algorithm), judged("champion"), n_boot=promotion.bootstrap_samples,
+                                  seed=promotion.seed, level=promotion.level)
+        evidence = Evidence.from_bootstrap(
+            champion.version, judged("champion").mean(),
+            f"paired bootstrap over {result.n_pairs} test prompts x {samples} samples", result, promotion.level)
+    decision = registry.promote(POLICY_ADAPTER_NAME, candidate.version, PROMOTION_METRIC, judged(algorithm).mean(),
+                                evidence)
     progress(f"{POLICY_ADAPTER_NAME} v{candidate.version}: {decision.reason}")
 
     folder = home.reports / "evaluation"
     curves = training_curves(registry, candidate.run_id, home.reports / "tmp") if candidate.run_id else None
     report = write_report(evaluation, folder, training_curves=curves, tuned=algorithm, promotion={
-        "decision": "promoted" if decision.promoted else "challenger", "new_value": decision.new_value,
-        "champion_value": decision.champion_value, "champion_version": decision.previous_champion_version,
-        "version": candidate.version, "reason": decision.reason, "metric": PROMOTION_METRIC})
+        **decision.fields(), "champion_version": decision.previous_champion_version, "version": candidate.version})
     answers.to_parquet(folder / "answers.parquet", index=False)
     (folder / "headline.json").write_text(json.dumps(
         {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,

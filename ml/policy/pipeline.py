@@ -4,7 +4,8 @@ A tuned policy is a *stack*: the base model, optionally the SFT adapter merged i
 adapter on top. Merging SFT first makes the SFT policy PPO's reference (the adapter switched off),
 as in the RLHF recipe, so the KL penalty measures drift from SFT and starts at zero. The stack is
 saved as one folder (`policy_stack.json` + adapters as safetensors) and registered in MLflow as a
-version of `rlxf-policy-adapter`, tagged with the reward models it was trained and judged against.
+version of `rlxf-policy-adapter`, an MLflow Model that generates proposals (`ml.serving`), tagged with
+the reward models it was trained and judged against.
 Promotion happens later, in the evaluation report, on the held-out gold reward.
 """
 
@@ -35,6 +36,7 @@ from ml.policy.rl import Evaluate, RLJob, train_rl
 from ml.policy.sampling import answer_logprob_sums, decode_answers, generate_answers, generate_batches
 from ml.registry import Registry
 from ml.reward.rl_reward import RLReward, on_topic
+from ml.serving.publish import log_policy
 
 POLICY_ADAPTER_NAME = "rlxf-policy-adapter"
 POLICY_EXPERIMENT = "rlxf-policy"
@@ -253,7 +255,8 @@ def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettin
         run.log_metrics({"train_seconds": result.seconds, "best_step": float(result.best_step or 0),
                          "best_validation_judged_reward": result.best_metric if result.best_metric is not None
                          else math.nan})
-        version = registry.register_model(run, stack_dir, POLICY_ADAPTER_NAME, tags={
+        version = log_policy(registry, POLICY_ADAPTER_NAME, stack_dir, settings, snapshot, cache_dir, seed,
+                             prompts[prompts["split"] == "test"], tags={
             **lineage, "best_step": result.best_step, "best_validation_judged_reward": result.best_metric})
         run_id = run.run_id
     shutil.rmtree(checkpoints, ignore_errors=True)  # registered: a later run starts fresh

@@ -3,9 +3,11 @@
 The proxy reward model (what PPO optimises) and the gold reward model (what judges the policy and
 is never optimised against) follow the same recipe on the two disjoint halves of the training split,
 with different seeds. Each training is one MLflow run that records its parameters, the data snapshot
-it came from, per-step validation metrics, test metrics next to the baselines, plots, and the model
-(safetensors + tokenizer), registered as a new version. The version becomes `champion` only if its
-test macro-F1 is at least the current champion's measured on the same test split.
+it came from, per-step validation metrics, test metrics next to the baselines, plots, and the model as
+an MLflow Model (`ml.serving`: a pyfunc over the safetensors classifier with a signature and a model
+card), registered as a new version. The version becomes `champion` only if it is better with evidence
+than the current champion on the same test split: a paired bootstrap of macro-F1 over the test rows,
+the champion re-scored on them, whose interval at the profile's level lies above zero.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.config import PolicySettings, RewardSettings
+from ml.config import PolicySettings, PromotionSettings, RewardSettings
 from ml.data.splits import read_split
-from ml.registry import PromotionDecision, Registry
-from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model
+from ml.evaluation.metrics import paired_bootstrap_macro_f1
+from ml.registry import Evidence, PromotionDecision, Registry
+from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model, predict
 from ml.reward.model import RewardModel
 from ml.reward.plots import save_plots
 from ml.reward.rl_reward import RL_REWARD_NAME, RewardSpec, RLReward, fit_area_classifiers
 from ml.reward.train import split_train_halves, train_reward_model
+from ml.serving.publish import log_reward_model, reward_model_card
 
 REWARD_MODEL_NAME = "rlxf-reward-model"
 GOLD_REWARD_MODEL_NAME = "rlxf-gold-reward-model"
@@ -60,6 +64,7 @@ def read_truth(truth_dir: Path) -> pd.DataFrame | None:
 
 def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settings: RewardSettings,
                               registry: Registry, work_dir: Path, profile: str,
+                              promotion: PromotionSettings = PromotionSettings(),
                               progress: Callable[[str], None] = print) -> RewardRun:
     if role not in REGISTERED_NAMES:
         raise ValueError(f"role must be one of {sorted(REGISTERED_NAMES)}, not {role!r}")
@@ -82,7 +87,7 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
 
     model_dir = save_atomically(model, Path(work_dir) / "model")
     plots = save_plots(evaluation, Path(work_dir) / "plots")
-    champion_value = champion_figure_on(registry, name, test, Path(work_dir) / "champion_cache")
+    evidence = evidence_against_champion(registry, name, evaluation, test, manifest["content_hash"], promotion)
     metrics = evaluation.headline() | {
         "train_seconds": trained.train_seconds, "tokens_per_second": trained.tokens_per_second,
         "train_steps": float(trained.steps), "best_step": float(trained.best_step)}
@@ -102,13 +107,12 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
                       "by_year": evaluation.by_year.to_dict(orient="records")}, "evaluation/breakdowns.json")
         for path in plots.values():
             run.log_figure_png(path)
-        version = registry.register_model(run, model_dir, name, tags={
+        card = reward_model_card(name, role, settings.base_model, manifest, evaluation, model.temperature, len(data))
+        version = log_reward_model(registry, model_dir, name, card, test, tags={
             "role": role, "base_model": settings.base_model, "split_hash": manifest["content_hash"],
             "profile": profile, "test_macro_f1": f"{value:.4f}"})
         run_id = run.run_id
-    decision = registry.promote(name, version.version, PROMOTION_METRIC, value,
-                                comparison=f"test split {manifest['content_hash'][:12]}",
-                                champion_value=champion_value)
+    decision = registry.promote(name, version.version, PROMOTION_METRIC, value, evidence)
     progress(f"{name} v{version.version}: {decision.reason}")
     return RewardRun(role=role, registered_name=name, version=version.version, run_id=run_id, decision=decision,
                      evaluation=evaluation, metrics=metrics, model_dir=model_dir, plots=plots,
@@ -126,21 +130,20 @@ def save_atomically(model: RewardModel, folder: Path) -> Path:
     return folder
 
 
-def champion_figure_on(registry: Registry, name: str, test: pd.DataFrame, cache_root: Path) -> float | None:
-    """The current champion's test macro-F1 re-measured on this test split (None without a champion)."""
-    info = registry.champion_version(name)
-    if info is None:
+def evidence_against_champion(registry: Registry, name: str, evaluation: RewardEvaluation, test: pd.DataFrame,
+                              split_hash: str, promotion: PromotionSettings) -> Evidence | None:
+    """The new model against the current champion (None without one), both scored on this test split:
+    the champion's macro-F1 and a paired bootstrap over the test rows of the difference in macro-F1."""
+    champion = registry.champion_version(name)
+    if champion is None:
         return None
-    champion = RewardModel.load(registry.cached_version(name, info.version, cache_root))
-    return classification_metrics(test["is_met"].to_numpy(dtype=int), champion.score(test))["macro_f1"]
-
-
-def load_champion_reward(registry: Registry, name: str, cache_root: Path, device: str = "auto") -> tuple[RewardModel, str]:
-    """The champion version of `name`, downloaded once per version into `cache_root`."""
-    info = registry.champion_version(name)
-    if info is None:
-        raise LookupError(f"registered model {name!r} has no champion yet; train it first")
-    return RewardModel.load(registry.cached_version(name, info.version, cache_root), device=device), info.version
+    champion_probs = load_registered_reward(registry, reward_ref(name, champion.version)).score(test)
+    result = paired_bootstrap_macro_f1(evaluation.labels, predict(evaluation.probs), predict(champion_probs),
+                                       n_boot=promotion.bootstrap_samples, seed=promotion.seed, level=promotion.level)
+    return Evidence.from_bootstrap(
+        champion.version, classification_metrics(evaluation.labels, champion_probs)["macro_f1"],
+        f"paired bootstrap of macro-F1 over the {len(test):,} rows of test split {split_hash[:12]}", result,
+        promotion.level)
 
 
 def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, proxy: tuple[RewardModel, dict],
@@ -168,8 +171,10 @@ def reward_ref(name: str, version: str) -> dict:
     return {"name": name, "version": str(version)}
 
 
-def load_registered_reward(registry: Registry, ref: dict, cache_root: Path, device: str = "auto") -> RewardModel:
-    return RewardModel.load(registry.cached_version(ref["name"], ref["version"], cache_root), device=device)
+def load_registered_reward(registry: Registry, ref: dict, device: str = "auto") -> RewardModel:
+    """A registered reward model, loaded as the MLflow Model it is (`mlflow.pyfunc.load_model`)."""
+    pyfunc = registry.load_model(ref["name"], ref["version"], model_config={"device": device})
+    return pyfunc.unwrap_python_model().reward_model
 
 
 def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, profile: str) -> str:
@@ -187,11 +192,12 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
     with registry.run(RL_REWARD_EXPERIMENT, run_name=f"rl-reward-{profile}", tags=tags,
                       params={"design": spec.design, "topic_weight": spec.topic_weight,
                               "on_topic_target": spec.on_topic_target}) as run:
-        version = registry.register_model(run, folder, RL_REWARD_NAME, tags=tags, require_weights=False)
+        run.log_artifacts(folder, "rl_reward")
+        version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version
 
 
-def load_rl_reward(registry: Registry, version: str | None, cache_root: Path, device: str = "auto",
+def load_rl_reward(registry: Registry, version: str | None, device: str = "auto",
                    **overrides) -> tuple[RLReward, str]:
     """A registered RL reward (the newest version when `version` is None) with its reward models."""
     if version is None:
@@ -199,6 +205,6 @@ def load_rl_reward(registry: Registry, version: str | None, cache_root: Path, de
         if not versions:
             raise LookupError(f"no {RL_REWARD_NAME} version is registered; materialize rl_reward first")
         version = versions[-1].version
-    folder = registry.cached_version(RL_REWARD_NAME, version, cache_root)
-    reward = RLReward.load(folder, lambda ref: load_registered_reward(registry, ref, cache_root, device), **overrides)
+    folder = registry.download(RL_REWARD_NAME, version)
+    reward = RLReward.load(folder, lambda ref: load_registered_reward(registry, ref, device), **overrides)
     return reward, str(version)

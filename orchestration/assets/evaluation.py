@@ -5,7 +5,7 @@ import dagster as dg
 from ml.evaluation.pipeline import run_evaluation
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from orchestration.assets.policy import sft_dir
-from orchestration.assets.reward import TRAINING_TAGS
+from orchestration.assets.reward import TRAINING_TAGS, promotion_metadata
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
 HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate",
@@ -22,12 +22,12 @@ HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met
     description="Base vs SFT vs the RL-tuned policy vs random and historical policies on held-out prompts: judged "
                 "reward (gold P(MET) x P(asked area)) as a share of the attainable, proxy and gold P(MET) with CIs, "
                 "on-topic rate by two judges, KL to the RL reference and to base, diversity, copies, significance "
-                f"tests, Table-3 samples, training curves. Decides `{POLICY_ADAPTER_NAME}`'s champion on the held-out "
-                "judged reward.",
+                f"tests, Table-3 samples, training curves. Decides `{POLICY_ADAPTER_NAME}`'s champion by a paired "
+                "bootstrap of the held-out judged reward against the champion's on the same prompts and samples.",
 )
 def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    with mlflow.open(home) as registry:
+    with mlflow.open(home, context.run_id) as registry:
         run = run_evaluation(home, profile, registry, rlxf.model_cache_dir(),
                              sft_dir(rlxf) if profile.policy.sft_enabled else None,
                              samples=2 if profile.name != "smoke" else 1, progress=context.log.info)
@@ -38,7 +38,7 @@ def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlf
     gold_gain = headline.get(f"{tuned}_vs_base_judged_gain", float("nan"))
     overoptimised = run.evaluation.overoptimised()
     return dg.MaterializeResult(
-        metadata={**table, "promotion": run.decision.reason,
+        metadata={**table, **promotion_metadata(run.decision),
                   "mlflow_model": f"{POLICY_ADAPTER_NAME} v{run.candidate_version}",
                   "mlflow_alias": run.decision.alias, "seconds": round(run.seconds, 1),
                   "report": dg.MetadataValue.md(run.report.md.read_text(encoding="utf-8")),

@@ -80,8 +80,8 @@ def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: Rl
                 mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
     settings = replace(profile.policy, algorithm=config.algorithm) if config.algorithm else profile.policy
-    with mlflow.open(home) as registry:
-        reward, reward_version = load_rl_reward(registry, None, home.models / "registry")
+    with mlflow.open(home, context.run_id) as registry:
+        reward, reward_version = load_rl_reward(registry, None)
         use_sft = settings.sft_enabled and (sft_dir(rlxf) / "policy_stack.json").exists()
         run = train_rl_stage(home.exports / "splits", pd.read_parquet(prompts_path(rlxf)), settings,
                              rlxf.model_cache_dir(), sft_dir(rlxf) if use_sft else None, reward, reward_version,

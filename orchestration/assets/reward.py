@@ -13,6 +13,7 @@ from ml.reward.pipeline import (
     reward_ref,
     train_and_register_reward,
 )
+from ml.registry import PromotionDecision
 from ml.reward.rl_reward import RL_REWARD_NAME
 from orchestration.resources import MlflowRegistry, RlxfSettings
 
@@ -22,10 +23,17 @@ TRAINING_TAGS = {"rlxf/compute": "training"}  # the executor runs one training s
 def train_role(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry,
                role: str) -> RewardRun:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    with mlflow.open(home) as registry:
+    with mlflow.open(home, context.run_id) as registry:
         return train_and_register_reward(
             role, home.exports / "splits", home.truth, profile.reward, registry,
-            work_dir=home.models / "reward" / role, profile=profile.name, progress=context.log.info)
+            work_dir=home.models / "reward" / role, profile=profile.name, promotion=profile.promotion,
+            progress=context.log.info)
+
+
+def promotion_metadata(decision: PromotionDecision) -> dict:
+    """The champion decision: `promotion` (in words), the test, its interval and p-value, both figures."""
+    fields = decision.fields()
+    return {"promotion": fields.pop("reason"), **{f"promotion_{key}": value for key, value in fields.items()}}
 
 
 def reward_metadata(run: RewardRun) -> dict:
@@ -42,7 +50,7 @@ def reward_metadata(run: RewardRun) -> dict:
         "train_seconds": run.metrics["train_seconds"],
         "mlflow_model": f"{run.registered_name} v{run.version}",
         "mlflow_alias": run.decision.alias,
-        "promotion": run.decision.reason,
+        **promotion_metadata(run.decision),
         "mlflow_run_id": run.run_id,
         "split_hash": run.split_hash,
         "metrics": dg.MetadataValue.md(evaluation.to_markdown()),
@@ -57,8 +65,8 @@ def reward_metadata(run: RewardRun) -> dict:
     op_tags=TRAINING_TAGS,
     check_specs=[dg.AssetCheckSpec("macro_f1_above_threshold", asset="reward_model")],
     description="BERT classifier of P(MET) trained on half a of the training split; PPO's reward. Registered "
-                f"in MLflow as `{REGISTERED_NAMES['proxy']}`; `champion` moves only when test macro-F1 is at "
-                "least the champion's on the same test split.",
+                f"in MLflow as `{REGISTERED_NAMES['proxy']}`, an MLflow Model (pyfunc: conditions -> P(MET)); "
+                "`champion` moves only when a paired bootstrap of macro-F1 on the same test split says it is better.",
 )
 def reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
     run = train_role(context, rlxf, mlflow, "proxy")
@@ -93,8 +101,7 @@ def gold_reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlf
 )
 def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    cache = home.models / "registry"
-    with mlflow.open(home) as registry:
+    with mlflow.open(home, context.run_id) as registry:
         refs = {}
         for name in (REWARD_MODEL_NAME, GOLD_REWARD_MODEL_NAME):
             champion = registry.champion_version(name)
@@ -103,8 +110,8 @@ def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: Mlf
             refs[name] = reward_ref(name, champion.version)
         proxy, gold = (refs[REWARD_MODEL_NAME], refs[GOLD_REWARD_MODEL_NAME])
         reward = build_rl_reward(home.exports / "splits", profile.policy, profile.reward.seed,
-                                 (load_registered_reward(registry, proxy, cache), proxy),
-                                 (load_registered_reward(registry, gold, cache), gold))
+                                 (load_registered_reward(registry, proxy), proxy),
+                                 (load_registered_reward(registry, gold), gold))
         version = register_rl_reward(reward, registry, home.models / "reward", profile.name)
     spec = reward.spec
     context.log.info(f"{RL_REWARD_NAME} v{version}: {spec.design} over {proxy['name']} v{proxy['version']} "

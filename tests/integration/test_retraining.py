@@ -1,32 +1,42 @@
 """Continuous retraining end to end on the smoke profile, in one persistent Dagster instance:
 
-first MONA files -> sensor -> full run -> champions; a second file with new reviews -> sensor ->
-retraining run -> new versions with the champion rule applied; SIGKILL in the middle of reward-model
-training and of PPO leaves nothing half-registered and no champion changed, and a re-run completes
-(PPO resumes from its checkpoint); the Dagster webserver shows every definition and the last run.
+first MONA files -> sensor -> full run -> champions, which load by alias as MLflow Models in a fresh
+Python (as an MLflow user would), serve over HTTP with `mlflow models serve` and answer as `rlxf score`,
+each version carrying its lineage; a second file with new reviews -> sensor -> retraining run -> new
+versions with the evidence-gated champion rule applied; SIGKILL in the middle of reward-model training
+and of PPO leaves nothing half-registered and no champion changed, and a re-run completes (PPO resumes
+from its checkpoint); the Dagster webserver shows every definition and the last run.
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from importlib import metadata
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
+from ml.cli import main
 from ml.config import get_profile
 from ml.data.landing import seed_landing
+from ml.data.splits import read_split
 from ml.data.synthetic import write_synthetic_export
 from ml.paths import REPO_ROOT, DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
+from ml.policy.prompts import KEY_COLUMNS, answer_to_condition
 from ml.policy.tiny import shared_cache_dir
-from ml.registry import Registry
-from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_rl_reward
+from ml.recommend import score
+from ml.registry import Registry, tracking_uri_for
+from ml.reward.pipeline import GOLD_REWARD_MODEL_NAME, REWARD_MODEL_NAME, load_registered_reward, load_rl_reward
 from orchestration.definitions import build_definitions
 from orchestration.resources import RlxfSettings, build_resources
 from orchestration.sensors import mona_landing_sensor
@@ -106,7 +116,7 @@ def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
     with world.registry() as registry:
         version = registry.versions(POLICY_ADAPTER_NAME)[0]
         recorded = float(version.tags["promotion.new_value"])
-        reward, _ = load_rl_reward(registry, version.tags["rl_reward_version"], world.home.models / "registry")
+        reward, _ = load_rl_reward(registry, version.tags["rl_reward_version"])
     records = candidate[["country", "arrangement_type", "economic_area"]].to_dict("records")
     expected = float(np.mean(reward.judged(records, candidate["answer"].tolist())))
     assert recorded == pytest.approx(expected, abs=1e-6)
@@ -140,6 +150,170 @@ def test_recommend_and_score_answer_as_the_pipeline_trained(world, capsys):
     assert "proxy P(MET) =" in captured.out and "gold P(MET) =" in captured.out
 
 
+def user_env(world: World) -> dict[str, str]:
+    """What an MLflow user outside the project sets: the store, offline, no telemetry; the venv's tools."""
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HOME": os.environ.get("HOME", "/tmp"), "MLFLOW_TRACKING_URI": tracking_uri_for(world.home.root),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "true",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def test_every_champion_loads_by_alias_in_a_fresh_python(world, tmp_path):
+    """`mlflow.pyfunc.load_model("models:/<name>@champion")` with nothing but the store's URI: the
+    reward models score as the pipeline's do, the policy proposes, the model runs the `ml` code logged
+    with it, and its requirements cover every package the load imports."""
+    rows = read_split(world.home.exports / "splits", "test").dropna(subset=list(KEY_COLUMNS)).head(4)
+    rows = rows[[*KEY_COLUMNS, "description"]].reset_index(drop=True)
+    code = """
+import sys
+started_with = set(sys.modules)
+import json
+import mlflow, pandas as pd
+rows = pd.DataFrame(json.loads(sys.argv[1]))
+out = {name: mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(rows)["p_met"].tolist()
+       for name in ("rlxf-reward-model", "rlxf-gold-reward-model")}
+out["reward_modules"] = sorted({name.split(".")[0] for name in set(sys.modules) - started_with} - {"ml"})
+policy = mlflow.pyfunc.load_model("models:/rlxf-policy-adapter@champion")
+out["policy"] = policy.predict(rows.drop(columns="description").head(2), params={"n": 3, "seed": 5}).to_dict("list")
+out["ml"] = sys.modules["ml"].__file__
+out["modules"] = sorted({name.split(".")[0] for name in set(sys.modules) - started_with} - {"ml"})
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code, rows.to_json(orient="records")], cwd=tmp_path,
+                          env=user_env(world), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+
+    with world.registry() as registry:
+        for name in (REWARD_MODEL_NAME, GOLD_REWARD_MODEL_NAME):
+            expected = load_registered_reward(registry, {"name": name, "version": "1"}).score(rows)
+            assert out[name] == pytest.approx(expected.tolist(), abs=1e-6), name
+        requirements = {name: {line.split("==")[0] for line in
+                               (registry.download(name, "1") / "requirements.txt").read_text().splitlines()}
+                        for name in (REWARD_MODEL_NAME, POLICY_ADAPTER_NAME)}
+    policy = pd.DataFrame(out["policy"])
+    assert policy["input_row"].tolist() == [0, 0, 0, 1, 1, 1] and policy["sample"].tolist() == [0, 1, 2] * 2
+    assert policy["proposal"].tolist() == [answer_to_condition(answer) for answer in policy["answer"]]
+    assert Path(out["ml"]).is_relative_to(world.home.root / "mlartifacts")  # the code logged with the model
+
+    installed = packages_distributions()
+    for name, modules, optional in (
+            (REWARD_MODEL_NAME, out["reward_modules"], OPTIONAL_IMPORTS | {"peft", "accelerate"}),
+            (POLICY_ADAPTER_NAME, out["modules"], OPTIONAL_IMPORTS)):
+        imported = {dist for module in modules if module not in sys.stdlib_module_names
+                    for dist in installed.get(module, [])}
+        assert imported - requirement_closure(requirements[name] | optional) == set(), name
+
+
+# Imported when installed, needed by nothing: torch's datapipes probe dill, FastAPI orjson, pandas pytz
+# (and transformers imports peft and accelerate, with their dependencies, when it finds them; only the
+# policy needs them).
+OPTIONAL_IMPORTS = {"dill", "orjson", "pytz"}
+
+
+def requirement_closure(names: set[str]) -> set[str]:
+    """The distributions `names` install, with their dependencies (extras left out), as installed here."""
+    def key(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen, todo = set(), [key(name) for name in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [key(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0]) for req in requires if "extra ==" not in req]
+    return {dist for dist in {d for dists in packages_distributions().values() for d in dists} if key(dist) in seen}
+
+
+def test_the_policy_model_prompts_as_the_policy_was_trained(world):
+    prompts = pd.read_parquet(world.home.exports / "policy_prompts.parquet")
+    test_prompts = prompts[prompts["split"] == "test"].head(3)
+    with world.registry() as registry:
+        policy = registry.load_model(POLICY_ADAPTER_NAME, "champion")
+    python_model = policy.unwrap_python_model()
+    for row in test_prompts.itertuples(index=False):
+        assert python_model.prompt(row.country, row.arrangement_type, row.economic_area) == row.prompt
+    assert "Precedents:" in test_prompts["prompt"].iloc[0]  # smoke grounds its prompts: the table travelled along
+    request = test_prompts[list(KEY_COLUMNS)].head(2)
+    first = policy.predict(request, params={"n": 2, "seed": 3})
+    assert first.equals(policy.predict(request, params={"n": 2, "seed": 3}))  # a seed gives the same answers
+
+
+def test_the_served_reward_model_answers_as_rlxf_score(world, tmp_path):
+    with world.registry() as registry:
+        reward, _ = load_rl_reward(registry, None)
+        champion = registry.champion_version(REWARD_MODEL_NAME).version
+    assert reward.spec.proxy["version"] == champion  # `rlxf score`'s proxy is the served champion
+    test_row = read_split(world.home.exports / "splits", "test").dropna(subset=list(KEY_COLUMNS)).iloc[0]
+    rows = [{**{key: test_row[key] for key in KEY_COLUMNS}, "description": test_row["description"]},
+            {"country": "Ghana", "description": "Submit to parliament a draft tax procedures law"}]
+    port = free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{REWARD_MODEL_NAME}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=tmp_path, env=user_env(world), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"dataframe_records": rows}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = [p["p_met"] for p in json.loads(response.read())["predictions"]]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    scored = [score(world.home, row["country"], row.get("arrangement_type"), row.get("economic_area"),
+                    row["description"]).proxy_p_met for row in rows]
+    assert served == pytest.approx(scored, abs=1e-6)
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"{url} did not answer:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
+def test_recommend_and_score_use_the_champions(world, capsys):
+    home = ["--home", str(world.home.root), "--profile", "smoke", "--country", "Ghana", "--arrangement", "ECF"]
+    assert main(["recommend", *home, "--area", "Revenue administration, including customs", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"(policy: {POLICY_ADAPTER_NAME} v1, champion; reward: rlxf-rl-reward v1" in out
+    assert "Precedents:" in out  # the prompt as the policy was trained on it
+    assert main(["score", *home, "--condition", "Adopt a medium-term debt strategy"]) == 0
+    assert re.search(r"proxy P\(MET\) = 0\.\d{3}", capsys.readouterr().out)
+
+
+def test_every_version_carries_its_lineage(world):
+    manifest = json.loads((world.home.exports / "splits" / "manifest.json").read_text())
+    with world.registry() as registry:
+        reward, reward_version = load_rl_reward(registry, None)
+        for name in MODELS:
+            version = registry.client.get_model_version(name, "1")
+            tags = version.tags
+            assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), name
+            assert world.instance.get_run_by_id(tags["dagster_run_id"]) is not None, name
+            assert tags["split_hash"] == manifest["content_hash"], name
+            assert version.description, name  # the model card's opening paragraph
+            run = registry.client.get_run(version.run_id)
+            assert run.data.tags["mlflow.source.git.commit"] == tags["git_commit"]
+            assert run.data.tags["dagster_run_id"] == tags["dagster_run_id"]
+        policy = registry.version_tags(POLICY_ADAPTER_NAME, "1")
+    assert (policy["rl_reward_version"], policy["reward_model_version"], policy["gold_model_version"]) == (
+        reward_version, reward.spec.proxy["version"], reward.spec.gold["version"])
+
+
 def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(world):
     before = world.state()
     new_file, _ = write_synthetic_export(world.home.landing, world.home.truth, 600, seed=77, fmt="csv")
@@ -148,8 +322,13 @@ def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(w
     assert isinstance(world.sense(), dg.SkipReason)  # the same file never triggers twice
     result = world.execute("rlxf_retraining", tags=request.tags)
     assert result.success
-    raw = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_mona_conditions")]
-    assert raw[-1].materialization.metadata["files_loaded"].value == 1
+    metadata = {event.asset_key.to_user_string(): event.materialization.metadata
+                for event in result.get_asset_materialization_events()}
+    assert metadata["raw_mona_conditions"]["files_loaded"].value == 1
+    for asset in ("reward_model", "gold_reward_model", "evaluation_report"):
+        assert {"promotion", "promotion_test", "promotion_p_value", "promotion_ci_low", "promotion_ci_high",
+                "promotion_new_value", "promotion_champion_value"} <= metadata[asset].keys(), asset
+    assert "paired bootstrap over" in (world.home.reports / "evaluation" / "report.md").read_text()
 
     after = world.state()
     with world.registry() as registry:
@@ -162,8 +341,15 @@ def test_second_file_triggers_one_retraining_run_and_applies_the_champion_rule(w
                 assert champion == newest.version
             else:  # not promoted: the champion is exactly where it was, the newcomer is challenger
                 assert champion == before[name][1] and "challenger" in newest.aliases
+            # Judged against the champion on the same data, by a paired test whose figures are tags.
+            assert newest.tags["promotion.champion_version"] == before[name][1], name
+            assert newest.tags["promotion.test"].startswith("paired bootstrap"), name
+            low, high = float(newest.tags["promotion.ci_low"]), float(newest.tags["promotion.ci_high"])
+            assert low <= high and (decision == "promoted") == (low > 0), name
+            assert 0 < float(newest.tags["promotion.p_value"]) <= 1, name
+            assert {"promotion.new_value", "promotion.champion_value", "promotion.level"} <= newest.tags.keys()
         # RL training, `rlxf score` and `recommend` read the newest RL reward, built on the champions.
-        reward, _ = load_rl_reward(registry, None, world.home.models / "registry")
+        reward, _ = load_rl_reward(registry, None)
         assert reward.spec.proxy == {"name": REWARD_MODEL_NAME, "version": after[REWARD_MODEL_NAME][1]}
         assert reward.spec.gold == {"name": GOLD_REWARD_MODEL_NAME, "version": after[GOLD_REWARD_MODEL_NAME][1]}
 
@@ -219,7 +405,8 @@ def test_sigkill_during_ppo_resumes_from_the_last_checkpoint(world):
     before = world.state()
     run_until_killed(world, "ppo_adapter", "step 3/")  # smoke: a checkpoint every 2 steps
     assert world.state() == before
-    checkpoints = list((world.home.models / "policy" / "ppo" / "checkpoints").glob("*/last/state.json"))
+    # The trainer keeps them under checkpoints/<key>/checkpoints/last since the RL interface (ml/policy/rl.py).
+    checkpoints = list((world.home.models / "policy" / "ppo" / "checkpoints").glob("**/last/state.json"))
     assert len(checkpoints) == 1 and json.loads(checkpoints[0].read_text())["step"] == 2
 
     result = world.execute("rlxf_full_pipeline", selection=[dg.AssetKey("ppo_adapter")])

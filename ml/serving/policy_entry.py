@@ -1,0 +1,7 @@
+"""Models-from-code entry of the policy: MLflow runs this file when it loads one."""
+
+import mlflow
+
+from ml.serving.models import PolicyPyfunc
+
+mlflow.models.set_model(PolicyPyfunc())
