@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 
 from ml.config import RewardSettings
 from ml.reward.calibration import fit_temperature
-from ml.reward.encoder import autocast_dtype, describe_encoder, load_encoder, pad_batch, resolve_device, tokenize
+from ml.reward.encoder import autocast_dtype, describe_encoder, load_encoder, pad_batch, tokenize
 from ml.reward.model import RewardModel, for_scoring, texts_for_rows
 from ml.reward.negatives import with_relevance_negatives
 
