@@ -143,8 +143,8 @@ def bench_reward_models(home: DataHome, profile, registry: Registry, reward: RLR
 
 
 def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, RewardModel], seconds: float,
-              seeds: list[int]) -> dict:
-    """Parts 3-5."""
+              seeds: list[int], save_partial=lambda results: None) -> dict:
+    """Parts 3-5. `save_partial` gets the results after every run, so a long bench stopped early keeps them."""
     settings = profile.policy
     corpus = read_split(home.exports / "splits", "train")
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
@@ -189,15 +189,21 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         print(json.dumps(figures, indent=1, default=float))
         return figures
 
+    def run_and_save(table: str, key: str, *args) -> None:
+        results[table][key] = run(*args)
+        save_partial(results)
+
     default_label = f"relevance-trained RM, {spec.design} (demo default)"
-    for label, variant in designs.items():
-        results["reward_designs"][label] = run(label, variant, "ppo", seeds[0])
-    results["algorithms"]["ppo"] = results["reward_designs"][default_label]
-    for algorithm in ("grpo", "rloo"):
-        results["algorithms"][algorithm] = run(f"{algorithm} (demo reward)", reward, algorithm, seeds[0])
-    results["seeds"][str(seeds[0])] = results["reward_designs"][default_label]
+    # The demo's own configuration first, with its second seed, then the other algorithms, then the designs.
+    run_and_save("reward_designs", default_label, default_label, designs[default_label], "ppo", seeds[0])
+    results["algorithms"]["ppo"] = results["seeds"][str(seeds[0])] = results["reward_designs"][default_label]
     for seed in seeds[1:]:
-        results["seeds"][str(seed)] = run(f"demo configuration, seed {seed}", reward, settings.algorithm, seed)
+        run_and_save("seeds", str(seed), f"demo configuration, seed {seed}", reward, settings.algorithm, seed)
+    for algorithm in ("grpo", "rloo"):
+        run_and_save("algorithms", algorithm, f"{algorithm} (demo reward)", reward, algorithm, seeds[0])
+    for label, variant in designs.items():
+        if label != default_label:
+            run_and_save("reward_designs", label, label, variant, "ppo", seeds[0])
     return results
 
 
@@ -230,7 +236,8 @@ def main() -> None:
         print(json.dumps(result["throughput"], indent=1, default=float))
         if not args.skip_ablation:
             extra = bench_reward_models(home, profile, registry, reward)
-            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds)
+            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds,
+                                           lambda partial: write_result("policy", {**result, "ablation": partial}))
             print("\nReward designs (PPO, equal training time):\n" + table(result["ablation"]["reward_designs"]))
             print("\nAlgorithms (demo reward, equal training time):\n" + table(result["ablation"]["algorithms"]))
             print("\nSeeds (demo configuration):\n" + table(result["ablation"]["seeds"]))
