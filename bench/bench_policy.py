@@ -143,16 +143,21 @@ def bench_reward_models(home: DataHome, profile, registry: Registry, reward: RLR
 
 
 def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, RewardModel], seconds: float,
-              seeds: list[int], save_partial=lambda results: None) -> dict:
-    """Parts 3-5. `save_partial` gets the results after every run, so a long bench stopped early keeps them."""
+              seeds: list[int], parts: set[str], save_partial=lambda results: None) -> dict:
+    """Parts 3-5 (those in `parts`: designs, algorithms, seeds). `save_partial` gets the results after every
+    run, so a long bench stopped early keeps them. Without `extra` (the designs' reward models), the second
+    gold judge is left out."""
     settings = profile.policy
     corpus = read_split(home.exports / "splits", "train")
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     test = prompts[prompts["split"] == "test"].reset_index(drop=True)
     spec = reward.spec
-    # Two gold judges: the demo's gold model (relevance negatives) and the same recipe without them.
-    plain_gold = RLReward(spec, extra["proxy_plain"], extra["gold_plain"], reward.proxy_area, reward.gold_area)
-    judges = Judges({"gold": reward, "plain_gold": plain_gold}, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
+    # The demo's gold model judges; with the designs' reward models also the same recipe without relevance negatives.
+    gold_judges = {"gold": reward}
+    if extra:
+        gold_judges["plain_gold"] = RLReward(spec, extra["proxy_plain"], extra["gold_plain"], reward.proxy_area,
+                                             reward.gold_area)
+    judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
                     NoveltyIndex(corpus["description"]), test, samples=2, seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
@@ -160,7 +165,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
                                                                     for i, _ in enumerate(ensemble))),
                         proxy, reward.gold, reward.proxy_area, reward.gold_area, list(ensemble))
 
-    designs = {
+    default_label = f"relevance-trained RM, {spec.design} (demo default)"
+    designs = {} if not extra else {
         "p_met (paper)": variant_reward("p_met", extra["proxy_plain"]),
         "product": variant_reward("product", extra["proxy_plain"]),
         "constraint": variant_reward("constraint", extra["proxy_plain"]),
@@ -168,8 +174,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         "ensemble of 3": variant_reward("ensemble", extra["proxy_plain"],
                                         [extra["proxy_plain_seed2"], extra["proxy_plain_seed3"]]),
         "relevance-trained RM, p_met": variant_reward("p_met", reward.proxy),
-        f"relevance-trained RM, {spec.design} (demo default)": variant_reward(spec.design, reward.proxy),
     }
+    designs[default_label] = variant_reward(spec.design, reward.proxy)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}
@@ -193,15 +199,14 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         results[table][key] = run(*args)
         save_partial(results)
 
-    default_label = f"relevance-trained RM, {spec.design} (demo default)"
     # The demo's own configuration first, with its second seed, then the other algorithms, then the designs.
     run_and_save("reward_designs", default_label, default_label, designs[default_label], "ppo", seeds[0])
     results["algorithms"]["ppo"] = results["seeds"][str(seeds[0])] = results["reward_designs"][default_label]
-    for seed in seeds[1:]:
+    for seed in seeds[1:] if "seeds" in parts else []:
         run_and_save("seeds", str(seed), f"demo configuration, seed {seed}", reward, settings.algorithm, seed)
-    for algorithm in ("grpo", "rloo"):
+    for algorithm in ("grpo", "rloo") if "algorithms" in parts else ():
         run_and_save("algorithms", algorithm, f"{algorithm} (demo reward)", reward, algorithm, seeds[0])
-    for label, variant in designs.items():
+    for label, variant in designs.items() if "designs" in parts else ():
         if label != default_label:
             run_and_save("reward_designs", label, label, variant, "ppo", seeds[0])
     return results
@@ -222,6 +227,8 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 7])
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--parts", nargs="+", choices=["designs", "algorithms", "seeds"],
+                        default=["designs", "algorithms", "seeds"], help="which ablations to run")
     args = parser.parse_args()
     home, profile = DataHome(Path(args.home)), get_profile(args.profile)
     if not (home.reports / "evaluation" / "headline.json").exists():
@@ -235,8 +242,8 @@ def main() -> None:
         result["throughput"] = throughput(home, profile.policy, reward, args.throughput_steps)
         print(json.dumps(result["throughput"], indent=1, default=float))
         if not args.skip_ablation:
-            extra = bench_reward_models(home, profile, registry, reward)
-            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds,
+            extra = bench_reward_models(home, profile, registry, reward) if "designs" in args.parts else {}
+            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds, set(args.parts),
                                            lambda partial: write_result("policy", {**result, "ablation": partial}))
             print("\nReward designs (PPO, equal training time):\n" + table(result["ablation"]["reward_designs"]))
             print("\nAlgorithms (demo reward, equal training time):\n" + table(result["ablation"]["algorithms"]))
