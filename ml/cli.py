@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from ml.config import PROFILES
+from ml.io import atomic_copy
 from ml.paths import DataHome, default_home
 
 
@@ -70,9 +70,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if target.exists():
         target = renamed
         print(f"note: another {source.name} is already waiting in {home.landing}; this one lands as {target.name}")
-    tmp = target.with_name("." + target.name + ".partial")  # hidden until complete: the sensor skips it
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    atomic_copy(source, target)  # hidden until complete: the sensor skips .partial names
     print(f"{source.name}: {len(mona.rows)} rows ok, {len(mona.rejected)} rejected; landed in {target}")
     return 0
 

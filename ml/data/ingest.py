@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ import pandas as pd
 
 from ml.data.reader import SUPPORTED_SUFFIXES, MonaFile, MonaReadError, read_mona_file
 from ml.data.schema import CANONICAL_COLUMNS
+from ml.io import atomic_copy, atomic_write_text
 from ml.data.warehouse import (
     RAW_CONDITIONS,
     RAW_FILES,
@@ -157,7 +157,7 @@ def _write_manifest(con: duckdb.DuckDBPyConnection, warehouse: Path,
     handled = _handled_in_warehouse(con)
     data = {"version": MANIFEST_VERSION, "handled": handled,
             "landing": {name: list(stat) for name, stat in landing.items() if stat[2] in handled}}
-    _atomic_write_text(manifest_path(warehouse), json.dumps(data, sort_keys=True))
+    atomic_write_text(manifest_path(warehouse), json.dumps(data, sort_keys=True))
 
 
 def landing_shas(files: list[Path], *known: dict[str, tuple[int, int, str]]) -> dict[Path, tuple[int, int, str]]:
@@ -321,8 +321,8 @@ def quarantine_file(path: Path, quarantine: Path, reason: str, sha: str | None =
         if target.exists() and file_sha256(target) != sha:  # another file of that name is already there
             target = quarantine / f"{path.stem}.{sha[:12]}{path.suffix}"
         if not (target.exists() and file_sha256(target) == sha):  # else: a copy from an interrupted run
-            _atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
-        _atomic_write_text(target.with_name(target.name + ".reason.txt"), text)
+            atomic_copy(path, target)
+        atomic_write_text(target.with_name(target.name + ".reason.txt"), text)
     except OSError as error:
         # A read-only or full quarantine folder: leave no copy without a reason behind.
         for leftover in (target, target.with_name(target.name + ".reason.txt")):
@@ -339,15 +339,4 @@ def quarantine_file(path: Path, quarantine: Path, reason: str, sha: str | None =
     return target, ""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

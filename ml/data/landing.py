@@ -7,12 +7,12 @@ behind their back. The `paper` profile seeds nothing.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ml.config import DataSettings
 from ml.data.ingest import landing_files
 from ml.data.synthetic import write_synthetic_export
+from ml.io import atomic_copy
 from ml.paths import PAPER_SAMPLE_CSV, DataHome
 
 SEEDED_MARKER = ".landing_seeded"
@@ -35,9 +35,7 @@ def seed_landing(home: DataHome, settings: DataSettings) -> list[Path]:
         written.append(export)
     if settings.include_paper_sample:
         target = home.landing / PAPER_SAMPLE_CSV.name
-        partial = target.with_name(f".{target.name}.partial")  # hidden until complete: the sensor skips it
-        shutil.copyfile(PAPER_SAMPLE_CSV, partial)
-        partial.replace(target)
+        atomic_copy(PAPER_SAMPLE_CSV, target)  # hidden until complete: the sensor skips .partial names
         written.append(target)
     marker.write_text("\n".join(path.name for path in written) + "\n", encoding="utf-8")
     return written

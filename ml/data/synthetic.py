@@ -60,7 +60,6 @@ oracle's, which knows every latent (`true_p_met`, about 0.76).
 from __future__ import annotations
 
 import calendar
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +68,7 @@ import pandas as pd
 
 from ml.data.schema import IMF_HEADERS
 from ml.data.taxonomy import ARRANGEMENT_ERAS, ECONOMIC_AREAS, ORDINALS
+from ml.io import atomic_write
 
 # ---------------------------------------------------------------------------------------------
 # Countries: (name, ISO3, PRGT-eligible (low-income facilities), name of the legislature)
@@ -413,12 +413,12 @@ def write_synthetic_export(folder: Path, truth_folder: Path, n_rows: int, seed: 
     truth_path = truth_folder / f"{stem}.truth.parquet"
     # Truth first, and the export via a hidden temporary name: a sensor watching the landing folder
     # never sees a half-written file nor an export without its sidecar.
-    _atomic_write(truth_path, lambda tmp: data.truth.to_parquet(tmp, index=False))
+    atomic_write(truth_path, lambda tmp: data.truth.to_parquet(tmp, index=False))
     if fmt == "csv":
-        _atomic_write(export_path, lambda tmp: data.export.to_csv(tmp, index=False, encoding="utf-8",
+        atomic_write(export_path, lambda tmp: data.export.to_csv(tmp, index=False, encoding="utf-8",
                                                                   lineterminator="\n"))
     else:
-        _atomic_write(export_path, lambda tmp: _write_xlsx(data.export, tmp, seed))
+        atomic_write(export_path, lambda tmp: _write_xlsx(data.export, tmp, seed))
     return export_path, truth_path
 
 
@@ -845,12 +845,3 @@ def _write_xlsx(export: pd.DataFrame, path: Path, seed: int) -> None:
     for row in export.itertuples(index=False, name=None):
         sheet.append([None if value == "" else value for value in row])
     workbook.save(path)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
