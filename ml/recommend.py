@@ -86,24 +86,27 @@ def input_warnings(corpus: pd.DataFrame, country: str | None, arrangement: str |
     return lines
 
 
-def precedents_for(corpus: pd.DataFrame, country: str, area: str, text: str, k: int = 3) -> list[str]:
-    """The k historical conditions of the same area closest to `text` (TF-IDF cosine), those of the same
-    country first; with their country, year and outcome."""
+def precedents_for(corpus: pd.DataFrame, country: str, area: str, texts: list[str], k: int = 3) -> list[list[str]]:
+    """For each text, the k historical conditions of the same area closest to it (TF-IDF cosine), those of
+    the same country first; with their country, year and outcome."""
     same_area = corpus[corpus["economic_area"].map(area_key) == area_key(area)].reset_index(drop=True)
     if same_area.empty:
-        return []
+        return [[] for _ in texts]
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     matrix = vectorizer.fit_transform(same_area["description"].fillna(""))
-    similarity = (matrix @ vectorizer.transform([text]).T).toarray().ravel()
+    similarities = (matrix @ vectorizer.transform(texts).T).toarray().T  # one row per text
     same_country = (same_area["country"].fillna("").str.casefold() == str(country).casefold()).to_numpy()
-    order = np.lexsort((-similarity, ~same_country))[:k]
-    lines = []
-    for index in order:
-        row = same_area.iloc[index]
-        year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
-        outcome = "met" if row["is_met"] == 1 else "not met"
-        lines.append(f"{row['country']}{year} ({outcome}, similarity {similarity[index]:.2f}): {row['description']}")
-    return lines
+    found = []
+    for similarity in similarities:
+        lines = []
+        for index in np.lexsort((-similarity, ~same_country))[:k]:
+            row = same_area.iloc[index]
+            year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
+            outcome = "met" if row["is_met"] == 1 else "not met"
+            lines.append(f"{row['country']}{year} ({outcome}, similarity {similarity[index]:.2f}): "
+                         f"{row['description']}")
+        found.append(lines)
+    return found
 
 
 def score(home: DataHome, country: str, arrangement: str | None, area: str | None, condition: str) -> Scored:
@@ -151,12 +154,14 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         parts = reward.components([request] * len(conditions), conditions)
         # Ranked by the training side of the reward (proxy P(MET) x P(area)); the gold judge stays a judge.
         order = np.argsort(-(parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(), kind="stable")[:n]
-        copies = NoveltyIndex(corpus["description"]).nearest([conditions[i] for i in order])
+        ranked = [conditions[i] for i in order]
+        copies = NoveltyIndex(corpus["description"]).nearest(ranked)
+        precedents = precedents_for(corpus, country, area, ranked)
         for rank, index in enumerate(order):
             row, copy = parts.iloc[index], copies.iloc[rank]
             items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
                                   float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
-                                  precedents_for(corpus, country, area, conditions[index])))
+                                  precedents[rank]))
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
     header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "
