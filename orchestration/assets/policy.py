@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from ml.io import atomic_write
 from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_rl_stage, \
     train_sft_stage
 from ml.reward.pipeline import load_rl_reward
@@ -37,9 +38,7 @@ def policy_prompts(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.
     home, profile = rlxf.data_home(), rlxf.get_profile()
     prompts = policy_prompt_table(home.exports / "splits", profile.policy, seed=profile.data.seed)
     path = prompts_path(rlxf)
-    tmp = path.with_suffix(".tmp")
-    prompts.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: prompts.to_parquet(tmp, index=False))
     counts = prompts["split"].value_counts().to_dict()
     context.log.info(f"{len(prompts):,} prompts: {counts}")
     return dg.MaterializeResult(metadata={
