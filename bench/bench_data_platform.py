@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO))
 import dagster as dg  # noqa: E402
 from openpyxl import Workbook  # noqa: E402
 
+from ml.config import get_profile  # noqa: E402
 from ml.data.ingest import ingest_landing  # noqa: E402
 from ml.data.synthetic import generate_mona, write_synthetic_export  # noqa: E402
+from ml.data.warehouse import dbt_vars  # noqa: E402
 from ml.paths import DBT_PROJECT_DIR, DataHome  # noqa: E402
 from orchestration.resources import RlxfSettings  # noqa: E402
 from orchestration.sensors import mona_landing_sensor  # noqa: E402
@@ -76,7 +78,8 @@ def bench_rows(rows: int, seed: int) -> dict:
         start = time.perf_counter()
         subprocess.run([str(Path(sys.executable).with_name("dbt")), "build", "--quiet",
                         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
-                        "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")],
+                        "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs"),
+                        "--vars", json.dumps(dbt_vars(get_profile("demo").data, warehouse))],
                        check=True, env=env)
         seconds = time.perf_counter() - start
         stages["dbt_build"] = {"seconds": seconds, "rows": report.rows_loaded,

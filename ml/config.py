@@ -23,7 +23,17 @@ class DataSettings:
     split_share_tolerance: float  # GE: max |share - target| for train/validation/test
     met_share_bounds: tuple[float, float]  # GE: accepted share of MET labels
     max_unknown_status_share: float  # GE: statuses missing from the label map, share of rows
-    temporal_holdout_years: int  # most recent years flagged as temporal holdout
+    temporal_holdout_years: int  # dbt: most recent test years flagged `is_temporal_holdout`
+    # dbt: shares of the arrangement-key hash buckets (the test split takes the rest); GE: the targets
+    # the split shares are checked against.
+    split_train_share: float = 0.7
+    split_validation_share: float = 0.1
+
+    @property
+    def split_targets(self) -> dict[str, float]:
+        """Target share of each split, train / validation / test."""
+        test = round(1.0 - self.split_train_share - self.split_validation_share, 10)
+        return {"train": self.split_train_share, "validation": self.split_validation_share, "test": test}
 
 
 @dataclass(frozen=True)

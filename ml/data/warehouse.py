@@ -4,6 +4,9 @@
 its provenance; nothing is updated or deleted, so the warehouse is a lossless history of all exports.
 `raw.ingested_files` and `raw.quarantined_files` record, by sha256, every file ingestion has handled:
 the same bytes are never read twice, whether they loaded or were quarantined.
+
+`dbt_vars` is what every dbt invocation passes with `--vars`: the warehouse file and the profile's
+data settings that the models read (split shares, temporal holdout), so the profile is their one source.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from ml.config import DataSettings
 from ml.data.schema import CANONICAL_COLUMNS
 
 RAW_SCHEMA = "raw"
@@ -82,3 +86,13 @@ def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
 def create_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
     for statement in _DDL:
         con.execute(statement)
+
+
+def dbt_vars(data: DataSettings, warehouse: Path) -> dict[str, object]:
+    """dbt's `--vars` for a build of `warehouse` under the profile's data settings."""
+    return {
+        "duckdb_path": str(warehouse),
+        "split_train_share": data.split_train_share,
+        "split_validation_share": data.split_validation_share,
+        "temporal_holdout_years": data.temporal_holdout_years,
+    }

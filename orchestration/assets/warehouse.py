@@ -1,5 +1,5 @@
 """The dbt project on DuckDB as Dagster assets: staging, intermediate and mart models, with dbt tests
-surfacing as asset checks."""
+surfacing as asset checks. dbt's vars come from the run's profile (ml.data.warehouse.dbt_vars)."""
 
 
 import json
@@ -8,6 +8,8 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from ml.data.warehouse import dbt_vars
 
 from orchestration.resources import DUCKDB_POOL, RlxfSettings, dbt_project
 
@@ -27,5 +29,5 @@ class MonaDbtTranslator(DagsterDbtTranslator):
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project,
             dagster_dbt_translator=MonaDbtTranslator(), pool=DUCKDB_POOL)
 def mona_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, rlxf: RlxfSettings):
-    dbt_vars = json.dumps({"duckdb_path": str(rlxf.data_home().warehouse)})
-    yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+    variables = dbt_vars(rlxf.get_profile().data, rlxf.data_home().warehouse)
+    yield from dbt.cli(["build", "--vars", json.dumps(variables)], context=context).stream()

@@ -17,10 +17,12 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+import yaml
 
+from ml.config import get_profile
 from ml.data.schema import CANONICAL_COLUMNS
 from ml.data.text import reward_input_text
-from ml.data.warehouse import PROVENANCE_COLUMNS, RAW_CONDITIONS, create_raw_tables
+from ml.data.warehouse import PROVENANCE_COLUMNS, RAW_CONDITIONS, create_raw_tables, dbt_vars
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DBT_PROJECT = REPO_ROOT / "dbt_project"
 PAPER_SAMPLE = REPO_ROOT / "ml" / "data" / "samples" / "mona_table2_sample.csv"
 DBT = Path(sys.executable).with_name("dbt")
+# dbt's vars come from the profile, as in the Dagster asset.
+DATA = get_profile("smoke").data
 
 # The tests that are expected to warn on this data, and why.
 EXPECTED_WARNINGS = {
@@ -187,8 +191,8 @@ def built(tmp_path_factory):
     with duckdb.connect(str(database)) as con:
         create_raw_tables(con)
         _insert_raw_rows(con, rows)
-    env = {**os.environ, "RLXF_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    result = _dbt("build", tmp=tmp, env=env)
+    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    result = _dbt("build", "--vars", json.dumps(dbt_vars(DATA, database)), tmp=tmp, env=env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     run_results = json.loads((tmp / "target" / "run_results.json").read_text())
     con = duckdb.connect(str(database), read_only=True)
@@ -324,9 +328,12 @@ def test_splits_are_group_aware_and_a_function_of_the_arrangement_key(built):
     assert splits.loc[splits["country"] == "Kenya", "arrangement_key"].unique().tolist() == ["1001"]
     assert splits.loc[splits["country"] == "Ghana", "arrangement_key"].unique().tolist() == ["Ghana:2009"]
 
+    train_cut = round(1000 * DATA.split_train_share)
+    validation_cut = round(1000 * (DATA.split_train_share + DATA.split_validation_share))
+
     def expected_split(arrangement_key: str) -> str:
         bucket = int(hashlib.md5(arrangement_key.encode()).hexdigest()[:8], 16) % 1000
-        return "train" if bucket < 700 else "validation" if bucket < 800 else "test"
+        return "train" if bucket < train_cut else "validation" if bucket < validation_cut else "test"
 
     assert splits["split"].tolist() == [expected_split(key) for key in splits["arrangement_key"]]
 
@@ -335,7 +342,8 @@ def test_temporal_holdout_flags_the_latest_three_years(built):
     con, _, _ = built
     splits = _frame(con, "select test_year, is_temporal_holdout from main.mona_splits")
     assert splits["test_year"].max() == 2022
-    expected = splits["test_year"].fillna(0) > 2022 - 3
+    assert DATA.temporal_holdout_years == 3
+    expected = splits["test_year"].fillna(0) > 2022 - DATA.temporal_holdout_years
     assert splits["is_temporal_holdout"].tolist() == expected.tolist()
     assert set(splits.loc[splits["is_temporal_holdout"], "test_year"]) == {2021, 2022}
 
@@ -379,3 +387,23 @@ def test_every_mona_status_form_is_in_the_label_map(built):
     con, _, _ = built
     seed = dict(con.execute("select status_code, label from main.status_label_map").fetchall())
     assert {form: seed.get(form.upper()) for form in MONA_STATUS_FORMS} == MONA_STATUS_FORMS
+
+
+def test_dbt_vars_are_the_profile_values(built):
+    """Settings parity: the vars dbt ran with are the profile's, and dbt_project.yml sets none of its own."""
+    _, _, run_results = built
+    used = run_results["args"]["vars"]
+    used = json.loads(used) if isinstance(used, str) else used
+    assert {key: used[key] for key in ("split_train_share", "split_validation_share", "temporal_holdout_years")} \
+        == {"split_train_share": DATA.split_train_share, "split_validation_share": DATA.split_validation_share,
+            "temporal_holdout_years": DATA.temporal_holdout_years}
+    assert "vars" not in yaml.safe_load((DBT_PROJECT / "dbt_project.yml").read_text())
+    assert DATA.split_targets == pytest.approx({"train": 0.7, "validation": 0.1, "test": 0.2})
+
+
+def test_a_build_without_the_profile_vars_names_the_missing_var(tmp_path):
+    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    result = _dbt("compile", "--select", "mona_splits", "--vars", json.dumps({"duckdb_path": str(tmp_path / "w.duckdb")}),
+                  tmp=tmp_path, env=env)
+    assert result.returncode != 0
+    assert "split_train_share" in result.stdout + result.stderr

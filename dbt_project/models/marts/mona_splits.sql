@@ -1,6 +1,7 @@
 {#- Cut points on 1000 hash buckets, rounded so that 0.7 + 0.1 gives 800, not 799.99... -#}
-{%- set train_cut = (var('split_train_share') * 1000) | round | int -%}
-{%- set validation_cut = ((var('split_train_share') + var('split_validation_share')) * 1000) | round | int -%}
+{%- set train_share = profile_var('split_train_share') -%}
+{%- set train_cut = (train_share * 1000) | round | int -%}
+{%- set validation_cut = ((train_share + profile_var('split_validation_share')) * 1000) | round | int -%}
 
 with
 
@@ -32,7 +33,7 @@ final as (
             else 'test'
         end as split,
         coalesce(
-            test_year > max(test_year) over () - {{ var('temporal_holdout_years') }},
+            test_year > max(test_year) over () - {{ profile_var('temporal_holdout_years') }},
             false
         ) as is_temporal_holdout
 
