@@ -1,4 +1,4 @@
-"""Data-quality gate before training: the Great Expectations suite over the dbt split table."""
+"""Data-quality gate before training: the Great Expectations distribution gates over the dbt split table."""
 
 
 import dagster as dg
@@ -13,9 +13,9 @@ from orchestration.resources import DUCKDB_POOL, RlxfSettings
     name="great_expectations_suite",
     blocking=True,
     pool=DUCKDB_POOL,  # reads DuckDB: not while another run writes it
-    description="Great Expectations 1.x suite: labels, non-empty text, no condition or arrangement in two "
-                "splits, split shares, class balance, minimum rows, share of unknown statuses. A failure "
-                "stops `validated_splits` and everything downstream.",
+    description="Great Expectations 1.x suite of the profile's distribution gates: minimum rows, class "
+                "balance, split shares, share of unknown statuses (the structural rules are dbt tests). A "
+                "failure stops `validated_splits` and everything downstream.",
 )
 def great_expectations_suite(rlxf: RlxfSettings) -> dg.AssetCheckResult:
     splits, labeled = load_split_tables(rlxf.data_home().warehouse)

@@ -407,3 +407,30 @@ def test_a_build_without_the_profile_vars_names_the_missing_var(tmp_path):
                   tmp=tmp_path, env=env)
     assert result.returncode != 0
     assert "split_train_share" in result.stdout + result.stderr
+
+
+def test_dbt_tests_catch_what_the_ge_suite_used_to(built, tmp_path):
+    """A condition in two splits, an arrangement in two splits and an empty text fail dbt's tests on
+    mona_splits (they were Great Expectations expectations that repeated dbt tests, issue #16)."""
+    con, _, _ = built
+    database = Path(con.execute("select path from duckdb_databases() where database_name = current_database()")
+                    .fetchone()[0])
+    corrupt = tmp_path / "corrupt.duckdb"
+    corrupt.write_bytes(database.read_bytes())
+    with duckdb.connect(str(corrupt)) as writer:
+        rows = writer.execute("select condition_id, arrangement_key, split from main.mona_splits "
+                              "where arrangement_key = '1001' order by condition_id").fetchall()
+        first, second, third = rows[0][0], rows[1][0], rows[2][0]
+        other = "test" if rows[0][2] != "test" else "train"
+        writer.execute("update main.mona_splits set split = ? where condition_id = ?", [other, first])
+        writer.execute("update main.mona_splits set condition_id = ? where condition_id = ?", [first, second])
+        writer.execute("update main.mona_splits set reward_text = '', description = '' where condition_id = ?",
+                       [third])
+    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    result = _dbt("test", "--select", "mona_splits", "--vars", json.dumps(dbt_vars(DATA, corrupt)),
+                  tmp=tmp_path, env=env)
+    assert result.returncode != 0
+    run_results = json.loads((tmp_path / "target" / "run_results.json").read_text())
+    failed = {r["unique_id"].split(".")[2] for r in run_results["results"] if r["status"] == "fail"}
+    assert {"unique_mona_splits_condition_id", "mona_splits_one_split_per_arrangement",
+            "mona_splits_reward_text_not_empty", "mona_splits_description_not_empty"} <= failed

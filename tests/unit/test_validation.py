@@ -1,7 +1,9 @@
 """The Great Expectations gate over the splits (real GX 1.x, ephemeral context, no mocks).
 
 A good synthetic split table passes every expectation; each corruption fails exactly the
-expectation meant to catch it, and the failure text names the offending value.
+expectation meant to catch it, and the failure text names the offending value. The structural
+rules (a condition or an arrangement in two splits, empty texts) are dbt tests now:
+tests/integration/test_dbt.py corrupts a built mona_splits and asserts that dbt catches them.
 """
 
 from __future__ import annotations
@@ -15,14 +17,7 @@ import pandas as pd
 import pytest
 
 from ml.config import get_profile
-from ml.data.validation import (
-    SPLIT_TARGETS,
-    ExpectationOutcome,
-    SplitValidation,
-    arrangement_splits,
-    split_shares,
-    validate_splits,
-)
+from ml.data.validation import ExpectationOutcome, SplitValidation, split_shares, validate_splits
 
 SETTINGS = get_profile("smoke").data  # min_examples 100, tolerance 0.10, MET share 0.25-0.90, unknown <= 0.02
 N_ARRANGEMENTS = 60
@@ -99,62 +94,18 @@ def test_good_splits_pass_every_expectation(good):
     assert result.success, result.to_markdown()
     assert result.failures() == []
     keys = {(o.table, o.expectation, o.column) for o in result.outcomes}
-    assert {
+    assert keys == {
         ("mona_splits", "expect_table_row_count_to_be_between", None),
-        ("mona_splits", "expect_column_values_to_not_be_null", "condition_id"),
-        ("mona_splits", "expect_column_values_to_be_unique", "condition_id"),
-        ("mona_splits", "expect_column_values_to_be_in_set", "label"),
-        ("mona_splits", "expect_column_values_to_be_in_set", "is_met"),
-        ("mona_splits", "expect_column_values_to_be_in_set", "split"),
-        ("mona_splits", "expect_column_values_to_not_be_null", "reward_text"),
-        ("mona_splits", "expect_column_value_lengths_to_be_between", "reward_text"),
-        ("mona_splits", "expect_column_values_to_not_be_null", "description"),
-        ("mona_splits", "expect_column_value_lengths_to_be_between", "description"),
         ("mona_splits", "expect_column_mean_to_be_between", "is_met"),
-        ("arrangement_splits", "expect_column_values_to_be_between", "n_splits"),
         ("split_shares", "expect_column_values_to_be_between", "n_rows"),
         ("split_shares", "expect_column_values_to_be_between", "abs_deviation"),
         ("int_mona__labeled", "expect_column_mean_to_be_between", "is_unknown_status"),
-    } <= keys
+    }
+    assert all(o.description for o in result.outcomes)
     metadata = result.to_metadata()
     assert metadata["n_failed"] == 0 and metadata["failed"] == []
     assert metadata["n_expectations"] == len(result.outcomes)
     assert "PASSED" in result.to_markdown()
-
-
-def test_condition_in_two_splits_fails_uniqueness(good):
-    splits = good.copy()
-    test_row = splits.index[splits["split"] == "test"][0]
-    splits.loc[test_row, "condition_id"] = "C000-00"  # a train condition
-    failure = only_failure(validate_splits(splits, make_labeled(good), SETTINGS))
-    assert (failure.table, failure.expectation, failure.column) == (
-        "mona_splits", "expect_column_values_to_be_unique", "condition_id")
-    assert "'C000-00'" in failure.observed
-    assert "'train'" in failure.observed and "'test'" in failure.observed
-
-
-def test_arrangement_in_two_splits_fails_group_check(good):
-    splits = good.copy()
-    splits.loc[(splits["arrangement_key"] == "A003") & (splits.index % 10 == 9), "split"] = "test"
-    result = validate_splits(splits, make_labeled(splits), SETTINGS)
-    failure = only_failure(result)
-    assert (failure.table, failure.expectation, failure.column) == (
-        "arrangement_splits", "expect_column_values_to_be_between", "n_splits")
-    assert "'A003'" in failure.observed and "'test,train'" in failure.observed
-    assert "'A003'" in result.to_markdown()
-    assert any("arrangement_splits.expect_column_values_to_be_between(n_splits)" in line and "A003" in line
-               for line in result.to_metadata()["failed"])
-
-
-def test_empty_reward_text_fails_length(good):
-    splits = good.copy()
-    splits.loc[17, "reward_text"] = ""
-    failure = only_failure(validate_splits(splits, make_labeled(good), SETTINGS))
-    assert (failure.table, failure.expectation, failure.column) == (
-        "mona_splits", "expect_column_value_lengths_to_be_between", "reward_text")
-    assert "reward_text=''" in failure.observed
-    assert splits.loc[17, "condition_id"] in failure.observed
-    assert failure.observed.startswith("1 of 600")
 
 
 def test_all_met_fails_class_balance(good):
@@ -163,7 +114,7 @@ def test_all_met_fails_class_balance(good):
     failure = only_failure(result)
     assert (failure.table, failure.expectation, failure.column) == (
         "mona_splits", "expect_column_mean_to_be_between", "is_met")
-    assert "= 1;" in failure.observed and "0.9" in failure.observed
+    assert failure.result["result"]["observed_value"] == 1 and "0.9" in failure.description
 
 
 def test_too_few_rows_fails_row_count(good):
@@ -171,7 +122,7 @@ def test_too_few_rows_fails_row_count(good):
     failure = only_failure(validate_splits(splits, make_labeled(splits), SETTINGS))
     assert (failure.table, failure.expectation, failure.column) == (
         "mona_splits", "expect_table_row_count_to_be_between", None)
-    assert failure.observed.startswith("60 rows") and ">= 100" in failure.observed
+    assert failure.result["result"]["observed_value"] == 60 and "100" in failure.description
 
 
 def test_split_shares_far_off_fail_deviation():
@@ -180,8 +131,8 @@ def test_split_shares_far_off_fail_deviation():
     failure = only_failure(validate_splits(splits, make_labeled(splits), SETTINGS))
     assert (failure.table, failure.expectation, failure.column) == (
         "split_shares", "expect_column_values_to_be_between", "abs_deviation")
-    assert "split='train'" in failure.observed and "split='test'" in failure.observed
-    assert "'validation'" not in failure.observed
+    offending = {row["split"] for row in failure.result["result"]["partial_unexpected_index_list"]}
+    assert offending == {"train", "test"}
 
 
 def test_missing_validation_split_fails_presence():
@@ -193,7 +144,7 @@ def test_missing_validation_split_fails_presence():
         ("split_shares", "expect_column_values_to_be_between", "abs_deviation"),
     }
     presence = next(o for o in result.failures() if o.column == "n_rows")
-    assert "split='validation'" in presence.observed
+    assert [row["split"] for row in presence.result["result"]["partial_unexpected_index_list"]] == ["validation"]
 
 
 def test_unknown_statuses_above_threshold_fail(good):
@@ -201,38 +152,29 @@ def test_unknown_statuses_above_threshold_fail(good):
     failure = only_failure(validate_splits(good, labeled, SETTINGS))
     assert (failure.table, failure.expectation, failure.column) == (
         "int_mona__labeled", "expect_column_mean_to_be_between", "is_unknown_status")
-    assert "0.05" in failure.observed and "0.02" in failure.observed
+    assert failure.result["result"]["observed_value"] == pytest.approx(0.05) and "0.02" in failure.description
 
 
 def test_reports_name_the_failure(good):
-    splits = good.copy()
-    splits.loc[3, "reward_text"] = ""
-    result = validate_splits(splits, make_labeled(good), SETTINGS)
+    splits = good.groupby("arrangement_key").head(1).reset_index(drop=True)
+    result = validate_splits(splits, make_labeled(splits), SETTINGS)
     markdown = result.to_markdown()
-    assert markdown.splitlines()[2] == "| status | table | expectation | column | observed |"
-    fail_rows = [line for line in markdown.splitlines() if "FAIL" in line and line.startswith("|")]
+    assert markdown.startswith("**FAILED**: 4 of 5 expectations passed, 1 failed.")
+    fail_rows = [line for line in markdown.splitlines() if "FAIL " in line and line.startswith("|")]
     assert len(fail_rows) == 1
-    assert "expect_column_value_lengths_to_be_between" in fail_rows[0] and "reward_text" in fail_rows[0]
+    assert "mona_splits.expect_table_row_count_to_be_between" in fail_rows[0] and "100" in fail_rows[0]
     metadata = result.to_metadata()
     assert metadata["n_failed"] == 1 and metadata["n_expectations"] == len(result.outcomes)
     assert metadata["failed"][0].startswith(
-        "mona_splits.expect_column_value_lengths_to_be_between(reward_text): 1 of 600")
-    assert "C000-03" in metadata["failed"][0]
+        "mona_splits.expect_table_row_count_to_be_between: At least 100 examples.: ")
+    assert '"observed_value": 60' in metadata["failed"][0]
 
-
-def test_derived_tables():
-    splits = pd.DataFrame({
-        "arrangement_key": ["A", "A", "B", "C"],
-        "split": ["train", "test", "train", "test"],
-    })
-    arrangements = arrangement_splits(splits).set_index("arrangement_key")
-    assert arrangements.loc["A", "n_splits"] == 2 and arrangements.loc["A", "splits"] == "test,train"
-    assert arrangements.loc["B", "n_splits"] == 1
-    shares = split_shares(splits, SPLIT_TARGETS).set_index("split")
+def test_split_shares_table():
+    splits = pd.DataFrame({"split": ["train", "test", "train", "test"]})
+    shares = split_shares(splits, SETTINGS.split_targets).set_index("split")
     assert list(shares.index) == ["train", "validation", "test"]
     assert shares.loc["validation", "n_rows"] == 0
     assert shares.loc["train", "abs_deviation"] == pytest.approx(0.2)
-
 
 def test_great_expectations_is_imported_lazily():
     code = "import sys, ml.data.validation; print('great_expectations' in sys.modules)"
