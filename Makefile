@@ -17,7 +17,7 @@ export DAGSTER_HOME := $(CURDIR)/.rlxf/dagster_home
 # dbt and dagster from the venv, also for subprocesses, without activating it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast ui serve bench bench-data bench-reward bench-policy chromium clean
+.PHONY: venv dbt-manifest demo test test-fast ui serve bench bench-data bench-reward bench-policy chromium clean
 
 venv: $(STAMP)
 
@@ -36,13 +36,24 @@ $(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp orchestration/dagster.yaml $@
 
-demo: venv $(DAGSTER_HOME)/dagster.yaml
+# The prepare step, as Dagster's dbt examples have it: the manifest the dbt assets load at import,
+# written again whenever the dbt project changed. `dagster dev` also prepares by itself (prepare_if_dev).
+DBT_MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project/dbt_project.yml dbt_project/profiles.yml dbt_project/models \
+	dbt_project/seeds dbt_project/macros dbt_project/tests -type f)
+$(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES)
+	$(BIN)/dagster-dbt project prepare-and-package --file orchestration/resources.py
+	touch $@
+
+dbt-manifest: $(DBT_MANIFEST)
+
+demo: venv dbt-manifest $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.stale_runs
 	RLXF_PROFILE=$(PROFILE) $(BIN)/dagster job execute -m orchestration.definitions -j rlxf_full_pipeline
 	$(BIN)/rlxf summary --profile $(PROFILE)
 	@echo "Open the Dagster UI on these results with: make ui"
 
-test: venv chromium
+test: venv dbt-manifest chromium
 	$(BIN)/pytest -q
 
 # The HTML report test opens the report in headless Chromium (Debian's package; needs root to install).
@@ -52,11 +63,11 @@ chromium:
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not installed: the HTML report browser test will be skipped"; fi; }
 
-test-fast: venv
+test-fast: venv dbt-manifest
 	$(BIN)/pytest -q -m "not integration"
 
 # Dagster UI (dagster dev, workspace.yaml) and the MLflow UI on the profile's store; localhost only.
-ui: venv $(DAGSTER_HOME)/dagster.yaml
+ui: venv dbt-manifest $(DAGSTER_HOME)/dagster.yaml
 	@mkdir -p .rlxf/$(PROFILE)
 	@$(BIN)/python -m orchestration.stale_runs
 	@echo "Dagster UI: http://127.0.0.1:3000    MLflow UI: http://127.0.0.1:5000    (profile $(PROFILE))"

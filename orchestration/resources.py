@@ -1,15 +1,18 @@
 """Resources: which profile runs, where its files live, and the dbt CLI.
 
 Environments differ by these resources, never by `if` in asset code. The environment variables
-RLXF_PROFILE (smoke | demo | paper), RLXF_HOME (data home folder), RLXF_MODEL_CACHE and
-RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too) are read here and
-only here.
+RLXF_PROFILE (smoke | demo | paper), RLXF_HOME (data home folder), RLXF_MODEL_CACHE,
+RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too) and
+MLFLOW_TRACKING_URI reach the resources as `dg.EnvVar`s, here and only here; unset, a field keeps its
+default (the demo profile, the default home).
+
+`dbt_project` is the one DbtProject of the dbt assets and the dbt CLI resource. Under `dagster dev`
+`prepare_if_dev()` writes its manifest; elsewhere the prepare step does (`make dbt-manifest`, which
+`make test`, `make demo` and `make ui` run, and tests/conftest.py for a bare pytest).
 """
 
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -72,32 +75,29 @@ class MlflowRegistry(dg.ConfigurableResource):
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
 DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).with_name("dbt"))
 
-
-def _dbt_sources_newer_than(manifest: Path) -> bool:
-    sources = [DBT_PROJECT_DIR / "dbt_project.yml",
-               *(path for folder in ("models", "seeds", "macros", "tests") for path in (DBT_PROJECT_DIR / folder).rglob("*"))]
-    return max(path.stat().st_mtime for path in sources) > manifest.stat().st_mtime
-
-
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 dbt_project.prepare_if_dev()
-if not dbt_project.manifest_path.exists() or _dbt_sources_newer_than(dbt_project.manifest_path):
-    # Outside `dagster dev` nothing else writes the manifest (tests, CLI runs): parse here, also after an
-    # edit of the dbt project, whose stale manifest would not know the new nodes.
-    subprocess.run([DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", ".", "--profiles-dir", "."],
-                   cwd=DBT_PROJECT_DIR, check=True)
+
+
+def _env(name: str, default):
+    """The variable as a `dg.EnvVar` (resolved when a run starts, shown as such in the UI) when it is
+    set, else the field's default."""
+    return dg.EnvVar(name) if dg.EnvVar(name).get_value() is not None else default
+
+
+def _env_flag(name: str) -> bool | None:
+    value = dg.EnvVar(name).get_value("")
+    return value.lower() in ("1", "true", "yes") if value else None
 
 
 def settings_from_env() -> RlxfSettings:
-    seed = os.environ.get("RLXF_SEED_SYNTHETIC", "")
-    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""),
-                        model_cache=os.environ.get("RLXF_MODEL_CACHE", ""),
-                        seed_synthetic=seed.lower() in ("1", "true", "yes") if seed else None)
+    return RlxfSettings(profile=_env("RLXF_PROFILE", "demo"), home=_env("RLXF_HOME", ""),
+                        model_cache=_env("RLXF_MODEL_CACHE", ""), seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"))
 
 
 def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
         "rlxf": settings or settings_from_env(),
-        "mlflow": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        "mlflow": MlflowRegistry(tracking_uri=_env("MLFLOW_TRACKING_URI", "")),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,23 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+DBT_PROJECT = REPO_ROOT / "dbt_project"
+# dbt and dagster-dbt from this venv, also when it is not activated (`.venv/bin/pytest`), as the Makefile.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def pytest_sessionstart(session):
+    """The dbt prepare step for a bare `pytest` (`make test` runs it as `make dbt-manifest`): the dbt
+    assets load dbt's manifest when orchestration/ is imported, so write it when it is missing or
+    older than the dbt project."""
+    manifest = DBT_PROJECT / "target" / "manifest.json"
+    sources = [path for path in DBT_PROJECT.rglob("*")
+               if path.is_file() and not {"target", "logs"} & set(path.relative_to(DBT_PROJECT).parts)]
+    if manifest.exists() and manifest.stat().st_mtime >= max(path.stat().st_mtime for path in sources):
+        return
+    from orchestration.resources import dbt_project
+
+    dbt_project.preparer.prepare(dbt_project)
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,19 @@ def test_definitions_load_and_show_the_lineage():
     assert any(name.startswith("not_null_") for name in check_names)  # dbt tests are asset checks
 
 
+def test_resources_read_the_environment_through_envvar(monkeypatch):
+    for name in ("RLXF_PROFILE", "RLXF_HOME", "RLXF_MODEL_CACHE", "RLXF_SEED_SYNTHETIC", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    unset = build_resources()
+    assert (unset["rlxf"].profile, unset["rlxf"].home, unset["rlxf"].seed_synthetic) == ("demo", "", None)
+    assert unset["mlflow"].tracking_uri == ""
+    monkeypatch.setenv("RLXF_PROFILE", "smoke")
+    monkeypatch.setenv("RLXF_SEED_SYNTHETIC", "1")
+    settings = build_resources()["rlxf"]
+    assert isinstance(settings.profile, dg.EnvVar) and settings.profile.env_var_name == "RLXF_PROFILE"
+    assert settings.seed_synthetic is True
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("smoke_home")
