@@ -22,7 +22,8 @@ What an export holds
 - About 4% of conditions (SB/SPC) are never assessed: blank status in all their rows (PENDING).
 - Status cells: short codes M, PM, NM, W, D, R; one arrangement in ten writes long forms (Met,
   Partially met, Not met, Waived, Delayed, Reprogrammed); "Implemented with delay" appears as is.
-  MET = M/PM, NON_MET = NM/W/D/R/Implemented with delay, blank = not yet assessed.
+  Labels as the status label map gives them (M/PM MET, NM/W/D/R/Implemented with delay NON_MET);
+  blank = not yet assessed.
 - Descriptions combine an action (verb phrase) with an object of the condition's economic area,
   plus optional fillers ("with IMF technical assistance", an agency, a deadline), e.g.
   "Submit to the National Assembly a draft law on risk-based banking supervision".
@@ -67,7 +68,7 @@ import numpy as np
 import pandas as pd
 
 from ml.data.schema import IMF_HEADERS
-from ml.data.taxonomy import ARRANGEMENT_ERAS, ECONOMIC_AREAS, ORDINALS
+from ml.data.taxonomy import ARRANGEMENT_ERAS, ECONOMIC_AREAS, ORDINALS, status_label
 from ml.io import atomic_write
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +348,8 @@ STATUS_SHORT = np.array(["", "M", "PM", "NM", "W", "D", "R", "Implemented with d
 STATUS_LONG = np.array(["", "Met", "Partially met", "Not met", "Waived", "Delayed", "Reprogrammed",
                         "Implemented with delay"], dtype=object)
 _BLANK, _M, _PM, _NM, _W, _D, _R, _IWD = range(len(STATUS_CODES))
-_CODE_OUTCOME = np.array(["PENDING", "MET", "MET", "NON_MET", "NON_MET", "NON_MET", "NON_MET", "NON_MET"],
-                         dtype=object)
+# The outcome of each code, from the status label map (the dbt seed): M, PM -> MET, the others NON_MET.
+_CODE_OUTCOME = np.array(["PENDING", *(status_label(form) for form in STATUS_SHORT[1:])], dtype=object)
 # How a condition that is not met ends, by type (W only for SPCs: waivers are for performance criteria).
 _NON_MET_FINAL = {
     "PA": ((_NM, _D, _IWD), (0.5, 0.3, 0.2)),
@@ -359,14 +360,15 @@ PM_SHARE = 0.08  # of MET outcomes written as partially met
 LONG_FORM_SHARE = 0.10  # of arrangements whose statuses are written in long form
 PENDING_SHARE = 0.05  # of SB/SPC conditions never assessed (~4% of all conditions)
 
-_OUTCOME_OF_STATUS = {form.lower(): outcome for forms in (STATUS_SHORT, STATUS_LONG)
-                      for form, outcome in zip(forms, _CODE_OUTCOME)}
+_WRITTEN_FORMS = {form.lower() for form in (*STATUS_SHORT, *STATUS_LONG)}
 
 
 def status_outcome(status: object) -> str | None:
     """MET / NON_MET for a status cell this generator writes, PENDING for a blank, None if unknown."""
     text = "" if status is None or (isinstance(status, float) and np.isnan(status)) else str(status).strip()
-    return _OUTCOME_OF_STATUS.get(text.lower())
+    if text.lower() not in _WRITTEN_FORMS:
+        return None
+    return status_label(text) if text else "PENDING"
 
 
 # ---------------------------------------------------------------------------------------------

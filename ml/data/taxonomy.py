@@ -1,13 +1,33 @@
-"""MONA's classification of structural conditions, arrangement types and their eras.
+"""MONA's classification of structural conditions, its status forms, arrangement types and their eras.
 
-Economic descriptors are numbered `major.minor.`; MONA's economic code is tied to that number:
-`code = 19 + major + minor / 10` (`1.6.` -> 20.6, `6.2.` -> 25.2, `3.` -> 22.0, `10.` -> 29.0).
+The economic areas and the status label map are dbt seeds (`dbt_project/seeds/economic_areas.csv`,
+`status_label_map.csv`); this module reads them, so each table is written once and the warehouse and
+Python agree by construction. What must also exist in SQL is pinned by parity tests
+(tests/unit/test_taxonomy.py, tests/integration/test_dbt.py):
+
+- Economic descriptors are numbered `major.minor.`; MONA's economic code is tied to that number:
+  `code = 19 + major + minor / 10` (`1.6.` -> 20.6, `6.2.` -> 25.2, `3.` -> 22.0, `10.` -> 29.0), here
+  and in the `economic_code_for_number` macro.
+- A status is looked up in the label map by its `status_code` (upper case, every run of characters
+  other than letters, digits and `/` one space), here and in the `status_code` macro.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+from ml.paths import DBT_PROJECT_DIR
+
+SEEDS_DIR = DBT_PROJECT_DIR / "seeds"
+
+
+def read_seed(name: str, seeds_dir: Path = SEEDS_DIR) -> list[dict[str, str]]:
+    """The rows of a dbt seed, as text."""
+    with (seeds_dir / f"{name}.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 @dataclass(frozen=True)
@@ -29,36 +49,8 @@ class EconomicArea:
         return int(self.number.split(".")[0])
 
 
-ECONOMIC_AREAS: tuple[EconomicArea, ...] = (
-    EconomicArea("1.", "General government"),
-    EconomicArea("1.1.", "Revenue measures, excluding trade policy"),
-    EconomicArea("1.2.", "Revenue administration, including customs"),
-    EconomicArea("1.3.", "Expenditure measures, including arrears clearance"),
-    EconomicArea("1.4.", "Combined expenditure and revenue measures"),
-    EconomicArea("1.5.", "Debt management"),
-    EconomicArea("1.6.", "Expenditure auditing, accounting, and financial controls"),
-    EconomicArea("1.7.", "Fiscal transparency (publication, parliamentary oversight)"),
-    EconomicArea("1.8.", "Budget preparation (e.g., submission or approval)"),
-    EconomicArea("1.9.", "Inter-governmental relations"),
-    EconomicArea("2.", "Central bank"),
-    EconomicArea("2.1.", "Central bank operations and reforms"),
-    EconomicArea("2.2.", "Central bank auditing, transparency, and financial controls"),
-    EconomicArea("3.", "Civil service and public employment reforms, and wages"),
-    EconomicArea("4.", "Pension and other social sector reforms"),
-    EconomicArea("4.1.", "Pension reforms"),
-    EconomicArea("4.2.", "Other social sector reforms (e.g., social safety nets, health and education)"),
-    EconomicArea("5.", "Trade policy (excluding customs reforms)"),
-    EconomicArea("6.", "Financial sector"),
-    EconomicArea("6.1.", "Financial sector legal reforms, regulation, and supervision"),
-    EconomicArea("6.2.", "Restructuring and privatization of financial institutions"),
-    EconomicArea("6.3.", "Other financial sector reforms (e.g., capital markets, payment systems)"),
-    EconomicArea("7.", "Exchange system and restrictions"),
-    EconomicArea("8.", "Public enterprise reform and pricing"),
-    EconomicArea("8.1.", "Public enterprise restructuring and privatization"),
-    EconomicArea("8.2.", "Public enterprise pricing and subsidies"),
-    EconomicArea("9.", "Private sector development and business environment"),
-    EconomicArea("10.", "Other"),
-)
+ECONOMIC_AREAS: tuple[EconomicArea, ...] = tuple(
+    EconomicArea(row["economic_descriptor_number"], row["economic_area"]) for row in read_seed("economic_areas"))
 
 _NUMBER = re.compile(r"^\s*(\d{1,2})\.(?:(\d)\.?)?\s")
 
@@ -78,6 +70,23 @@ def descriptor_number(descriptor: str) -> str | None:
         return None
     major, minor = match.groups()
     return f"{major}.{minor}." if minor else f"{major}."
+
+
+# Status form (its status_code) -> MET / NON_MET / EXCLUDED, after the paper (see the seed's `meaning`).
+STATUS_LABELS: dict[str, str] = {row["status_code"]: row["label"] for row in read_seed("status_label_map")}
+
+_NOT_CODE = re.compile(r"[^\w/]+|_+")
+
+
+def status_code(status: str | None) -> str | None:
+    """A status as the key into the label map: `Not-met.` -> `NOT MET`; None when nothing is left."""
+    code = _NOT_CODE.sub(" ", status or "").strip().upper()
+    return code or None
+
+
+def status_label(status: str | None) -> str | None:
+    """MET / NON_MET / EXCLUDED for a status cell, None when the label map does not know it."""
+    return STATUS_LABELS.get(status_code(status) or "")
 
 
 # Arrangement types with the years they could be approved (the PRGF became the ECF in 2010).

@@ -21,6 +21,7 @@ import yaml
 
 from ml.config import get_profile
 from ml.data.schema import CANONICAL_COLUMNS
+from ml.data.taxonomy import economic_code_for_number, status_code, status_label
 from ml.data.text import reward_input_text
 from ml.data.warehouse import PROVENANCE_COLUMNS, RAW_CONDITIONS, create_raw_tables, dbt_vars
 
@@ -434,3 +435,19 @@ def test_dbt_tests_catch_what_the_ge_suite_used_to(built, tmp_path):
     failed = {r["unique_id"].split(".")[2] for r in run_results["results"] if r["status"] == "fail"}
     assert {"unique_mona_splits_condition_id", "mona_splits_one_split_per_arrangement",
             "mona_splits_reward_text_not_empty", "mona_splits_description_not_empty"} <= failed
+
+
+def test_status_code_and_economic_code_rules_agree_with_python(built):
+    """The two rules that must also live in SQL (macros status_code, economic_code_for_number) give
+    Python's results (ml.data.taxonomy) on every staged row; mapped labels are the seed's via Python."""
+    con, _, _ = built
+    staged = _records(con, "select distinct status_raw, status_code, economic_descriptor_number, "
+                           "expected_economic_code from main.stg_mona__conditions")
+    assert [(row["status_raw"], row["status_code"]) for row in staged] == [
+        (row["status_raw"], status_code(row["status_raw"])) for row in staged]
+    derived = [row for row in staged if row["expected_economic_code"] is not None]
+    assert derived
+    assert [float(row["expected_economic_code"]) for row in derived] == [
+        economic_code_for_number(row["economic_descriptor_number"]) for row in derived]
+    labeled = _records(con, "select status_raw, label from main.int_mona__labeled where label_reason = 'mapped'")
+    assert labeled and all(row["label"] == status_label(row["status_raw"]) for row in labeled)
