@@ -140,35 +140,15 @@ final as (
                 cast(year(approval_date) as varchar), cast(year(test_date) as varchar), 'unknown'
             )
         ) as arrangement_key,
-        arrangement_number,
-        country,
-        country_code,
-        arrangement_type,
-        approval_date,
+        * exclude (
+            given_economic_code, descriptor_major, descriptor_minor, descriptor_name, descriptor_number,
+            seed_descriptor_number, seed_economic_area
+        ),
         year(approval_date) as approval_year,
-        review_type,
-        review_sequence,
-        condition_type,
-        economic_code,
-        expected_economic_code,
         coalesce(descriptor_number, seed_descriptor_number) as economic_descriptor_number,
-        economic_descriptor,
         -- the taxonomy's name when the code is known, so one area has one spelling across exports
         coalesce(seed_economic_area, descriptor_name) as economic_area,
-        description,
-        description_code,
-        test_date,
-        test_date_text,
-        coalesce(year(test_date), year(approval_date)) as test_year,
-        status_raw,
-        status_code,
-        comments,
-        extra_columns,
-        source_file,
-        source_sha256,
-        source_sheet,
-        source_row,
-        ingested_at
+        coalesce(year(test_date), year(approval_date)) as test_year
 
     from economic_areas_joined
 
