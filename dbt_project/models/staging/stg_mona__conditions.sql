@@ -44,45 +44,34 @@ whitespace_collapsed as (
 typed as (
 
     select
-        arrangement_number,
-        {{ title_case_if_upper('country') }} as country,
-        upper(country_code) as country_code,
-        upper(arrangement_type) as arrangement_type,
-        try_cast(approval_date as date) as approval_date,
-        review_type,
+        * exclude (economic_code, status) replace (
+            {{ title_case_if_upper('country') }} as country,
+            upper(country_code) as country_code,
+            upper(arrangement_type) as arrangement_type,
+            try_cast(approval_date as date) as approval_date,
+            case
+                when upper(condition_type) in ('PA', 'SPC', 'SB') then upper(condition_type)
+                when condition_type ilike 'prior action%' then 'PA'
+                when condition_type ilike 'structural performance criteri%' then 'SPC'
+                when condition_type ilike 'structural benchmark%' then 'SB'
+                when condition_type is not null then upper(condition_type)
+                when test_date_text ilike '%prior action%' then 'PA'
+            end as condition_type,
+            try_cast(test_date as date) as test_date
+        ),
         coalesce(
             {{ review_sequence_from_text('review_type') }},
             case when review_type is null then {{ review_sequence_from_text('test_date_text') }} end
         ) as review_sequence,
-        case
-            when upper(condition_type) in ('PA', 'SPC', 'SB') then upper(condition_type)
-            when condition_type ilike 'prior action%' then 'PA'
-            when condition_type ilike 'structural performance criteri%' then 'SPC'
-            when condition_type ilike 'structural benchmark%' then 'SB'
-            when condition_type is not null then upper(condition_type)
-            when test_date_text ilike '%prior action%' then 'PA'
-        end as condition_type,
         try_cast(economic_code as decimal(4, 1)) as given_economic_code,
-        economic_descriptor,
         nullif(regexp_extract(economic_descriptor || ' ', '^(\d{1,2})\.(?:(\d)\.?)?\s', 1), '')
             as descriptor_major,
         nullif(regexp_extract(economic_descriptor || ' ', '^(\d{1,2})\.(?:(\d)\.?)?\s', 2), '')
             as descriptor_minor,
         nullif(trim(regexp_replace(economic_descriptor || ' ', '^\d{1,2}\.(?:\d\.?)?\s+', '')), '')
             as descriptor_name,
-        description,
-        description_code,
-        try_cast(test_date as date) as test_date,
-        test_date_text,
         status as status_raw,
-        {{ status_code('status') }} as status_code,
-        comments,
-        extra_columns,
-        source_file,
-        source_sha256,
-        source_sheet,
-        source_row,
-        ingested_at
+        {{ status_code('status') }} as status_code
 
     from whitespace_collapsed
 
