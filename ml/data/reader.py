@@ -6,7 +6,8 @@ separated by commas, tabs or semicolons,
 headers are spelled several ways, test dates are `MM/DD/YYYY`, ISO, Excel serial numbers or review
 text ("Second Review Prior action"). The reader finds the header row of every sheet, maps the headers
 (ml.data.schema), normalizes dates to ISO text, and separates rows it cannot use, each with its sheet,
-row number and column, so that nothing is silently dropped or mis-read:
+row number and column, so that nothing is silently dropped or mis-read. Cell text is kept exactly as
+read (a blank cell is None); trimming and collapsing whitespace is dbt staging's:
 
 - The encoding of a CSV is decided from its bytes: a byte-order mark, else strict UTF-8, else
   Windows-1252 only when no byte sequence in the file is UTF-8. A file that is UTF-8 except for a few
@@ -70,6 +71,7 @@ _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 # Exactly the characters str.isspace() accepts, spelled out: pandas runs `\s` through Python's `re` one
 # cell at a time (RE2's `\s` differs), this class through pyarrow's vectorized RE2 (1M rows: 10+ s less).
+# It finds blank cells; the text itself is stored as read.
 WHITESPACE_RUN = "[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
 
 
@@ -454,9 +456,11 @@ def _to_canonical(path: Path, table: pd.DataFrame, header_index: int, sheet: str
 
 
 def _clean(series: pd.Series) -> pd.Series:
-    """Trimmed text with internal whitespace collapsed; empty cells become None."""
-    text = series.fillna("").astype(str).str.replace(WHITESPACE_RUN, " ", regex=True).str.strip()
-    return text.astype(object).where(text != "", None)
+    """Cells as text exactly as read; empty or whitespace-only cells become None. Collapsing and
+    trimming whitespace is dbt staging's (the collapse_whitespace macro), so raw.* loses nothing."""
+    text = series.fillna("").astype(str)
+    blank = (text == "") | text.str.fullmatch(WHITESPACE_RUN)
+    return text.astype(object).where(~blank, None)
 
 
 def _nulls_as_none(series: pd.Series) -> pd.Series:
@@ -470,7 +474,7 @@ def _parse_dates(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     Returns the parsed series and a mask of values that look like a date but are not valid
     (e.g. 13/45/2020), so the caller can report them.
     """
-    text = values.fillna("").astype(str)
+    text = values.fillna("").astype(str).str.strip()
     result = pd.Series([None] * len(text), dtype=object)
 
     mdy = text.str.match(_MDY)
@@ -490,7 +494,7 @@ def _parse_dates(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 def _format_codes(codes: pd.Series) -> pd.Series:
     """Economic codes as one-decimal text ("22" and "22.0" are the same code)."""
-    numeric = pd.to_numeric(codes, errors="coerce")
+    numeric = pd.to_numeric(codes.str.strip(), errors="coerce")
     formatted = numeric.map(lambda v: f"{v:.1f}" if pd.notna(v) and math.isfinite(v) else None).astype(object)
     # Keep what cannot be read as a number: the row check reports it with its row number.
     return _nulls_as_none(formatted.where(formatted.notna(), codes))
@@ -532,7 +536,7 @@ def _row_problems(rows: pd.DataFrame, texts: dict[str, pd.Series], beyond: dict[
         problems.append((rows[column].isna().to_numpy(), column, f"{column} is empty"))
     no_area = (rows["economic_descriptor"].isna() & rows["economic_code"].isna()).to_numpy()
     problems.append((no_area, "economic_descriptor", "neither economic descriptor nor economic code given"))
-    code = rows["economic_code"].fillna("").astype(str)
+    code = rows["economic_code"].fillna("").astype(str).str.strip()
     bad_code = ((code != "") & ~code.str.match(_NUMBER)).to_numpy()
     problems.append((bad_code, "economic_code", "economic code is not a number"))
     for column, series in texts.items():

@@ -305,11 +305,16 @@ def test_csv_row_with_cells_beyond_the_header_is_rejected_not_misaligned(tmp_pat
     assert strict_loads(mona.rejected.raw_values.iloc[0])["G"] == "01/31/2010"
 
 
-def test_whitespace_is_collapsed_exactly_like_python(tmp_path):
+def test_text_is_kept_as_read_and_whitespace_only_cells_are_blank(tmp_path):
     # The reader spells out str.isspace()'s characters so that pandas hands the regex to pyarrow.
     pattern = re.compile(WHITESPACE_RUN)
     assert [c for c in range(sys.maxunicode + 1) if bool(pattern.fullmatch(chr(c))) != chr(c).isspace()] == []
+    # raw.* keeps text exactly as read (issue #16); dbt staging collapses it like Python's str.split()
+    # (tests/integration/test_dbt.py).
     description = " Submit\tthe  2010 budget\u00a0law to\u2003Parliament\x1c now\u3000"
     path = tmp_path / "spaces.csv"
-    path.write_text(HEADER + f'Ghana,1.2. Revenue administration,"{description}",M,01/31/2010\n', encoding="utf-8")
-    assert read_mona_file(path).rows.description.iloc[0] == " ".join(description.split())
+    path.write_text(HEADER + f'Ghana,1.2. Revenue administration,"{description}",M,01/31/2010\n'
+                    + 'Kenya ,1.2. Revenue administration,Adopt a law,"\u00a0 ", 01/31/2010 \n', encoding="utf-8")
+    rows = read_mona_file(path).rows
+    assert rows.description.iloc[0] == description
+    assert (rows.country.iloc[1], rows.status.iloc[1], rows.test_date.iloc[1]) == ("Kenya ", None, "2010-01-31")
