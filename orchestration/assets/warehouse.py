@@ -10,7 +10,6 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from ml.data.warehouse import dbt_vars
-
 from orchestration.resources import DUCKDB_POOL, RlxfSettings, dbt_project
 
 
