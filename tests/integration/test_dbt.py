@@ -404,8 +404,8 @@ def test_dbt_vars_are_the_profile_values(built):
 
 def test_a_build_without_the_profile_vars_names_the_missing_var(tmp_path):
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    result = _dbt("compile", "--select", "mona_splits", "--vars", json.dumps({"duckdb_path": str(tmp_path / "w.duckdb")}),
-                  tmp=tmp_path, env=env)
+    only_the_path = json.dumps({"duckdb_path": str(tmp_path / "w.duckdb")})
+    result = _dbt("compile", "--select", "mona_splits", "--vars", only_the_path, tmp=tmp_path, env=env)
     assert result.returncode != 0
     assert "split_train_share" in result.stdout + result.stderr
 
