@@ -40,7 +40,10 @@ def markdown_table(frame: pd.DataFrame, code_columns: Collection[str] = ()) -> s
     `code_columns` as inline code."""
     def cell(column: str, value: object) -> str:
         text = cell_text(value)
-        return f"`{text.replace('`', '')}`" if column in code_columns else inert(text)
+        if column in code_columns:  # inline code shows text as is; only its delimiters must go
+            code = text.replace("`", "").replace("|", "\\|")
+            return f"`{code}`"
+        return inert(text)
 
     cells = pd.DataFrame([[cell(column, value) for column, value in zip(frame.columns, row)]
                           for row in frame.itertuples(index=False)],
