@@ -25,6 +25,7 @@ import pandas as pd
 from ml.evaluation.metrics import ALPHA
 from ml.evaluation.plots import save_plots
 from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
+from ml.io import atomic_write_text
 from ml.markdown import inert, markdown_table
 
 DEFAULT_TITLE = "RLXF on MONA: policy evaluation"
@@ -118,8 +119,8 @@ def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd
     plots = save_plots(evaluation, folder / PLOTS_FOLDER, training_curves)
     blocks = build_blocks(evaluation, plots, folder, training_curves, promotion, title, tuned)
     md_path, html_path = folder / "report.md", folder / "report.html"
-    _write_atomic(md_path, render_markdown(blocks))
-    _write_atomic(html_path, render_html(blocks, title))
+    atomic_write_text(md_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, title))
     return ReportFiles(md=md_path, html=html_path, plots=plots, headline=evaluation.headline())
 
 
@@ -432,8 +433,3 @@ def _with_ci(mean: float, low: float, high: float) -> str:
         return "—"
     return f"{mean:.3f} ({low:.3f}–{high:.3f})" if math.isfinite(low) and math.isfinite(high) else f"{mean:.3f}"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
