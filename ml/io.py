@@ -1,7 +1,9 @@
 """Files and folders that are replaced whole or not at all, even when the writer is killed mid-write.
 
-Every write in the project that another process may read (landing files, the ingestion manifest,
-split snapshots, reward models, policy stacks, PPO checkpoints, reports) goes through this module.
+The project writes through this module whatever another process may read while it is replaced:
+landing files, ingestion's manifest and quarantine, the split snapshot, reward models, the RL reward,
+policy stacks, PPO checkpoints, best adapters, the converted SmolLM2 cache, and the evaluation report's
+files.
 
 Files: `atomic_write(path, write)` lets `write` fill a hidden `.<name>.partial` sibling, flushes it to
 disk, and renames it over `path` (rename(2) is atomic). A writer killed before the rename leaves `path`
