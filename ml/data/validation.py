@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from ml.config import DataSettings
+from ml.markdown import markdown_table
 
 SPLITS_TABLE = "mona_splits"
 SHARES_TABLE = "split_shares"
@@ -69,7 +70,8 @@ class SplitValidation:
         table = pd.DataFrame([{"status": "pass" if o.success else "FAIL", "expectation": o.label(),
                                "description": o.description, "observed": o.observed} for o in self.outcomes])
         return (f"**{'PASSED' if self.success else 'FAILED'}**: {len(self.outcomes) - failed} of "
-                f"{len(self.outcomes)} expectations passed, {failed} failed.\n\n" + table.to_markdown(index=False))
+                f"{len(self.outcomes)} expectations passed, {failed} failed.\n\n"
+                + markdown_table(table, code_columns=("observed",)))
 
     def to_metadata(self) -> dict:
         failures = self.failures()
