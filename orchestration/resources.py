@@ -23,7 +23,6 @@ from ml.config import Profile, get_profile
 from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
 from ml.registry import Registry
 
-
 # The Dagster concurrency pool of every step that opens the DuckDB warehouse. DuckDB lets one process
 # write a database file at a time (and none read it meanwhile), so a sensor-started run and a manual
 # materialization take turns instead of one failing on the file lock. Its limit (1) is the instance's
