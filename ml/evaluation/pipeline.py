@@ -66,13 +66,14 @@ def training_curves(registry: Registry, run_id: str, scratch: Path) -> pd.DataFr
 
 
 def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_dir: Path, sft_dir: Path | None,
-                   samples: int = 2, progress: Progress = print) -> EvaluationRun:
+                   progress: Progress = print) -> EvaluationRun:
     started = time.perf_counter()
     snapshot = home.exports / "splits"
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
     corpus = read_split(snapshot, "train")
-    settings = profile.policy
+    settings, judging = profile.policy, profile.evaluation
+    samples = judging.samples_per_prompt
 
     versions = registry.versions(POLICY_ADAPTER_NAME)
     if not versions:
@@ -99,9 +100,12 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
              f"({RL_REWARD_NAME} v{reward_version})")
     answers = collect_answers(prompts, corpus, policies, settings, cache_dir, reward, samples=samples,
                               seed=profile.data.seed, progress=progress)
-    ceiling = attainable_ceiling(prompts, corpus, reward, seed=profile.data.seed)
+    ceiling = attainable_ceiling(prompts, corpus, reward, per_area=judging.ceiling_candidates_per_area,
+                                 seed=profile.data.seed)
     progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")
-    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed, area_classifier=reward.gold_area,
+    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed, n_boot=judging.bootstrap_samples,
+                                   copy_threshold=judging.copy_threshold, n_per_scenario=judging.samples_per_scenario,
+                                   n_other=judging.other_samples, area_classifier=reward.gold_area,
                                    embedding_judge=EmbeddingAreaJudge(corpus, seed=profile.data.seed), ceiling=ceiling)
 
     # The champion is judged by the judged reward: gold P(MET) x P(asked area | answer), so a policy of

@@ -35,8 +35,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
 
 from ml.data.text import reward_input_text
+from ml.device import resolve_device
 from ml.reward.calibration import positive_probability
-from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, resolve_device, resolve_dtype, tokenize
+from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, resolve_dtype, tokenize
 
 META_FILE = "reward_meta.json"
 META_VERSION = 1
