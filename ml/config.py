@@ -15,18 +15,23 @@ one run's overrides) on top of a named profile, validated against these dataclas
     [policy.ppo]
     steps = 100
 
-An unknown key or a value of the wrong type is refused with the full key and the file named. This module
-imports no torch, so the settings load anywhere (Dagster's code server, the CLI).
+`profile_for_home` reads `<data home>/profile.toml` unless a file is named (the Dagster resource and
+`rlxf` name one from RLXF_PROFILE_FILE). An unknown key or a value of the wrong type is refused with the
+full key and the file named. This module imports no torch, so the settings load anywhere (Dagster's code
+server, the CLI).
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from ml.paths import DataHome
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,14 @@ def load_profile(name: str, overrides_file: Path | str | None = None,
     return replace(profile, sources=tuple(source for source, _ in layers))
 
 
+def profile_for_home(name: str, home: DataHome, overrides_file: Path | str | None = None,
+                     overrides: Mapping[str, Any] | str | None = None) -> Profile:
+    """`load_profile` with the file a user named, else the data home's `profile.toml` when it exists."""
+    if overrides_file is None and home.profile_file.exists():
+        overrides_file = home.profile_file
+    return load_profile(name, overrides_file, overrides)
+
+
 def settings_dict(profile: Profile) -> dict[str, Any]:
     """The profile as plain data (tuples as lists), for JSON artifacts and comparisons."""
     return _plain(asdict(profile))
@@ -330,8 +343,10 @@ def _apply(settings: Any, table: Mapping[str, Any], prefix: str, source: str) ->
     for key, value in table.items():
         full = f"{prefix}{key}"
         if key not in settable:
-            known = ", ".join(sorted(settable + (["extends"] if not prefix else [])))
-            raise ProfileError(f"{source}: unknown setting {full!r} (known here: {known})")
+            known = sorted(settable + (["extends"] if not prefix else []))
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise ProfileError(f"{source}: unknown setting {full!r} ({hint}known here: {', '.join(known)})")
         current = getattr(settings, key)
         if is_dataclass(current):
             if not isinstance(value, Mapping):

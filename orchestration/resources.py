@@ -1,9 +1,9 @@
 """Resources: which profile runs, where its files live, and the dbt CLI.
 
 Environments differ by these resources, never by `if` in asset code. The environment variables
-RLXF_PROFILE (smoke | demo | paper), RLXF_HOME (data home folder), RLXF_MODEL_CACHE and
-RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too) are read here and
-only here.
+RLXF_PROFILE (smoke | demo | paper), RLXF_PROFILE_FILE (TOML overrides of the profile; default
+<home>/profile.toml), RLXF_HOME (data home folder), RLXF_MODEL_CACHE and RLXF_SEED_SYNTHETIC (1: seed an
+empty landing folder outside the default home too) are read here and only here.
 """
 
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
-from ml.config import Profile, get_profile
+from ml.config import Profile, profile_for_home, settings_dict
 from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
 from ml.registry import Registry
 
@@ -32,6 +32,10 @@ class RlxfSettings(dg.ConfigurableResource):
     """The profile (sizes, models, quality gates) and the data home it reads and writes."""
 
     profile: str = "demo"
+    profile_file: str = ""  # TOML overrides of the profile; empty: <home>/profile.toml when it exists
+    # TOML applied on top of the file for one run, e.g. in the launchpad's run config:
+    # resources: {rlxf: {config: {overrides: "[policy.ppo]\nsteps = 10"}}}
+    overrides: str = ""
     home: str = ""  # empty: <repo>/.rlxf/<profile>
     model_cache: str = ""  # converted base models (SmolLM2 safetensors); empty: <home>/models/base_policy
     # Seed an empty landing folder with the profile's synthetic data. Unset: only in the profile's default
@@ -39,10 +43,14 @@ class RlxfSettings(dg.ConfigurableResource):
     seed_synthetic: bool | None = None
 
     def get_profile(self) -> Profile:
-        return get_profile(self.profile)
+        """The effective profile: the named one, then the overrides file, then this run's overrides."""
+        return profile_for_home(self.profile, self._home(), self.profile_file or None, self.overrides or None)
 
     def data_home(self) -> DataHome:
-        return DataHome(Path(self.home) if self.home else default_home(self.profile)).ensure()
+        return self._home().ensure()
+
+    def _home(self) -> DataHome:
+        return DataHome(Path(self.home) if self.home else default_home(self.profile))
 
     def seeds_synthetic_data(self) -> bool:
         if self.seed_synthetic is not None:
@@ -61,12 +69,14 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     tracking_uri: str = ""
 
-    def open(self, home: DataHome, dagster_run_id: str) -> Registry:
-        """The registry, tagging every run and version it writes with the Dagster run that wrote it."""
+    def open(self, home: DataHome, dagster_run_id: str, profile: Profile | None = None) -> Registry:
+        """The registry, tagging every run and version it writes with the Dagster run that wrote it, and
+        logging `profile`'s effective settings in every run."""
         lineage = {"dagster_run_id": dagster_run_id}
+        settings = settings_dict(profile) if profile is not None else None
         if self.tracking_uri:
-            return Registry(self.tracking_uri, lineage=lineage)
-        return Registry.for_home(home.root, lineage=lineage)
+            return Registry(self.tracking_uri, lineage=lineage, settings=settings)
+        return Registry.for_home(home.root, lineage=lineage, settings=settings)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
@@ -90,7 +100,8 @@ if not dbt_project.manifest_path.exists() or _dbt_sources_newer_than(dbt_project
 
 def settings_from_env() -> RlxfSettings:
     seed = os.environ.get("RLXF_SEED_SYNTHETIC", "")
-    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""),
+    return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"),
+                        profile_file=os.environ.get("RLXF_PROFILE_FILE", ""), home=os.environ.get("RLXF_HOME", ""),
                         model_cache=os.environ.get("RLXF_MODEL_CACHE", ""),
                         seed_synthetic=seed.lower() in ("1", "true", "yes") if seed else None)
 

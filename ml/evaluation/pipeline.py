@@ -8,7 +8,7 @@ candidate becomes `champion` of `rlxf-policy-adapter` only if its held-out judge
 x P(asked area | answer)) is better with evidence than the champion's on the same prompts and samples:
 a paired bootstrap over the prompts of the difference, whose interval at the profile's level lies
 above zero. The report states the decision with both figures, the interval and the p-value, and is
-logged to the candidate's MLflow run.
+logged to the candidate's MLflow run with the effective settings it was evaluated under (`settings.json`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel
 
-from ml.config import Profile
+from ml.config import Profile, settings_dict
 from ml.data.splits import read_split
 from ml.evaluation.collect import attainable_ceiling, collect_answers
 from ml.evaluation.judges import EmbeddingAreaJudge
@@ -130,6 +130,7 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     report = write_report(evaluation, folder, training_curves=curves, tuned=algorithm, promotion={
         **decision.fields(), "champion_version": decision.previous_champion_version, "version": candidate.version})
     answers.to_parquet(folder / "answers.parquet", index=False)
+    (folder / "settings.json").write_text(json.dumps(settings_dict(profile), indent=2), encoding="utf-8")
     (folder / "headline.json").write_text(json.dumps(
         {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,
          "decision": decision.reason, "promoted": decision.promoted, "headline": report.headline},
