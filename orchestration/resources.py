@@ -106,9 +106,17 @@ def settings_from_env() -> RlxfSettings:
                         seed_synthetic=seed.lower() in ("1", "true", "yes") if seed else None)
 
 
+def launch_configurable(settings: RlxfSettings) -> object:
+    """`settings` whose fields a run's config can override one by one (the launchpad's
+    `resources: {rlxf: {config: {overrides: ...}}}`): run config naming a configured resource instance
+    would replace all of its values with the field defaults, losing the profile and data home."""
+    return RlxfSettings.configure_at_launch(**{name: getattr(settings, name) for name in RlxfSettings.model_fields
+                                                if getattr(settings, name) is not None})
+
+
 def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
-        "rlxf": settings or settings_from_env(),
+        "rlxf": launch_configurable(settings or settings_from_env()),
         "mlflow": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }
