@@ -201,6 +201,8 @@ FIXED = {"fixed": True}  # field metadata: not a setting an override can change
 
 @dataclass(frozen=True)
 class Profile:
+    """Every setting of one run; `load_profile` builds the effective one from a built-in and overrides."""
+
     name: str = field(metadata=FIXED)  # the built-in profile these settings start from
     data: DataSettings
     reward: RewardSettings
