@@ -17,7 +17,7 @@ export DAGSTER_HOME := $(CURDIR)/.rlxf/dagster_home
 # dbt and dagster from the venv, also for subprocesses, without activating it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-fast ui serve bench bench-data bench-reward bench-policy chromium clean
+.PHONY: venv demo test test-fast lint ui serve bench bench-data bench-reward bench-policy chromium clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,21 @@ chromium:
 		echo "installing Debian's chromium for the HTML report test"; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not installed: the HTML report browser test will be skipped"; fi; }
+
+# Linters in their own venv: sqlfluff's dbt templater pins an older click than Dagster's.
+LINT_VENV  := .venv-lint
+LINT_STAMP := $(LINT_VENV)/.installed
+$(LINT_STAMP): requirements-lint.lock
+	test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "pip==26.3"
+	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lint.lock
+	touch $(LINT_STAMP)
+
+# ruff for Python (pyproject.toml), sqlfluff with the dbt templater for the dbt models (dbt_project/.sqlfluff);
+# an in-memory DuckDB: compiling the models needs no warehouse.
+lint: $(LINT_STAMP)
+	$(LINT_VENV)/bin/ruff check ml orchestration tests bench
+	cd dbt_project && RLXF_DUCKDB_PATH=:memory: ../$(LINT_VENV)/bin/sqlfluff lint models
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not integration"

@@ -141,7 +141,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
             print(f"              {policy:<10} {cells[0]:>7} {cells[1]:>11} {cells[2]:>12} {cells[3]:>8} "
                   f"{cells[4]:>9} {cells[5]:>10}")
         print(f"              decision: {summary['decision']}")
-    quarantined = sorted(p.name for p in home.quarantine.glob("*") if not p.name.endswith(".reason.txt")) \
+    quarantined = sorted(p.name for p in home.quarantine.glob("*")  # not reasons, not a killed copy's .partial
+                         if not p.name.endswith(".reason.txt") and not p.name.startswith(".")) \
         if home.quarantine.exists() else []
     if quarantined:
         print(f"  quarantine  {home.quarantine}: {', '.join(quarantined)}")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ml.data.warehouse import connect
+from ml.io import atomic_folder
 
 SPLITS = ("train", "validation", "test")
 SPLITS_TABLE = "main.mona_splits"
@@ -55,27 +54,23 @@ def split_content_hash(splits: pd.DataFrame) -> str:
 
 
 def export_splits(splits: pd.DataFrame, folder: Path) -> SplitSnapshot:
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    rows, met_share = {}, {}
-    for split in SPLITS:
-        part = splits[splits["split"] == split].sort_values("condition_id").reset_index(drop=True)
-        part.to_parquet(staging / f"{split}.parquet", index=False)
-        rows[split] = int(len(part))
-        met_share[split] = round(float(part["is_met"].mean()), 4) if len(part) else float("nan")
-    snapshot = SplitSnapshot(folder=folder, rows=rows, met_share=met_share,
+    """Write one parquet per split and a manifest, swapped in whole: readers never see a mix of two."""
+    parts = {split: splits[splits["split"] == split].sort_values("condition_id").reset_index(drop=True)
+             for split in SPLITS}
+    rows = {split: int(len(part)) for split, part in parts.items()}
+    met_share = {split: round(float(part["is_met"].mean()), 4) if len(part) else float("nan")
+                 for split, part in parts.items()}
+    snapshot = SplitSnapshot(folder=Path(folder), rows=rows, met_share=met_share,
                              content_hash=split_content_hash(splits))
-    (staging / "manifest.json").write_text(json.dumps(
-        {"rows": rows, "met_share": met_share, "content_hash": snapshot.content_hash}, indent=2), encoding="utf-8")
-    # Swap the new snapshot in: the old one is removed only after the new one is complete.
-    previous = folder.with_name(folder.name + ".old")
-    shutil.rmtree(previous, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, previous)
-    os.replace(staging, folder)
-    shutil.rmtree(previous, ignore_errors=True)
+
+    def write(staging: Path) -> None:
+        for split, part in parts.items():
+            part.to_parquet(staging / f"{split}.parquet", index=False)
+        (staging / "manifest.json").write_text(json.dumps(
+            {"rows": rows, "met_share": met_share, "content_hash": snapshot.content_hash}, indent=2),
+            encoding="utf-8")
+
+    atomic_folder(snapshot.folder, write)
     return snapshot
 
 

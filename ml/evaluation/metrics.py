@@ -2,8 +2,8 @@
 
 The paper compared expected reward under the tuned policy with a random policy by one t-test. To say
 whether a gain is real, and not the policy exploiting its reward model, the report needs more:
-confidence intervals (`mean_ci`), Welch's t-test with an effect size (`welch_test`), a bootstrap that
-pairs policies on the same prompts (`paired_bootstrap`), diversity (`distinct_n`), whether it merely
+confidence intervals (`mean_ci`), Welch's t-test with an effect size (`welch_test`), a bootstrap
+interval and permutation test that pair policies on the same prompts (`paired_bootstrap`), diversity (`distinct_n`), whether it merely
 copies a training condition (`NoveltyIndex`), and the rule that calls a proxy gain without a gold gain
 over-optimisation (`overoptimisation_flag`); whether an answer is about the economic area it was asked
 for is `ml.reward.topic.AreaClassifier`, which the RL reward's topic term shares. Nothing here knows
@@ -54,17 +54,16 @@ def tokens(text: object) -> list[str]:
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> MeanCI:
-    """Mean with a Student-t confidence interval; NaNs are dropped. With fewer than two values the
-    interval is undefined (NaN); with zero spread it collapses onto the mean."""
-    x = np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series) else values, dtype=float)
-    x = x[~np.isnan(x)]
+    """Mean with a Student-t confidence interval (scipy's one-sample t interval); NaNs are dropped. With
+    fewer than two values the interval is undefined (NaN); with zero spread it collapses onto the mean."""
+    x = _finite(values)
     if len(x) == 0:
         return MeanCI(math.nan, math.nan, math.nan)
     mean = float(x.mean())
-    if len(x) < 2:
-        return MeanCI(mean, math.nan, math.nan)
-    half = float(stats.t.ppf(0.5 + level / 2, df=len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return MeanCI(mean, mean - half, mean + half)
+    if len(x) < 2 or np.all(x == x[0]):  # scipy warns on constant data; the interval is the point
+        return MeanCI(mean, math.nan, math.nan) if len(x) < 2 else MeanCI(mean, mean, mean)
+    interval = stats.ttest_1samp(x, 0.0).confidence_interval(level)
+    return MeanCI(mean, float(interval.low), float(interval.high))
 
 
 def distinct_n(texts: Iterable[object], n: int) -> float:
@@ -100,14 +99,14 @@ def welch_test(a: Iterable[float], b: Iterable[float]) -> WelchResult:
 
 def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int = 2000,
                      seed: int = 0, level: float = 0.95) -> BootstrapResult:
-    """Bootstrap over prompts of mean(a - b), pairing on the series' index (prompt_id).
+    """Paired comparison over prompts of mean(a - b), pairing on the series' index (prompt_id).
 
     Each side is first averaged over its samples per prompt (the index may repeat), so a prompt counts
     once however many answers it got; only prompts on both sides are used. Pairing removes the
     prompt-to-prompt spread (some combinations are easy for every policy), which is why this test sees
-    gains Welch's cannot. The CI is the percentile interval at `level`; the p-value is two-sided, from
-    the bootstrap distribution shifted to mean zero (the null of no difference), with the +1 correction
-    so it is never exactly 0.
+    gains Welch's cannot. The interval is scipy's percentile bootstrap of the mean difference at
+    `level`; the two-sided p-value is scipy's paired permutation test (the sign of each prompt's
+    difference flipped at random under the null of no difference).
     """
     a = pd.Series(a_by_prompt, dtype=float).groupby(level=0).mean()
     b = pd.Series(b_by_prompt, dtype=float).groupby(level=0).mean()
@@ -119,48 +118,64 @@ def paired_bootstrap(a_by_prompt: pd.Series, b_by_prompt: pd.Series, n_boot: int
         return BootstrapResult(observed, math.nan, math.nan, math.nan, 1)
     spread = float(diffs.std(ddof=1))
     effect = observed / spread if spread > 0 else math.nan
-    rng = np.random.default_rng(seed)
-    boot = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)  # (n_boot,)
-    return _bootstrap_result(boot, observed, level, len(diffs), effect)
+
+    def mean_difference(d: np.ndarray, axis: int = -1) -> np.ndarray:
+        return d.mean(axis=axis)
+
+    return _paired_result((diffs,), mean_difference, observed, n_boot, seed, level, effect)
 
 
 def paired_bootstrap_macro_f1(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray,
                               n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> BootstrapResult:
-    """Bootstrap over rows of macro-F1(a) - macro-F1(b): two classifiers' 0/1 predictions of the same
-    0/1 `labels`, each resample scoring both on the same rows (the pairing). CI and p-value as in
-    `paired_bootstrap`; `n_pairs` is the number of rows; no effect size (macro-F1 is not a mean)."""
+    """Paired comparison over rows of macro-F1(a) - macro-F1(b): two classifiers' 0/1 predictions of the
+    same 0/1 `labels`. The interval is scipy's percentile bootstrap over rows (both classifiers scored on
+    the same resampled rows); the p-value is scipy's paired permutation test (a and b swapped row by row
+    at random). `n_pairs` is the number of rows; no effect size (macro-F1 is not a mean)."""
     labels, a, b = (np.asarray(x, dtype=np.int8) for x in (labels, predicted_a, predicted_b))
     if not len(labels) == len(a) == len(b):
         raise ValueError(f"labels and predictions differ in length: {len(labels)}, {len(a)}, {len(b)}")
     if len(labels) == 0:
         return BootstrapResult(math.nan, math.nan, math.nan, math.nan, 0)
-    observed = float(_macro_f1(labels[None], a[None])[0] - _macro_f1(labels[None], b[None])[0])
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(labels), size=(n_boot, len(labels)), dtype=np.int32)  # (n_boot, N)
-    boot = _macro_f1(labels[rows], a[rows]) - _macro_f1(labels[rows], b[rows])
-    return _bootstrap_result(boot, observed, level, len(labels))
+
+    def f1_difference(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _macro_f1(y, pa) - _macro_f1(y, pb)
+
+    observed = float(f1_difference(labels, a, b))
+    return _paired_result((labels, a, b), f1_difference, observed, n_boot, seed, level)
 
 
 def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Macro-F1 over the classes 0 and 1 of each row of (R, N) arrays, as sklearn's f1_score(average=
-    "macro", labels=[0, 1], zero_division=0) computes it: a class never true nor predicted scores 0."""
+    """Macro-F1 over the classes 0 and 1 along the last axis, as sklearn's f1_score(average="macro",
+    labels=[0, 1], zero_division=0) computes it: a class never true nor predicted scores 0."""
     scores = []
     for cls in (0, 1):
         true, guess = labels == cls, predicted == cls
-        tp = (true & guess).sum(axis=1)
-        denominator = true.sum(axis=1) + guess.sum(axis=1)  # 2 tp + fp + fn
-        scores.append(np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0))
+        tp = (true & guess).sum(axis=-1)
+        denominator = true.sum(axis=-1) + guess.sum(axis=-1)  # 2 tp + fp + fn
+        scores.append(np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp)), where=denominator > 0))
     return (scores[0] + scores[1]) / 2
 
 
-def _bootstrap_result(boot: np.ndarray, observed: float, level: float, n_pairs: int,
-                      effect: float = math.nan) -> BootstrapResult:
-    """Percentile interval at `level` and the two-sided p-value of a bootstrap distribution of a difference."""
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    extreme = np.abs(boot - observed) >= abs(observed) - 1e-12  # |shifted| as large as observed
-    p = (1 + int(extreme.sum())) / (len(boot) + 1)
-    return BootstrapResult(observed, float(low), float(high), float(min(p, 1.0)), n_pairs, effect)
+def _paired_result(data: tuple[np.ndarray, ...], statistic, observed: float, n_boot: int, seed: int,
+                   level: float, effect: float = math.nan) -> BootstrapResult:
+    """scipy's paired percentile bootstrap interval and paired permutation p-value of `statistic`.
+
+    `data` is one array of paired differences (permuted by sign flips) or (labels, a, b) whose a and b
+    are swapped within rows (labels stay with their rows)."""
+    rng = np.random.default_rng(seed)
+    interval = stats.bootstrap(data, statistic, n_resamples=n_boot, confidence_level=level, method="percentile",
+                               paired=True, vectorized=True, rng=rng).confidence_interval
+    if len(data) == 1:
+        permuted, permute_statistic = data, statistic
+    else:
+        labels = data[0]
+        permuted = data[1:]
+
+        def permute_statistic(pa: np.ndarray, pb: np.ndarray, axis: int = -1) -> np.ndarray:
+            return statistic(labels, pa, pb, axis=axis)
+    p = stats.permutation_test(permuted, permute_statistic, permutation_type="samples", n_resamples=n_boot,
+                               vectorized=True, rng=rng).pvalue
+    return BootstrapResult(observed, float(interval.low), float(interval.high), float(p), len(data[0]), effect)
 
 
 class NoveltyIndex:

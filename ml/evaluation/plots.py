@@ -12,7 +12,6 @@ state; each file is written to a temporary name and moved into place.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ml.evaluation.summary import TUNED_POLICIES, PolicyEvaluation
+from ml.io import atomic_write
 
 DPI = 110
 REWARD_COLORS = {"proxy": "#4C72B0", "gold": "#DD8452", "judged": "#55A868"}
@@ -44,10 +44,7 @@ def save_plots(evaluation: PolicyEvaluation, folder: Path,
 
 def save_png(figure: Figure, path: Path) -> Path:
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        FigureCanvasAgg(figure).print_png(handle)
-    os.replace(temporary, path)
+    atomic_write(path, FigureCanvasAgg(figure).print_png)
     return path
 
 

@@ -25,6 +25,8 @@ import pandas as pd
 from ml.evaluation.metrics import ALPHA
 from ml.evaluation.plots import save_plots
 from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
+from ml.io import atomic_write_text
+from ml.markdown import inert, markdown_table
 
 DEFAULT_TITLE = "RLXF on MONA: policy evaluation"
 PLOTS_FOLDER = "plots"
@@ -117,8 +119,8 @@ def write_report(evaluation: PolicyEvaluation, folder: Path, training_curves: pd
     plots = save_plots(evaluation, folder / PLOTS_FOLDER, training_curves)
     blocks = build_blocks(evaluation, plots, folder, training_curves, promotion, title, tuned)
     md_path, html_path = folder / "report.md", folder / "report.html"
-    _write_atomic(md_path, render_markdown(blocks))
-    _write_atomic(html_path, render_html(blocks, title))
+    atomic_write_text(md_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, title))
     return ReportFiles(md=md_path, html=html_path, plots=plots, headline=evaluation.headline())
 
 
@@ -202,16 +204,16 @@ def render_markdown(blocks: list[Block]) -> str:
     lines: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + _md(block.text), ""]
+            lines += ["#" * block.level + " " + inert(block.text), ""]
         elif isinstance(block, Paragraph):
-            lead = f"**{_md(block.strong)}** " if block.strong else ""
-            lines += [lead + _md(block.text), ""]
+            lead = f"**{inert(block.strong)}** " if block.strong else ""
+            lines += [lead + inert(block.text), ""]
         elif isinstance(block, Bullets):
-            lines += [f"- {_md(item)}" for item in block.items] + [""]
+            lines += [f"- {inert(item)}" for item in block.items] + [""]
         elif isinstance(block, Table):
-            lines += [_md_table(block), ""]
+            lines += [markdown_table(block.frame, block.code_columns), ""]
         elif isinstance(block, Image):
-            lines += [f"![{_md(block.caption)}]({block.relative})", "", f"*{_md(block.caption)}*", ""]
+            lines += [f"![{inert(block.caption)}]({block.relative})", "", f"*{inert(block.caption)}*", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -375,19 +377,6 @@ def _image(name: str, plots: dict[str, Path], folder: Path) -> Image:
                  relative=Path(os.path.relpath(plots[name], folder)).as_posix())
 
 
-def _md_table(block: Table) -> str:
-    def cell(column: str, value: object) -> str:
-        text = _text(value)
-        return f"`{text.replace('`', '')}`" if column in block.code_columns else _md(text)
-
-    columns = list(block.frame.columns)
-    header = "| " + " | ".join(_md(str(c)) for c in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(cell(c, v) for c, v in zip(columns, row)) + " |"
-            for row in block.frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
 def _html_table(block: Table) -> str:
     def cell(column: str, value: object) -> str:
         text = _h(_text(value))
@@ -400,15 +389,6 @@ def _html_table(block: Table) -> str:
             for row in block.frame.itertuples(index=False)]
     table = f'<div class="scroll"><table{table_id}><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
     return f"<details><summary>{_h(block.collapsed)}</summary>{table}</details>" if block.collapsed else table
-
-
-def _md(text: str) -> str:
-    """Text made inert in Markdown: HTML escaped, and no link/image syntax, table breaks or newlines
-    (a model could answer `![x](http://tracker)`; a viewer would fetch it)."""
-    text = html.escape(" ".join(str(text).split()), quote=False)
-    for char in ("\\", "|", "[", "]", "`"):
-        text = text.replace(char, "\\" + char)
-    return text
 
 
 def _h(text: str) -> str:
@@ -453,8 +433,3 @@ def _with_ci(mean: float, low: float, high: float) -> str:
         return "—"
     return f"{mean:.3f} ({low:.3f}–{high:.3f})" if math.isfinite(low) and math.isfinite(high) else f"{mean:.3f}"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -20,10 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ml.config import PolicySettings
 from ml.device import resolve_device
+from ml.io import atomic_folder
 from ml.policy.tiny import TINY_LLAMA, build_tiny_llama
 
 log = logging.getLogger(__name__)
@@ -212,12 +210,11 @@ def _load_local_or_cached(name: str, dtype: torch.dtype,
 
 
 def _build_atomically(folder: Path, write) -> None:
-    """Run `write(staging)` in a private temporary folder, then rename it to `folder`, so a crash or
-    a concurrent process never leaves (or sees) a half-written cache entry."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """Run `write(staging)` and swap the result in as `folder` (ml.io.atomic_folder), so a crash or a
+    concurrent process never leaves (or sees) a half-written cache entry."""
     started = time.perf_counter()
-    try:
+
+    def write_with_manifest(staging: Path) -> None:
         write(staging)
         manifest = {
             "source_package": SMOLLM2_PACKAGE,
@@ -226,16 +223,8 @@ def _build_atomically(folder: Path, write) -> None:
             "transformers_version": metadata.version("transformers"),
             "seconds": round(time.perf_counter() - started, 2),
         }
-        # The manifest is written last inside staging: its presence is what marks an entry complete.
+        # The manifest is written last: its presence is what marks an entry complete (entries written
+        # before the swap was atomic may be incomplete without it, and are then replaced).
         (staging / CONVERSION_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if (folder / CONVERSION_MANIFEST).exists():
-            return  # another process finished first; keep its copy
-        if folder.exists():
-            shutil.rmtree(folder)  # an incomplete entry from an older crash
-        os.replace(staging, folder)
-    except OSError:
-        # Losing the rename race to another process is fine as long as its entry is complete.
-        if not (folder / CONVERSION_MANIFEST).exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    atomic_folder(folder, write_with_manifest)

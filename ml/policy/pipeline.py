@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.config import PolicySettings
 from ml.data.splits import read_split
+from ml.io import atomic_folder
 from ml.policy.base import load_adapter, load_base_policy
 from ml.policy.grounding import Grounding
 from ml.policy.ppo import PPOConfig
@@ -134,17 +135,13 @@ def load_policy(folder: Path | None, settings: PolicySettings, cache_dir: Path, 
 
 
 def write_stack(folder: Path, stack: PolicyStack, adapter_sources: dict[str, Path]) -> Path:
-    """Copy adapters into a fresh stack folder, atomically (temp folder, then rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    for name, source in adapter_sources.items():
-        shutil.copytree(source, staging / name)
-    stack.save(staging)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
-    return folder
+    """Copy adapters into a fresh stack folder, swapped in whole (ml.io.atomic_folder)."""
+    def write(staging: Path) -> None:
+        for name, source in adapter_sources.items():
+            shutil.copytree(source, staging / name)
+        stack.save(staging)
+
+    return atomic_folder(folder, write)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ml.config import PPOSettings
+from ml.io import atomic_folder
 from ml.policy.sampling import (
     answer_mask,
     answer_token_stats,
@@ -707,7 +706,7 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         """checkpoint_dir/last: adapter, value head, optimizer, controller, reward stats, RNG, history.
 
-        Written to a temporary folder and renamed into place, so a crash leaves the previous one."""
+        Swapped in whole (ml.io.atomic_folder), so a crash leaves the previous one."""
         if self.checkpoint_dir is None:
             raise ValueError("no checkpoint_dir")
         state = {
@@ -731,29 +730,27 @@ class PPOTrainer:
 
     def _save_weights_atomically(self, final: Path, extra: dict,
                                  write: Callable[[Path], None] | None = None) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        try:
-            self.policy.save_pretrained(str(tmp / "adapter"))
-            save_file(self.model.value_head.state_dict(), str(tmp / "value_head.safetensors"))
+        def write_checkpoint(folder: Path) -> None:
+            self.policy.save_pretrained(str(folder / "adapter"))
+            save_file(self.model.value_head.state_dict(), str(folder / "value_head.safetensors"))
             if write is not None:
-                write(tmp)
-            (tmp / "state.json").write_text(json.dumps(extra, indent=1, default=_json_default))
-            _replace_dir(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
+                write(folder)
+            (folder / "state.json").write_text(json.dumps(extra, indent=1, default=_json_default))
+
+        return atomic_folder(final, write_checkpoint)
 
     def _resume(self) -> dict | None:
-        """Load checkpoint_dir/last (or the previous one, if a save was interrupted mid-swap); returns
-        the saved config, or None when there is nothing to resume."""
+        """Load checkpoint_dir/last; returns the saved config, or None when there is nothing to resume."""
         if self.checkpoint_dir is None:
             return None
         folder = self._last_dir()
+        interrupted = folder.with_name(folder.name + ".old")
+        if not folder.exists() and interrupted.exists():
+            # A save by the two-rename code before ml.io, cut between its renames: the previous
+            # complete checkpoint, put back in place.
+            interrupted.rename(folder)
         if not folder.exists():
-            folder = folder.with_name(folder.name + ".old")
-            if not folder.exists():
-                return None
+            return None
         state = json.loads((folder / "state.json").read_text())
         device = str(self.device)
         adapter_weights = load_peft_weights(str(folder / "adapter"), device=device)
@@ -811,17 +808,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
                          state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
     random.setstate((state["python_version"], tuple(state["python_internal"].tolist()), state["python_gauss_next"]))
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap `tmp` in as `final`; between the two renames only `final.old` exists, which _resume reads."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:

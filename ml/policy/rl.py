@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from ml.config import PolicySettings
+from ml.io import atomic_folder
 from ml.policy.base import apply_lora
 from ml.policy.ppo import PPOConfig, PPOTrainer, RewardFn
 
@@ -131,10 +132,8 @@ class EvaluateAndKeepBest(TrainerCallback):
             return
         if self.best_metric is None or float(value) > self.best_metric:
             self.best_step, self.best_metric = step, float(value)
-            staging = self.best_dir.with_name(self.best_dir.name + ".tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            model.save_pretrained(str(staging), safe_serialization=True, selected_adapters=["default"])
-            _replace_folder(staging, self.best_dir)
+            atomic_folder(self.best_dir, lambda staging: model.save_pretrained(
+                str(staging), safe_serialization=True, selected_adapters=["default"]))
             self.progress(f"eval step {step}: best {self.metric} {float(value):.4f}")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -171,11 +170,3 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
                     keeper.best_step if keeper else trained.steps, keeper.best_metric if keeper else None,
                     trained.steps, trained.seconds if trained.seconds else time.perf_counter() - started)
 
-
-def _replace_folder(staging: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from ml.markdown import markdown_table
 from ml.reward.calibration import expected_calibration_error, reliability_curve
 from ml.reward.encoder import LABELS
 from ml.reward.model import RewardModel, texts_for_rows
@@ -191,20 +192,6 @@ def breakdown(groups: pd.Series, labels: np.ndarray, probs: np.ndarray, name: st
         rows.append({name: value, "n": len(part), "met_share": part["label"].mean(), "mean_p_met": part["p"].mean(),
                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
     return pd.DataFrame(rows, columns=[name, "n", "met_share", "mean_p_met", "accuracy", "macro_f1"])
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table; floats to 3 decimals (written here so no extra package is needed)."""
-    def cell(value: object) -> str:
-        if isinstance(value, float | np.floating):
-            return "" if math.isnan(value) else (f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1
-                                                  else f"{value:.3f}")
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def _truth_keys(frame: pd.DataFrame) -> pd.Series:

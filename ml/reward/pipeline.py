@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import pandas as pd
 from ml.config import PolicySettings, PromotionSettings, RewardSettings
 from ml.data.splits import read_split
 from ml.evaluation.metrics import paired_bootstrap_macro_f1
+from ml.io import atomic_folder
 from ml.registry import Evidence, PromotionDecision, Registry
 from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model, predict
 from ml.reward.model import RewardModel
@@ -85,7 +84,7 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
              f"(TF-IDF+LR {evaluation.baselines['tfidf_lr']['accuracy']:.3f}, "
              f"Bayes-optimal {evaluation.bayes_optimal_accuracy:.3f})")
 
-    model_dir = save_atomically(model, Path(work_dir) / "model")
+    model_dir = atomic_folder(Path(work_dir) / "model", model.save)
     plots = save_plots(evaluation, Path(work_dir) / "plots")
     evidence = evidence_against_champion(registry, name, evaluation, test, manifest["content_hash"], promotion)
     metrics = evaluation.headline() | {
@@ -117,17 +116,6 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
     return RewardRun(role=role, registered_name=name, version=version.version, run_id=run_id, decision=decision,
                      evaluation=evaluation, metrics=metrics, model_dir=model_dir, plots=plots,
                      split_hash=manifest["content_hash"], train_rows=len(data))
-
-
-def save_atomically(model: RewardModel, folder: Path) -> Path:
-    """Save into a sibling temp folder, then rename: a crash never leaves a half-written model."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    model.save(staging)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
-    return folder
 
 
 def evidence_against_champion(registry: Registry, name: str, evaluation: RewardEvaluation, test: pd.DataFrame,
@@ -180,12 +168,7 @@ def load_registered_reward(registry: Registry, ref: dict, device: str = "auto") 
 def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, profile: str) -> str:
     """Save the RL reward (spec + area classifiers) and register it as a new version of
     `rlxf-rl-reward`, tagged with its design and the reward-model versions it names; returns the version."""
-    folder = Path(work_dir) / "rl_reward"
-    staging = Path(tempfile.mkdtemp(prefix="rl_reward.", dir=Path(work_dir)))
-    reward.save(staging)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    folder = atomic_folder(Path(work_dir) / "rl_reward", reward.save)
     spec = reward.spec
     tags = {"design": spec.design, "profile": profile, "reward_model_version": spec.proxy["version"],
             "gold_model_version": spec.gold["version"], "split_hash": spec.info.get("split_hash", "")}

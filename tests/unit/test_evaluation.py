@@ -204,10 +204,10 @@ def test_report_files_hold_the_numbers_of_the_inputs(hacked, tmp_path):
     assert set(files.plots) == {"reward_by_policy", "training_curves", "kl_vs_gold"}
     for path in files.plots.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
+    assert not list(tmp_path.rglob("*.partial"))  # atomic writes leave no temporary files
     md = files.md.read_text()
     answers = inputs.answers
-    ppo_row = next(line for line in md.splitlines() if line.startswith("| ppo |"))
+    ppo_row = next(line for line in md.splitlines() if re.match(r"\| ppo +\|", line))
     assert f"{answers.loc[answers['policy'] == 'ppo', 'proxy_reward'].mean():.3f}" in ppo_row
     assert f"{answers.loc[answers['policy'] == 'ppo', 'gold_reward'].mean():.3f}" in ppo_row
     assert "ppo: over-optimisation suspected." in md

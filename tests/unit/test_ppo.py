@@ -52,22 +52,14 @@ PROMPTS = [
 LEARNING = dict(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-2, max_new_tokens=6,
                 init_kl_coef=0.01, target_kl=None, early_stop_kl=None, empty_answer_penalty=0.0,
                 truncated_answer_penalty=0.0, checkpoint_every=0, eval_every=0, seed=0)
-# peft 0.21 reads a property that transformers 5 deprecated; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+# Tiny models' matmuls are too small to split across threads (tests/conftest.py); peft 0.21 reads a
+# property that transformers 5 deprecated, not ours to fix.
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]
 TIMING_STATS = {"tokens_per_s_rollout", "tokens_per_s_update", "step_seconds"}
 STAT_NAMES = {"reward_mean", "reward_std", "score_mean", "kl", "kl_coef", "entropy", "policy_loss", "value_loss",
               "clipfrac", "approx_kl", "explained_variance", "answer_length", "truncated_share",
               "tokens_per_s_rollout", "tokens_per_s_update", "step_seconds"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Matrices of a 32-wide model are tiny: on two shared cores, OpenMP threads waiting on each other
-    # made each step ~100x slower than a single thread does.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

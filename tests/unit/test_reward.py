@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,10 @@ from ml.reward import (
 )
 from ml.reward.calibration import positive_probability
 from ml.reward.encoder import pad_batch, tokenize
+from ml.reward.model import CLS_ONLY_CHECKED_TRANSFORMERS
+
+# Tiny models' matmuls are too small to split across threads (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 COUNTRIES = ("Kenya", "Gabon", "Jamaica", "Moldova", "Armenia")
 TYPES = ("ECF", "SBA", "EFF", "PRGF")
@@ -75,16 +80,6 @@ def make_rows(n: int, seed: int, split: str, first_arrangement: int = 500) -> pd
 # well before the 130 planned steps.
 SETTINGS = RewardSettings(base_model="tiny-bert", max_length=48, epochs=10, batch_size=16, learning_rate=3e-3,
                           warmup_ratio=0.1, eval_every_steps=10, early_stopping_patience=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model's matmuls are too small to split: on a busy 2-core machine two threads made a
-    training step ten times slower (150 ms against 15 ms) by waiting on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +202,16 @@ def test_scoring_runs_the_last_layer_for_cls_only_and_gets_the_full_forwards_log
     assert scored_widths[:4] == [1, 1, 1, 1] and scored_widths[-1] > 1  # scoring: [CLS] only; plain call: all
     assert "forward" not in vars(last)  # the model is as it was once scoring ends
     np.testing.assert_allclose(fast, full, atol=1e-5)
+
+
+def test_the_cls_only_forward_was_checked_against_the_installed_transformers():
+    # The shortcut re-implements transformers internals and runs only under the release it was checked
+    # against: a lock bump fails here until the exactness test above passes on the new release.
+    import transformers
+
+    assert transformers.__version__ == CLS_ONLY_CHECKED_TRANSFORMERS
+    lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
+    assert f"transformers=={CLS_ONLY_CHECKED_TRANSFORMERS}" in lock.splitlines()
 
 
 def test_a_classifier_that_is_not_bert_is_scored_with_its_full_forward(reward):

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-import torch
 
 from ml.config import get_profile
 from ml.policy.base import load_base_policy
@@ -18,6 +17,9 @@ from ml.policy.prompts import build_policy_prompts, render_prompt
 from ml.policy.sft import train_sft_adapter
 from ml.policy.tiny import build_tiny_llama, shared_cache_dir
 
+# Tiny models' matmuls are too small to split across threads (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # A random tiny model sits near ln(vocab) ~ 10.8 nats; a high learning rate makes the fall visible
 # within a few dozen steps.
 SETTINGS = replace(get_profile("smoke").policy, sft_learning_rate=5e-2, sft_epochs=10.0)
@@ -26,17 +28,6 @@ CONDITIONS = [
     ("Uruguay", "SBA", "Restructuring of financial institutions", "Submit the bank restructuring plan."),
     ("Gabon", "EFF", "Expenditure auditing", "Establish an annual treasury cash plan."),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from a second thread, but on the shared 2-core machine OpenMP's
-    two threads spin-wait whenever another process holds a core: with other jobs running, this file
-    took 13 s with one thread and 51 s with two (about 12 s either way on an idle machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
