@@ -27,7 +27,7 @@ def main() -> None:
     sft = home.models / "policy" / "sft"
     with Registry.for_home(home.root) as registry:
         run = run_evaluation(home, profile, registry, home.models / "base_policy", sft if sft.exists() else None,
-                             samples=2, progress=print)
+                             progress=print)
     keys = [k for k in run.report.headline if k.split("_")[0] in ("base", "sft", "ppo", "random", "historical")
             and k.endswith(("judged_reward", "gold_p_met", "proxy_p_met", "kl_to_base", "on_topic_rate"))]
     headline = {k: run.report.headline[k] for k in keys}

@@ -98,8 +98,7 @@ def throughput(home: DataHome, settings, reward: RLReward, steps: int) -> dict:
     model, tokenizer = load_policy(sft if sft.exists() else None, settings, home.models / "base_policy")
     if sft.exists():
         model = model.merge_and_unload()
-    config = PPOConfig.for_policy(settings, seed=1)
-    config.steps, config.eval_every, config.checkpoint_every, config.max_seconds = steps, 0, 0, None
+    config = PPOConfig.for_policy(settings, seed=1, steps=steps, eval_every=0, checkpoint_every=0, max_seconds=None)
     trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, reward,
                          prompt_records(prompts[prompts["split"] == "train"], tokenizer), progress=print)
     peak = matmul_peak_flops()

@@ -53,7 +53,7 @@ def train_variant(home: DataHome, settings: PolicySettings, reward: RLReward, al
     adapters = {"sft_adapter": sft / "sft_adapter"} if sft else {}
     stack = write_stack(work_dir / "policy", PolicyStack(settings.base_model, [*adapters, "rl_adapter"], algorithm),
                         {**adapters, "rl_adapter": result.adapter_dir})
-    per_step = settings.ppo.get("batch_size", 16) * settings.ppo.get("answers_per_prompt", 1) if algorithm == "ppo" \
+    per_step = settings.ppo.batch_size * settings.ppo.answers_per_prompt if algorithm == "ppo" \
         else settings.group_rl.prompts_per_step * settings.group_rl.num_generations
     return stack, {"algorithm": algorithm, "steps": result.steps, "episodes": result.steps * per_step,
                    "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - started,

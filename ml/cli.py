@@ -1,4 +1,5 @@
-"""`rlxf` command line: generate synthetic MONA, check and land a MONA file, summarise a data home."""
+"""`rlxf` command line: generate synthetic MONA, check and land a MONA file, summarise a data home and the
+effective settings of its profile."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ml.config import PROFILES
+from ml.config import PROFILES, Profile, ProfileError, changed_settings, profile_for_home
 from ml.io import atomic_copy
 from ml.paths import DataHome, default_home
 
@@ -19,6 +20,15 @@ def _home(args: argparse.Namespace) -> DataHome:
     if args.profile not in PROFILES:
         sys.exit(f"rlxf: unknown profile {args.profile!r} (from RLXF_PROFILE); choose one of {sorted(PROFILES)}")
     return DataHome(Path(args.home) if args.home else default_home(args.profile))
+
+
+def _profile(args: argparse.Namespace, home: DataHome) -> Profile:
+    """The effective profile, as the Dagster resource loads it: --profile-file (else $RLXF_PROFILE_FILE,
+    else <home>/profile.toml when it exists) over the built-in profile."""
+    try:
+        return profile_for_home(args.profile, home, args.profile_file)
+    except ProfileError as error:
+        sys.exit(f"rlxf: {error}")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -78,7 +88,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     """Where a profile's results are, with the headline numbers of each stage that has run."""
     home = _home(args)
+    profile = _profile(args, home)
     print(f"profile {args.profile}: data home {home.root}")
+    _print_settings(profile)
     if home.warehouse.exists():
         from ml.data.warehouse import connect
 
@@ -137,6 +149,23 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_settings(profile: Profile) -> None:
+    """The effective settings: the built-in profile and, key by key, what the overrides changed."""
+    if not profile.sources:
+        print(f"  settings    the built-in {profile.name} profile (no overrides)")
+        return
+    changed = changed_settings(profile)
+    print(f"  settings    the built-in {profile.name} profile with {', '.join(profile.sources)}: "
+          f"{len(changed)} setting(s) changed")
+    for key, (built_in, value) in changed.items():
+        print(f"              {key} = {_toml(value)}   ({profile.name}: {_toml(built_in)})")
+
+
+def _toml(value: object) -> str:
+    """A value as an override file writes it (TOML has no null: an unset option is "none")."""
+    return '"none"' if value is None else json.dumps(value)
+
+
 def _cell(value: float | None, fmt: str) -> str:
     """A summary cell; a figure that does not apply (a KL for a reference policy) is a dash, never nan."""
     return "-" if value is None or value != value else fmt.format(value)
@@ -188,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: $RLXF_PROFILE, else demo")
         p.add_argument("--home", default=os.environ.get("RLXF_HOME") or None,
                        help="data home (default: $RLXF_HOME, else .rlxf/<profile> in the repository)")
+        p.add_argument("--profile-file", default=os.environ.get("RLXF_PROFILE_FILE") or None,
+                       help="TOML overrides of the profile (default: $RLXF_PROFILE_FILE, else <home>/profile.toml "
+                            "when it exists)")
         return p
 
     generate = sub.add_parser("generate", help="write a synthetic MONA export")

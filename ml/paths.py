@@ -51,6 +51,11 @@ class DataHome:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def profile_file(self) -> Path:
+        """The profile's overrides (TOML, `ml.config.load_profile`), applied when it exists."""
+        return self.root / "profile.toml"
+
     def ensure(self) -> "DataHome":
         for folder in (self.root, self.landing, self.quarantine, self.exports, self.truth, self.models,
                        self.reports):

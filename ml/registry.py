@@ -64,6 +64,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the run page of the MLflow UI shows this one
+SETTINGS_ARTIFACT = "settings/profile.json"  # the effective profile of the run (`Registry(settings=...)`)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_KEY = 250  # MLflow's limit on metric/param/tag names
 _MAX_PARAM_VALUE = 6000
@@ -232,11 +233,13 @@ class Registry:
 
     With SQLite the file is opened in WAL mode so readers (the MLflow UI) do not block the writer.
     `lineage` (e.g. the Dagster run id) is added, with the git commit of the code, to the tags of every
-    run and every registered version. `with registry:` makes this store MLflow's current one for the block.
+    run and every registered version; `settings` (the effective profile, `ml.config.settings_dict`) is
+    logged as `settings/profile.json` in every run. `with registry:` makes this store MLflow's current one
+    for the block.
     """
 
     def __init__(self, tracking_uri: str, artifact_root: str | None = None, lineage: Mapping[str, str] | None = None,
-                 await_ready_s: int = 300):
+                 await_ready_s: int = 300, settings: Mapping[str, Any] | None = None):
         self.tracking_uri = tracking_uri
         db_path = _sqlite_path(tracking_uri)
         if artifact_root is None and db_path is not None:
@@ -244,6 +247,7 @@ class Registry:
         self.artifact_root = artifact_root  # None on a server: the server decides
         self.await_ready_s = await_ready_s
         self.lineage = {**code_version(), **{k: str(v) for k, v in (lineage or {}).items() if v}}
+        self.settings = dict(settings) if settings is not None else None
         self._saved_environment: list[str | None] = []
         try:
             with _creation_lock(db_path):
@@ -257,8 +261,9 @@ class Registry:
             raise RegistryError(f"cannot open MLflow store {tracking_uri}: {exc}") from exc
 
     @classmethod
-    def for_home(cls, root: Path, lineage: Mapping[str, str] | None = None) -> Registry:
-        return cls(tracking_uri_for(root), artifact_root_for(root), lineage=lineage)
+    def for_home(cls, root: Path, lineage: Mapping[str, str] | None = None,
+                 settings: Mapping[str, Any] | None = None) -> Registry:
+        return cls(tracking_uri_for(root), artifact_root_for(root), lineage=lineage, settings=settings)
 
     def __enter__(self) -> Registry:
         """MLflow's current store is this one until the block ends (re-entrant)."""
@@ -315,6 +320,8 @@ class Registry:
             try:
                 if params:
                     tracked.log_params(params)
+                if self.settings is not None:
+                    tracked.log_dict(self.settings, SETTINGS_ARTIFACT)
                 yield tracked
                 status = "FINISHED"
             except BaseException as exc:

@@ -1,10 +1,10 @@
 """Resources: which profile runs, where its files live, and the dbt CLI.
 
 Environments differ by these resources, never by `if` in asset code. The environment variables
-RLXF_PROFILE (smoke | demo | paper), RLXF_HOME (data home folder), RLXF_MODEL_CACHE,
-RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too) and
-MLFLOW_TRACKING_URI reach the resources as `dg.EnvVar`s, here and only here; unset, a field keeps its
-default (the demo profile, the default home).
+RLXF_PROFILE (smoke | demo | paper), RLXF_PROFILE_FILE (TOML overrides of the profile; default
+<home>/profile.toml), RLXF_HOME (data home folder), RLXF_MODEL_CACHE, RLXF_SEED_SYNTHETIC (1: seed an
+empty landing folder outside the default home too) and MLFLOW_TRACKING_URI reach the resources as
+`dg.EnvVar`s, here and only here; unset, a field keeps its default (the demo profile, the default home).
 
 `dbt_project` is the one DbtProject of the dbt assets and the dbt CLI resource. Under `dagster dev`
 `prepare_if_dev()` writes its manifest; elsewhere the prepare step does (`make dbt-manifest`, which
@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
-from ml.config import Profile, get_profile
+from ml.config import Profile, profile_for_home, settings_dict
 from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
 from ml.registry import Registry
 
@@ -34,6 +34,10 @@ class RlxfSettings(dg.ConfigurableResource):
     """The profile (sizes, models, quality gates) and the data home it reads and writes."""
 
     profile: str = "demo"
+    profile_file: str = ""  # TOML overrides of the profile; empty: <home>/profile.toml when it exists
+    # TOML applied on top of the file for one run, e.g. in the launchpad's run config:
+    # resources: {rlxf: {config: {overrides: "[policy.ppo]\nsteps = 10"}}}
+    overrides: str = ""
     home: str = ""  # empty: <repo>/.rlxf/<profile>
     model_cache: str = ""  # converted base models (SmolLM2 safetensors); empty: <home>/models/base_policy
     # Seed an empty landing folder with the profile's synthetic data. Unset: only in the profile's default
@@ -41,10 +45,14 @@ class RlxfSettings(dg.ConfigurableResource):
     seed_synthetic: bool | None = None
 
     def get_profile(self) -> Profile:
-        return get_profile(self.profile)
+        """The effective profile: the named one, then the overrides file, then this run's overrides."""
+        return profile_for_home(self.profile, self._home(), self.profile_file or None, self.overrides or None)
 
     def data_home(self) -> DataHome:
-        return DataHome(Path(self.home) if self.home else default_home(self.profile)).ensure()
+        return self._home().ensure()
+
+    def _home(self) -> DataHome:
+        return DataHome(Path(self.home) if self.home else default_home(self.profile))
 
     def seeds_synthetic_data(self) -> bool:
         if self.seed_synthetic is not None:
@@ -63,12 +71,14 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     tracking_uri: str = ""
 
-    def open(self, home: DataHome, dagster_run_id: str) -> Registry:
-        """The registry, tagging every run and version it writes with the Dagster run that wrote it."""
+    def open(self, home: DataHome, dagster_run_id: str, profile: Profile | None = None) -> Registry:
+        """The registry, tagging every run and version it writes with the Dagster run that wrote it, and
+        logging `profile`'s effective settings in every run."""
         lineage = {"dagster_run_id": dagster_run_id}
+        settings = settings_dict(profile) if profile is not None else None
         if self.tracking_uri:
-            return Registry(self.tracking_uri, lineage=lineage)
-        return Registry.for_home(home.root, lineage=lineage)
+            return Registry(self.tracking_uri, lineage=lineage, settings=settings)
+        return Registry.for_home(home.root, lineage=lineage, settings=settings)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
@@ -90,13 +100,22 @@ def _env_flag(name: str) -> bool | None:
 
 
 def settings_from_env() -> RlxfSettings:
-    return RlxfSettings(profile=_env("RLXF_PROFILE", "demo"), home=_env("RLXF_HOME", ""),
-                        model_cache=_env("RLXF_MODEL_CACHE", ""), seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"))
+    return RlxfSettings(profile=_env("RLXF_PROFILE", "demo"), profile_file=_env("RLXF_PROFILE_FILE", ""),
+                        home=_env("RLXF_HOME", ""), model_cache=_env("RLXF_MODEL_CACHE", ""),
+                        seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"))
+
+
+def launch_configurable(settings: RlxfSettings) -> object:
+    """`settings` whose fields a run's config can override one by one (the launchpad's
+    `resources: {rlxf: {config: {overrides: ...}}}`): run config naming a configured resource instance
+    would replace all of its values with the field defaults, losing the profile and data home."""
+    return RlxfSettings.configure_at_launch(**{name: getattr(settings, name) for name in RlxfSettings.model_fields
+                                                if getattr(settings, name) is not None})
 
 
 def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
-        "rlxf": settings or settings_from_env(),
+        "rlxf": launch_configurable(settings or settings_from_env()),
         "mlflow": MlflowRegistry(tracking_uri=_env("MLFLOW_TRACKING_URI", "")),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }

@@ -8,7 +8,7 @@ candidate becomes `champion` of `rlxf-policy-adapter` only if its held-out judge
 x P(asked area | answer)) is better with evidence than the champion's on the same prompts and samples:
 a paired bootstrap over the prompts of the difference, whose interval at the profile's level lies
 above zero. The report states the decision with both figures, the interval and the p-value, and is
-logged to the candidate's MLflow run.
+logged to the candidate's MLflow run with the effective settings it was evaluated under (`settings.json`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel
 
-from ml.config import Profile
+from ml.config import Profile, settings_dict
 from ml.data.splits import read_split
 from ml.evaluation.collect import attainable_ceiling, collect_answers
 from ml.evaluation.judges import EmbeddingAreaJudge
@@ -67,13 +67,14 @@ def training_curves(registry: Registry, run_id: str, scratch: Path) -> pd.DataFr
 
 
 def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_dir: Path, sft_dir: Path | None,
-                   samples: int = 2, progress: Progress = print) -> EvaluationRun:
+                   progress: Progress = print) -> EvaluationRun:
     started = time.perf_counter()
     snapshot = home.exports / "splits"
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     prompts = prompts[prompts["split"] == "test"].reset_index(drop=True)
     corpus = read_split(snapshot, "train")
-    settings = profile.policy
+    settings, judging = profile.policy, profile.evaluation
+    samples = judging.samples_per_prompt
 
     versions = registry.versions(POLICY_ADAPTER_NAME)
     if not versions:
@@ -100,9 +101,12 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
              f"({RL_REWARD_NAME} v{reward_version})")
     answers = collect_answers(prompts, corpus, policies, settings, cache_dir, reward, samples=samples,
                               seed=profile.data.seed, progress=progress)
-    ceiling = attainable_ceiling(prompts, corpus, reward, seed=profile.data.seed)
+    ceiling = attainable_ceiling(prompts, corpus, reward, per_area=judging.ceiling_candidates_per_area,
+                                 seed=profile.data.seed)
     progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")
-    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed, area_classifier=reward.gold_area,
+    evaluation = evaluate_policies(answers, corpus, seed=profile.data.seed, n_boot=judging.bootstrap_samples,
+                                   copy_threshold=judging.copy_threshold, n_per_scenario=judging.samples_per_scenario,
+                                   n_other=judging.other_samples, area_classifier=reward.gold_area,
                                    embedding_judge=EmbeddingAreaJudge(corpus, seed=profile.data.seed), ceiling=ceiling)
 
     # The champion is judged by the judged reward: gold P(MET) x P(asked area | answer), so a policy of
@@ -127,6 +131,7 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
     report = write_report(evaluation, folder, training_curves=curves, tuned=algorithm, promotion={
         **decision.fields(), "champion_version": decision.previous_champion_version, "version": candidate.version})
     atomic_write(folder / "answers.parquet", lambda tmp: answers.to_parquet(tmp, index=False))
+    atomic_write_text(folder / "settings.json", json.dumps(settings_dict(profile), indent=2))
     atomic_write_text(folder / "headline.json", json.dumps(
         {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,
          "decision": decision.reason, "promoted": decision.promoted, "headline": report.headline},

@@ -29,6 +29,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.config import PolicySettings
+from ml.device import resolve_device
 from ml.io import atomic_folder
 from ml.policy.tiny import TINY_LLAMA, build_tiny_llama
 
@@ -65,13 +66,6 @@ def smollm2_cache_folder(cache_dir: Path) -> Path:
 
 def smollm2_tokenizer_folder(cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{PACKAGED_SMOLLM2}-tokenizer-{metadata.version(SMOLLM2_PACKAGE)}"
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" = the GPU when there is one; anything else is passed to torch as is."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def torch_dtype(dtype: str) -> torch.dtype:

@@ -153,6 +153,9 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         top_k=0, top_p=1.0, repetition_penalty=1.0,
         learning_rate=group.learning_rate,
         beta=group.beta,
+        num_iterations=group.num_iterations,
+        epsilon=group.epsilon,
+        mask_truncated_completions=group.mask_truncated_completions,
         # Dropout would make the policy's and the reference's log-probs differ for identical weights.
         disable_dropout=True,
         log_completions=False,
@@ -160,7 +163,9 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         data_seed=seed,
         **trainer_runtime_args(settings),
     )
-    config, trainer_class = (GRPOConfig(**common), GRPOTrainer) if kind == "grpo" else (RLOOConfig(**common), RLOOTrainer)
+    config, trainer_class = (
+        (GRPOConfig(**common, loss_type=group.grpo_loss_type, scale_rewards=group.grpo_scale_rewards), GRPOTrainer)
+        if kind == "grpo" else (RLOOConfig(**common), RLOOTrainer))
     neutral_sampling(base_model)
     budget = TimeBudgetCallback(max_seconds, excluded=callbacks)
     trainer = trainer_class(model=base_model, reward_funcs=group_reward(reward_fn), args=config,

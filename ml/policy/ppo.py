@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ml.config import PPOSettings
 from ml.io import atomic_folder
 from ml.policy.sampling import (
     answer_mask,
@@ -155,53 +156,24 @@ def apply_answer_penalties(scores: torch.Tensor, is_empty: torch.Tensor, is_trun
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PPOConfig:
-    """Hyperparameters of one PPO run (defaults after TRL's PPO trainer and Ziegler et al. 2019)."""
+@dataclass(frozen=True)
+class PPOConfig(PPOSettings):
+    """Hyperparameters of one PPO run: the profile's knobs (`ml.config.PPOSettings`, where each is defined
+    with its default) plus what the policy and the run decide."""
 
-    steps: int = 60  # PPO iterations; each = one rollout of batch_size x answers_per_prompt answers + its update
-    batch_size: int = 16  # prompts per rollout
-    answers_per_prompt: int = 1  # answers sampled per prompt; they share the prompt's forward pass
-    mini_batch_size: int = 4  # prompts per gradient step, each with all of its answers
-    ppo_epochs: int = 4  # passes over each rollout
-    learning_rate: float = 1e-4  # Adam step size for the LoRA adapter and the value head
     max_prompt_tokens: int = 128  # longer prompts keep their last tokens (0 = no limit)
     add_special_tokens: bool = True  # let the tokenizer add BOS; False when prompt_text already has it
     max_new_tokens: int = 40  # answer budget; an answer without EOS within it counts as truncated
     # Sampling is softmax(logits / temperature) and nothing else (no top-k, top-p or repetition
     # penalty, nothing from the model's generation_config): the distribution the logprobs score.
     temperature: float = 1.0
-    init_kl_coef: float = 0.05  # initial β of the per-token KL penalty -β (log π - log π_ref)
-    target_kl: float | None = 6.0  # per-answer KL the adaptive controller aims at (None = fixed β)
-    kl_horizon: int = 10_000  # answers over which the adaptive controller closes the KL gap
-    gamma: float = 1.0  # discount over answer tokens
-    lam: float = 0.95  # GAE λ
-    cliprange: float = 0.2  # ε of the clipped surrogate (PPO paper Eq. 7)
-    cliprange_value: float = 0.2  # values move at most this far from the rollout's values
-    vf_coef: float = 0.1  # weight of the value loss
-    ent_coef: float = 0.0  # weight of the entropy bonus
-    max_grad_norm: float = 1.0  # clip the global gradient norm of all trainable parameters
-    early_stop_kl: float | None = 0.1  # stop this step's PPO epochs once approx_kl exceeds it (None = never)
-    reward_normalization: bool = True  # scores -> (score - running mean) / running std
-    empty_answer_penalty: float = 1.0  # subtracted from the score of an empty answer
-    truncated_answer_penalty: float = 0.25  # subtracted from the score of an answer with no EOS in max_new_tokens
-    whiten_advantages: bool = True  # normalise advantages per rollout over answer tokens
     seed: int = 0  # seeds torch, numpy and python at the start of a fresh run
-    checkpoint_every: int = 10  # save checkpoint_dir/last every N steps (0 = only at the end)
-    eval_every: int = 10  # call evaluate() every N steps and at step 0 (0 = never)
     best_metric: str = "judged_reward"  # evaluate()'s key that picks checkpoint_dir/best (higher is better)
-    best_max_kl: float | None = None  # KL budget: an evaluation whose steps since the previous one averaged
-    # more KL per answer than this cannot become best, however high its metric (None = no budget)
-    log_every: int = 1  # progress line and log_metrics every N steps
-    max_seconds: float | None = None  # stop once the steps took this long (evaluations excluded); None = steps only
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "answers_per_prompt", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.mini_batch_size > self.batch_size:
-            raise ValueError("PPOConfig.mini_batch_size cannot exceed batch_size")
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise ValueError(f"PPOConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0:
             raise ValueError("PPOConfig.temperature must be > 0: PPO needs the sampling distribution's logprobs")
 
@@ -214,10 +186,12 @@ class PPOConfig:
         return self.batch_size * self.answers_per_prompt
 
     @classmethod
-    def for_policy(cls, settings: PolicySettings, seed: int) -> PPOConfig:
-        """The profile's PPO run: its answer and prompt budgets, then its `ppo` overrides."""
-        return cls(**{"max_new_tokens": settings.max_new_tokens, "max_prompt_tokens": settings.max_prompt_tokens,
-                      "temperature": settings.temperature, "seed": seed, **settings.ppo})
+    def for_policy(cls, settings: PolicySettings, seed: int, **changes: Any) -> PPOConfig:
+        """The profile's PPO run: its `ppo` knobs with the policy's answer and prompt budgets and
+        temperature, then `changes` (e.g. the metric or a time budget of one run)."""
+        return cls(**{**asdict(settings.ppo), "max_new_tokens": settings.max_new_tokens,
+                      "max_prompt_tokens": settings.max_prompt_tokens, "temperature": settings.temperature,
+                      "seed": seed, **changes})
 
 
 class FixedKLController:

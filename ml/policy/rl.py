@@ -60,14 +60,12 @@ class RLResult:
 
 
 def train_ppo(job: RLJob) -> RLResult:
-    config = PPOConfig.for_policy(job.settings, job.seed)
-    if job.max_seconds is not None:
-        config.max_seconds = job.max_seconds
+    budget = {"max_seconds": job.max_seconds} if job.max_seconds is not None else {}
+    config = PPOConfig.for_policy(job.settings, job.seed, best_metric=job.metric, **budget)
     trainer = PPOTrainer(apply_lora(job.model, job.settings), job.tokenizer, config, job.reward, job.train_records,
                          checkpoint_dir=job.work_dir / "checkpoints", progress=job.progress,
                          log_metrics=job.log_metrics,
                          evaluate=(lambda t, step: job.evaluate(t.policy, step)) if job.evaluate else None)
-    config.best_metric = job.metric
     result = trainer.train()
     best = result.best_checkpoint or result.last_checkpoint
     return RLResult("ppo", best / "adapter", result.history, result.eval_history, result.best_step,

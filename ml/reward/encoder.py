@@ -7,7 +7,7 @@ a hub id that must already be in the local cache. Both packaged choices share Mi
 WordPiece tokenizer, so texts tokenize the same in tests and in the demo.
 
 Also here: the small pieces every consumer of the encoder needs, whether training or scoring
-(device choice, tokenization without padding, dynamic padding of a batch).
+(precision choice, tokenization without padding, dynamic padding of a batch); the device is `ml.device`'s.
 """
 
 from __future__ import annotations
@@ -81,13 +81,6 @@ def describe_encoder(model: PreTrainedModel) -> EncoderInfo:
     embedding = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
     return EncoderInfo(n_params=total, n_params_non_embedding=total - embedding,
                        hidden_size=int(model.config.hidden_size), num_layers=int(model.config.num_hidden_layers))
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" = the GPU when there is one; anything else is passed to torch as is."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:

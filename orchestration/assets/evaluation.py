@@ -27,10 +27,9 @@ HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met
 )
 def evaluation_report(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry):
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    with mlflow.open(home, context.run_id) as registry:
+    with mlflow.open(home, context.run_id, profile) as registry:
         run = run_evaluation(home, profile, registry, rlxf.model_cache_dir(),
-                             sft_dir(rlxf) if profile.policy.sft_enabled else None,
-                             samples=2 if profile.name != "smoke" else 1, progress=context.log.info)
+                             sft_dir(rlxf) if profile.policy.sft_enabled else None, progress=context.log.info)
     headline = run.report.headline
     tuned = profile.policy.algorithm
     table = {f"{policy}_{key}": headline[f"{policy}_{key}"] for policy in ("base", "sft", tuned, "random", "historical")

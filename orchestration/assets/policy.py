@@ -78,8 +78,10 @@ class RLRunConfig(dg.Config):
 def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: RlxfSettings,
                 mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    settings = replace(profile.policy, algorithm=config.algorithm) if config.algorithm else profile.policy
-    with mlflow.open(home, context.run_id) as registry:
+    if config.algorithm:  # this run's choice, also in the settings MLflow records
+        profile = replace(profile, policy=replace(profile.policy, algorithm=config.algorithm))
+    settings = profile.policy
+    with mlflow.open(home, context.run_id, profile) as registry:
         reward, reward_version = load_rl_reward(registry, None)
         use_sft = settings.sft_enabled and (sft_dir(rlxf) / "policy_stack.json").exists()
         run = train_rl_stage(home.exports / "splits", pd.read_parquet(prompts_path(rlxf)), settings,

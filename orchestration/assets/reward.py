@@ -23,7 +23,7 @@ TRAINING_TAGS = {"rlxf/compute": "training"}  # the executor runs one training s
 def train_role(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry,
                role: str) -> RewardRun:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    with mlflow.open(home, context.run_id) as registry:
+    with mlflow.open(home, context.run_id, profile) as registry:
         return train_and_register_reward(
             role, home.exports / "splits", home.truth, profile.reward, registry,
             work_dir=home.models / "reward" / role, profile=profile.name, promotion=profile.promotion,
@@ -101,7 +101,7 @@ def gold_reward_model(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlf
 )
 def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry) -> dg.MaterializeResult:
     home, profile = rlxf.data_home(), rlxf.get_profile()
-    with mlflow.open(home, context.run_id) as registry:
+    with mlflow.open(home, context.run_id, profile) as registry:
         refs = {}
         for name in (REWARD_MODEL_NAME, GOLD_REWARD_MODEL_NAME):
             champion = registry.champion_version(name)

@@ -101,6 +101,23 @@ def test_first_files_produce_champions(world):
     assert (world.home.reports / "evaluation" / "report.html").exists()
 
 
+def test_every_mlflow_run_records_the_effective_settings(world):
+    from ml.config import settings_dict
+    from ml.registry import SETTINGS_ARTIFACT
+
+    expected = settings_dict(get_profile("smoke"))
+    scratch = world.home.root / "settings_check"
+    scratch.mkdir(exist_ok=True)
+    with world.registry() as registry:
+        runs = registry.client.search_runs([e.experiment_id for e in registry.client.search_experiments()])
+        assert len(runs) >= 4  # proxy and gold reward models, the RL reward, the policy
+        for run in runs:
+            path = registry.client.download_artifacts(run.info.run_id, SETTINGS_ARTIFACT, str(scratch))
+            assert json.loads(Path(path).read_text(encoding="utf-8")) == expected, run.info.run_name
+    report_settings = world.home.reports / "evaluation" / "settings.json"
+    assert json.loads(report_settings.read_text(encoding="utf-8")) == expected
+
+
 def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
     """The promotion figure is the judged reward: the gold P(MET) times the gold side's P(asked area |
     answer), from the registered RL reward the candidate was trained against (loaded, not refitted),

@@ -4,6 +4,7 @@ alias, lineage, and the evidence-gated champion rule."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -14,11 +15,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from ml.config import load_profile, settings_dict
 from ml.evaluation.metrics import paired_bootstrap, paired_bootstrap_macro_f1
-from ml.registry import Evidence, Registry, RegistryError, artifact_root_for, tracking_uri_for
+from ml.paths import DataHome
+from ml.registry import SETTINGS_ARTIFACT, Evidence, Registry, RegistryError, artifact_root_for, tracking_uri_for
 from ml.reward.encoder import load_encoder
 from ml.reward.model import RewardModel
 from ml.serving.publish import CARD_FILE, log_reward_model
+from orchestration.resources import MlflowRegistry
 
 # A valid 1x1 PNG, so the test needs no plotting library.
 PNG_1X1 = base64.b64decode(
@@ -93,6 +97,23 @@ def test_run_logs_params_metrics_artifacts_and_lineage_and_finishes(registry, tm
     assert len(tags["git_commit"]) == 40 and tags["mlflow.source.git.commit"] == tags["git_commit"]
     files = {p.relative_to(run.artifact_uri).as_posix() for p in Path(run.artifact_uri).rglob("*") if p.is_file()}
     assert files == {"reports/report.md", "notes/hello.txt", "config.json", "figures/curve.png"}
+
+
+def test_every_run_records_the_effective_settings(home, tmp_path):
+    (tmp_path / "profile.toml").write_text("[policy.ppo]\nsteps = 9\n", encoding="utf-8")
+    profile = load_profile("smoke", tmp_path / "profile.toml", overrides="[evaluation]\nsamples_per_prompt = 3\n")
+    with MlflowRegistry().open(DataHome(home), "run-9", profile) as registry:
+        for name in ("reward", "policy"):
+            with registry.run(name, f"{name}-smoke") as run:
+                pass
+            saved = json.loads((Path(run.artifact_uri) / SETTINGS_ARTIFACT).read_text(encoding="utf-8"))
+            assert saved == settings_dict(profile)
+            assert saved["policy"]["ppo"]["steps"] == 9 and saved["evaluation"]["samples_per_prompt"] == 3
+            assert saved["sources"] == [str(tmp_path / "profile.toml"), "run config"]
+    # Outside the pipeline (a registry opened without settings) nothing is added.
+    with Registry.for_home(home).run("reward", "plain") as run:
+        pass
+    assert not (Path(run.artifact_uri) / SETTINGS_ARTIFACT).exists()
 
 
 @pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
