@@ -11,7 +11,7 @@ import pytest
 
 from ml.data.synthetic import generate_mona
 from orchestration.definitions import build_definitions
-from orchestration.resources import RlxfSettings, build_resources
+from orchestration.resources import RlxfSettings, build_resources, settings_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +53,12 @@ def test_definitions_load_and_show_the_lineage():
 def test_resources_read_the_environment_through_envvar(monkeypatch):
     for name in ("RLXF_PROFILE", "RLXF_HOME", "RLXF_MODEL_CACHE", "RLXF_SEED_SYNTHETIC", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
-    unset = build_resources()
-    assert (unset["rlxf"].profile, unset["rlxf"].home, unset["rlxf"].seed_synthetic) == ("demo", "", None)
-    assert unset["mlflow"].tracking_uri == ""
+    unset = settings_from_env()  # build_resources() wraps it to be configurable at launch
+    assert (unset.profile, unset.home, unset.seed_synthetic) == ("demo", "", None)
+    assert build_resources()["mlflow"].tracking_uri == ""
     monkeypatch.setenv("RLXF_PROFILE", "smoke")
     monkeypatch.setenv("RLXF_SEED_SYNTHETIC", "1")
-    settings = build_resources()["rlxf"]
+    settings = settings_from_env()
     assert isinstance(settings.profile, dg.EnvVar) and settings.profile.env_var_name == "RLXF_PROFILE"
     assert settings.seed_synthetic is True
 

@@ -22,7 +22,7 @@ from ml.config import (
 )
 from ml.paths import DataHome
 from ml.policy.ppo import PPOConfig
-from orchestration.resources import RlxfSettings, build_resources, settings_from_env
+from orchestration.resources import RlxfSettings, build_resources
 
 # The profiles' PPO overrides as they were written before PPOSettings (a dict over PPOConfig's defaults).
 OLD_PPO_DICTS = {
@@ -159,7 +159,15 @@ def test_environment_names_the_file_for_the_resource(tmp_path, monkeypatch):
     monkeypatch.setenv("RLXF_PROFILE", "smoke")
     monkeypatch.setenv("RLXF_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RLXF_PROFILE_FILE", str(path))
-    profile = settings_from_env().get_profile()
+    seen = {}
+
+    @dg.asset
+    def probe(rlxf: RlxfSettings) -> None:
+        seen["profile"] = rlxf.get_profile()
+
+    # The variables reach the resource as dg.EnvVar, resolved when the run starts.
+    assert dg.materialize([probe], resources={"rlxf": build_resources()["rlxf"]}).success
+    profile = seen["profile"]
     assert (profile.name, profile.policy.ppo.steps, profile.sources) == ("smoke", 11, (str(path),))
 
 
