@@ -34,7 +34,7 @@ final as (
     from latest_status
 
     left join status_label_map
-        on status_label_map.status_code = latest_status.status_code
+        on latest_status.status_code = status_label_map.status_code
 
 )
 

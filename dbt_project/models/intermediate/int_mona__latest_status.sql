@@ -75,7 +75,8 @@ row_counts as (
 final as (
 
     select
-        latest.* exclude (recency_rank),
+        -- recency_rank is a column of latest, excluded from it.
+        latest.* exclude (recency_rank),  -- noqa: RF02
         row_counts.n_rows,
         row_counts.n_reviews,
         status_histories.status_history
@@ -83,10 +84,10 @@ final as (
     from rows_ranked_by_recency as latest
 
     inner join row_counts
-        on row_counts.condition_id = latest.condition_id
+        on latest.condition_id = row_counts.condition_id
 
     left join status_histories
-        on status_histories.condition_id = latest.condition_id
+        on latest.condition_id = status_histories.condition_id
 
     where latest.recency_rank = 1
 

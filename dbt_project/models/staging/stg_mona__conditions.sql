@@ -45,7 +45,8 @@ typed as (
 
     select
         * exclude (economic_code, status) replace (
-            {{ title_case_if_upper('country') }} as country,
+            -- sqlfluff cannot parse DuckDB's lambda syntax in this macro.
+            {{ title_case_if_upper('country') }} as country,  -- noqa: PRS
             upper(country_code) as country_code,
             upper(arrangement_type) as arrangement_type,
             try_cast(approval_date as date) as approval_date,
@@ -105,8 +106,9 @@ economic_areas_joined as (
     from economic_codes_derived as conditions
 
     left join economic_areas
-        on economic_areas.economic_code
-            = coalesce(conditions.given_economic_code, conditions.expected_economic_code)
+        on
+            coalesce(conditions.given_economic_code, conditions.expected_economic_code)
+            = economic_areas.economic_code
 
 ),
 
