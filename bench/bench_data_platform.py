@@ -177,9 +177,11 @@ def bench_many_files(n_files: int, rows_per_file: int, seed: int) -> dict:
     outcomes = {status: len(report.with_status(status))
                 for status in ("loaded", "quarantined", "already_quarantined", "unreadable")}
     outcomes["quarantined"] += outcomes.pop("already_quarantined")  # corrupt files with equal bytes (empty ones)
-    expected = {"loaded": counts["good_csv"] + counts["good_xlsx"] + counts["odd_csv"], "quarantined": counts["corrupt"]}
+    expected = {"loaded": counts["good_csv"] + counts["good_xlsx"] + counts["odd_csv"],
+                "quarantined": counts["corrupt"]}
     result = {"files": n_written, "rows_per_file": rows_per_file, "kinds": counts, "seconds": first,
-              "files_per_s": n_written / first, "rows_loaded": report.rows_loaded, "rows_rejected": report.rows_rejected,
+              "files_per_s": n_written / first, "rows_loaded": report.rows_loaded,
+              "rows_rejected": report.rows_rejected,
               "outcomes": outcomes, "every_file_as_expected": all(outcomes[k] == v for k, v in expected.items()),
               "second_run_seconds": second,
               "second_run_all_already_handled": all(o.status.startswith("already_") for o in again.outcomes)}

@@ -43,9 +43,9 @@ from ml.data.splits import read_split
 from ml.evaluation.judges import EmbeddingAreaJudge
 from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
+from ml.policy.base import apply_lora
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.ppo import PPOConfig, PPOTrainer
-from ml.policy.base import apply_lora
 from ml.registry import Registry
 from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
@@ -74,14 +74,15 @@ def held_out_figures(home: DataHome) -> dict:
             "judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate", "on_topic_rate_knn",
             "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "copy_share")}
     for control in ("sft", "base", "random"):
-        figures[f"{tuned}_vs_{control}"] = {key: get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
-                                            for metric in ("judged", "gold") for stat in ("bootstrap_diff", "bootstrap_p", "paired_d")
-                                            for key in [f"{metric}_{stat}"]}
+        figures[f"{tuned}_vs_{control}"] = {
+            f"{metric}_{stat}": get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
+            for metric in ("judged", "gold") for stat in ("bootstrap_diff", "bootstrap_p", "paired_d")}
     t, h = figures[tuned], figures["historical"]
     figures["checks"] = {
         "on_topic_classifier": t["on_topic_rate"] >= TARGETS["on_topic_tuned"],
         "on_topic_embeddings": t["on_topic_rate_knn"] >= TARGETS["on_topic_tuned"],
-        "sft_on_topic": min(figures["sft"]["on_topic_rate"], figures["sft"]["on_topic_rate_knn"]) >= TARGETS["on_topic_sft"],
+        "sft_on_topic": (min(figures["sft"]["on_topic_rate"], figures["sft"]["on_topic_rate_knn"])
+                         >= TARGETS["on_topic_sft"]),
         "gold_at_least_historical": t["gold_p_met"] >= h["gold_p_met"],
         "significant_vs_sft_base_random": all(figures[f"{tuned}_vs_{c}"]["gold_bootstrap_p"] < TARGETS["p_value"]
                                               for c in ("sft", "base", "random")),
@@ -129,7 +130,8 @@ def bench_reward_models(home: DataHome, profile, registry: Registry, reward: RLR
     half_a, half_b = split_train_halves(train, seed=profile.reward.seed)
     plain = replace(profile.reward, cross_area_negatives=0.0, vague_negatives=0.0)
     wanted = {"proxy_plain": (half_a, profile.reward.seed), "gold_plain": (half_b, profile.reward.gold_seed),
-              "proxy_plain_seed2": (half_a, profile.reward.seed + 1), "proxy_plain_seed3": (half_a, profile.reward.seed + 2)}
+              "proxy_plain_seed2": (half_a, profile.reward.seed + 1),
+              "proxy_plain_seed3": (half_a, profile.reward.seed + 2)}
     models = {}
     for name, (data, seed) in wanted.items():
         path = folder / name

@@ -100,7 +100,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
             print(f"  warehouse   {home.warehouse}: {raw[0]:,} raw rows from {raw[1]} file(s)")
             tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
             if "int_mona__labeled" in tables:
-                for label, n in con.execute("select label, count(*) from int_mona__labeled group by 1 order by 1").fetchall():
+                labels = con.execute("select label, count(*) from int_mona__labeled group by 1 order by 1")
+                for label, n in labels.fetchall():
                     print(f"              {label:<9} {n:>8,} conditions")
         finally:
             con.close()

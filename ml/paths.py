@@ -56,7 +56,7 @@ class DataHome:
         """The profile's overrides (TOML, `ml.config.load_profile`), applied when it exists."""
         return self.root / "profile.toml"
 
-    def ensure(self) -> "DataHome":
+    def ensure(self) -> DataHome:
         for folder in (self.root, self.landing, self.quarantine, self.exports, self.truth, self.models,
                        self.reports):
             folder.mkdir(parents=True, exist_ok=True)

@@ -23,16 +23,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import pandas as pd
 
 from ml.data.reader import SUPPORTED_SUFFIXES, MonaFile, MonaReadError, read_mona_file
 from ml.data.schema import CANONICAL_COLUMNS
-from ml.io import atomic_copy, atomic_write_text
 from ml.data.warehouse import (
     RAW_CONDITIONS,
     RAW_FILES,
@@ -41,6 +40,7 @@ from ml.data.warehouse import (
     connect,
     create_raw_tables,
 )
+from ml.io import atomic_copy, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +244,12 @@ def _ensure_usable(con: duckdb.DuckDBPyConnection, error: Exception) -> None:
     """Re-raise `error` when the warehouse itself is broken: that is no file's fault."""
     try:
         con.execute("select 1").fetchone()
-    except duckdb.Error:
-        raise error
+    except duckdb.Error as broken:
+        raise error from broken
 
 
 def _load(con: duckdb.DuckDBPyConnection, path: Path, sha: str, mona: MonaFile) -> FileOutcome:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows = mona.rows.assign(source_file=path.name, source_sha256=sha, ingested_at=now)
     rejected = mona.rejected.assign(source_file=path.name, source_sha256=sha, ingested_at=now)
     columns = ", ".join(CANONICAL_COLUMNS) + ", source_file, source_sha256, source_sheet, source_row, ingested_at"
@@ -293,7 +293,7 @@ def _rows_rejected(rejected: pd.DataFrame) -> int:
 def _quarantine(con: duckdb.DuckDBPyConnection, path: Path, quarantine: Path, sha: str, reason: str) -> FileOutcome:
     target, note = quarantine_file(path, quarantine, reason, sha)
     left_in_landing = path.exists()
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     # Recorded whether or not the file could be moved: a file left in a read-only landing folder is
     # reported, not read again on every run.
     con.execute(f"""insert or ignore into {RAW_QUARANTINED_FILES}
@@ -314,7 +314,7 @@ def quarantine_file(path: Path, quarantine: Path, reason: str, sha: str | None =
     """
     sha = sha or file_sha256(path)
     target = quarantine / path.name
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     text = f"file: {path.name}\nsha256: {sha}\nquarantined_at: {stamp}\nreason: {reason}\n"
     try:
         quarantine.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ from ml.reward.encoder import packaged_minilm_dir
 from ml.reward.topic import area_key
 
 
-def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 128, max_length: int = 64) -> np.ndarray:
+def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 128,
+          max_length: int = 64) -> np.ndarray:
     """Mean-pooled, L2-normalised sentence embeddings (N, H)."""
     out = []
     with torch.inference_mode():

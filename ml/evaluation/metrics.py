@@ -3,11 +3,11 @@
 The paper compared expected reward under the tuned policy with a random policy by one t-test. To say
 whether a gain is real, and not the policy exploiting its reward model, the report needs more:
 confidence intervals (`mean_ci`), Welch's t-test with an effect size (`welch_test`), a bootstrap
-interval and permutation test that pair policies on the same prompts (`paired_bootstrap`), diversity (`distinct_n`), whether it merely
-copies a training condition (`NoveltyIndex`), and the rule that calls a proxy gain without a gold gain
-over-optimisation (`overoptimisation_flag`); whether an answer is about the economic area it was asked
-for is `ml.reward.topic.AreaClassifier`, which the RL reward's topic term shares. Nothing here knows
-about policies or reports; `summary.py` combines them.
+interval and permutation test that pair policies on the same prompts (`paired_bootstrap`), diversity
+(`distinct_n`), whether it merely copies a training condition (`NoveltyIndex`), and the rule that
+calls a proxy gain without a gold gain over-optimisation (`overoptimisation_flag`); whether an answer
+is about the economic area it was asked for is `ml.reward.topic.AreaClassifier`, which the RL reward's
+topic term shares. Nothing here knows about policies or reports; `summary.py` combines them.
 """
 
 from __future__ import annotations

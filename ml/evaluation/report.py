@@ -269,7 +269,7 @@ def _verdict_blocks(evaluation: PolicyEvaluation) -> list[Block]:
         return [Heading(2, "Verdict"), Paragraph("No comparison could be made: the answers hold no tuned policy "
                                                  "together with base or random.", style="info")]
     items = []
-    for comparison, pair in tests.groupby("comparison", sort=False):
+    for _, pair in tests.groupby("comparison", sort=False):
         by_metric = pair.set_index("metric")
         parts = []
         for metric, label in (("judged", "judged reward"), ("gold", "gold P(MET)"), ("proxy", "proxy P(MET)")):
@@ -367,7 +367,8 @@ def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:
             f"{_share(row['on_topic_rate'])} by the area classifier and {_share(row['on_topic_rate_knn'])} by "
             f"embeddings; {_share(row['copy_share'])} copies of training conditions.")
     if "historical" in table.index:
-        text += (f" Historical MET conditions of the same prompts: judged {_num(table.loc['historical', 'judged_mean'])}, "
+        text += (" Historical MET conditions of the same prompts: judged "
+                 f"{_num(table.loc['historical', 'judged_mean'])}, "
                  f"gold P(MET) {_num(table.loc['historical', 'gold_mean'])}.")
     return [Paragraph(text, strong="Summary.", style="info")]
 

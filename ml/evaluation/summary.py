@@ -275,7 +275,7 @@ def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, 
 
 def _flags(tests: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for comparison, pair in tests[tests["control"] == "base"].groupby("comparison", sort=False):
+    for _, pair in tests[tests["control"] == "base"].groupby("comparison", sort=False):
         by_metric = pair.set_index("metric")
         gains, ps = {}, {}
         for metric in ("proxy", "gold"):

@@ -24,6 +24,7 @@ from types import MethodType
 import numpy as np
 import pandas as pd
 import torch
+import transformers
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,7 +32,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-import transformers
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
 
@@ -115,7 +115,7 @@ class RewardModel:
         return folder
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 64, device: str = "auto", dtype: str | None = None) -> "RewardModel":
+    def load(cls, folder: Path, batch_size: int = 64, device: str = "auto", dtype: str | None = None) -> RewardModel:
         """The model saved in `folder`; `dtype` None = the precision it was saved (and evaluated) in."""
         folder = Path(folder)
         meta_path = folder / META_FILE
@@ -147,7 +147,8 @@ def _last_layer_for_cls_only(model: PreTrainedModel):
     the one its pooler reads; any other model runs its full forward. Exact: each position's query,
     attention output and feed-forward depend on no other position once keys and values are known."""
     config = model.config
-    if not (transformers.__version__ == CLS_ONLY_CHECKED_TRANSFORMERS and isinstance(model, BertForSequenceClassification) and model.bert.pooler is not None
+    if not (transformers.__version__ == CLS_ONLY_CHECKED_TRANSFORMERS
+            and isinstance(model, BertForSequenceClassification) and model.bert.pooler is not None
             and not config.is_decoder and config._attn_implementation in ("eager", "sdpa")):
         yield
         return

@@ -63,8 +63,9 @@ def read_truth(truth_dir: Path) -> pd.DataFrame | None:
 
 def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settings: RewardSettings,
                               registry: Registry, work_dir: Path, profile: str,
-                              promotion: PromotionSettings = PromotionSettings(),
+                              promotion: PromotionSettings | None = None,
                               progress: Callable[[str], None] = print) -> RewardRun:
+    promotion = promotion or PromotionSettings()
     if role not in REGISTERED_NAMES:
         raise ValueError(f"role must be one of {sorted(REGISTERED_NAMES)}, not {role!r}")
     name = REGISTERED_NAMES[role]

@@ -164,7 +164,8 @@ def read_spec(folder: Path, **overrides) -> RewardSpec:
     return replace(RewardSpec(**raw), **overrides)
 
 
-def fit_area_classifiers(half_a: pd.DataFrame, half_b: pd.DataFrame, seed: int) -> tuple[AreaClassifier, AreaClassifier]:
+def fit_area_classifiers(half_a: pd.DataFrame, half_b: pd.DataFrame,
+                         seed: int) -> tuple[AreaClassifier, AreaClassifier]:
     """The proxy side's and the gold side's area classifiers, each on the training half its reward
     model learned from, so the judge shares none of the proxy's data."""
     return AreaClassifier.fit(half_a, seed=seed), AreaClassifier.fit(half_b, seed=seed + 1)

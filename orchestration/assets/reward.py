@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ml.registry import PromotionDecision
 from ml.reward.pipeline import (
     GOLD_REWARD_MODEL_NAME,
     REGISTERED_NAMES,
@@ -13,7 +14,6 @@ from ml.reward.pipeline import (
     reward_ref,
     train_and_register_reward,
 )
-from ml.registry import PromotionDecision
 from ml.reward.rl_reward import RL_REWARD_NAME
 from orchestration.resources import MlflowRegistry, RlxfSettings
 

@@ -109,7 +109,8 @@ def test_two_runs_started_at_once_both_succeed_taking_turns_on_duckdb(world):
     records = world.instance.get_run_records(dg.RunsFilter(job_name="mona_data_platform"))
     assert [r.dagster_run.status for r in records] == [dg.DagsterRunStatus.SUCCESS] * 2
     # The DuckDB steps of the two runs never overlapped in time: they took turns through the pool.
-    intervals = [interval for r in records for interval in step_intervals(world.instance, r.dagster_run.run_id).values()]
+    intervals = [interval for r in records
+                 for interval in step_intervals(world.instance, r.dagster_run.run_id).values()]
     assert len(intervals) >= 2 * 3
     intervals.sort()
     assert all(end <= next_start for (_, end), (next_start, _) in zip(intervals, intervals[1:])), intervals

@@ -162,8 +162,9 @@ def test_evaluation_flags_a_proxy_gain_the_gold_reward_denies(hacked):
 
 def test_headline_names_are_mlflow_safe_and_include_the_paper_test(confirmed):
     headline = confirmed[1].headline()
-    for name in ("ppo_gold_p_met", "ppo_proxy_p_met", "ppo_judged_reward", "ppo_vs_base_gold_gain", "ppo_vs_random_welch_p",
-                 "ppo_vs_base_gold_bootstrap_p", "sft_vs_base_hedges_g", "ppo_kl_to_base", "ppo_distinct_2"):
+    for name in ("ppo_gold_p_met", "ppo_proxy_p_met", "ppo_judged_reward", "ppo_vs_base_gold_gain",
+                 "ppo_vs_random_welch_p", "ppo_vs_base_gold_bootstrap_p", "sft_vs_base_hedges_g", "ppo_kl_to_base",
+                 "ppo_distinct_2"):
         assert name in headline
     assert all(MLFLOW_SAFE.match(name) for name in headline)
     assert all(np.isfinite(value) for value in headline.values())
@@ -179,7 +180,8 @@ def test_missing_answer_columns_are_named():
 def test_scenario_samples_pick_fiscal_trade_and_financial_prompts():
     areas = {"a": "1.1. Revenue measures, excluding trade policy", "b": "Debt management",
              "c": "Trade policy (excluding customs reforms)", "d": "Exchange system and restrictions",
-             "e": "Financial sector legal reforms, regulation, and supervision", "f": "Central bank operations and reforms",
+             "e": "Financial sector legal reforms, regulation, and supervision",
+             "f": "Central bank operations and reforms",
              "g": "Pension reforms", "h": "Public enterprise restructuring and privatization"}
     answers = pd.DataFrame([{"policy": policy, "prompt_id": pid, "economic_area": area, "country": "KENYA",
                              "arrangement_type": "ECF", "prompt": f"prompt {pid}", "answer": f"{policy} on {pid}",

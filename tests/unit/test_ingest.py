@@ -178,7 +178,8 @@ def test_corrupt_workbooks_are_quarantined_and_the_good_files_still_load(home):
     write_workbook(landing / "broken_xml.xlsx")
     damage_member(landing / "broken_xml.xlsx", "xl/workbook.xml", lambda data: data[: len(data) // 2])
     write_workbook(landing / "broken_sheet.xlsx")
-    damage_member(landing / "broken_sheet.xlsx", "xl/worksheets/sheet1.xml", lambda data: data.replace(b"</row>", b"<", 1))
+    damage_member(landing / "broken_sheet.xlsx", "xl/worksheets/sheet1.xml",
+                  lambda data: data.replace(b"</row>", b"<", 1))
     with zipfile.ZipFile(landing / "not_a_workbook.xlsx", "w") as archive:
         archive.writestr("readme.txt", "hello")
     (landing / "good.csv").write_text(GOOD_ROWS, encoding="utf-8")

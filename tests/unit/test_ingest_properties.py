@@ -32,7 +32,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 PRINTABLE = st.characters(min_codepoint=32, max_codepoint=0x24F)  # what a worksheet cell can hold
 HEADER = ["Country Name", "Economic Code", "Economic Descriptor", "Description", "TestDate", "PC Status", "Comments"]
 ROWS = [
-    ["Côte d'Ivoire", "20.2", "1.2. Revenue administration, including customs", "Adopt the tax code", "03/31/2015", "M", ""],
+    ["Côte d'Ivoire", "20.2", "1.2. Revenue administration, including customs", "Adopt the tax code", "03/31/2015",
+     "M", ""],
     ["São Tomé and Príncipe", "20.6", "1.6. Expenditure auditing, accounting, and financial controls",
      "Audit the treasury accounts", "06/30/2016", "NM", "late"],
     ["Ghana", "22", "3. Civil service and public employment reforms, and wages", "Complete a payroll audit",
@@ -181,8 +182,9 @@ def test_no_export_stops_the_others_and_every_file_gets_an_outcome_with_a_reason
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         try:
             # Each loaded file has exactly the rows recorded for it; the good file's rows are there.
-            assert con.execute("""select count(*) from raw.ingested_files f where rows_loaded !=
-                (select count(*) from raw.mona_conditions c where c.source_sha256 = f.source_sha256)""").fetchone() == (0,)
+            unmatched = con.execute("""select count(*) from raw.ingested_files f where rows_loaded !=
+                (select count(*) from raw.mona_conditions c where c.source_sha256 = f.source_sha256)""")
+            assert unmatched.fetchone() == (0,)
             countries = {c for (c,) in con.execute("select country from raw.mona_conditions").fetchall()}
             assert {row[0] for row in ROWS} <= countries
             assert not any("Ã" in country for country in countries)  # never UTF-8 read as Latin-1

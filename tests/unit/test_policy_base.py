@@ -22,7 +22,6 @@ from ml.policy.base import (
     load_base_policy,
     smollm2_cache_folder,
 )
-from ml.policy.sampling import generate_answers, greedy_answers
 from ml.policy.prompts import (
     PROMPT_COLUMNS,
     answer_to_condition,
@@ -31,6 +30,7 @@ from ml.policy.prompts import (
     chat_text,
     render_prompt,
 )
+from ml.policy.sampling import generate_answers, greedy_answers
 from ml.policy.tiny import build_tiny_llama, shared_cache_dir
 
 SETTINGS = get_profile("smoke").policy
@@ -135,8 +135,8 @@ def test_grounded_prompts_carry_the_record_and_precedents_but_never_their_own_ta
     assert "Establish a cash plan" not in context  # another area
 
     prompts = build_policy_prompts(more, "test", grounding=grounding)
-    assert prompts["prompt"].iloc[0].startswith(render_prompt("Ghana", "ECF", "Revenue administration, including customs")
-                                                + "\nRecord of Ghana")
+    question = render_prompt("Ghana", "ECF", "Revenue administration, including customs")
+    assert prompts["prompt"].iloc[0].startswith(question + "\nRecord of Ghana")
     examples = build_sft_examples(more, "train", grounding=grounding)
     for row in examples.itertuples():
         ghana_targets = set(examples.loc[examples["prompt"] == row.prompt, "description"])

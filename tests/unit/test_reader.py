@@ -37,7 +37,8 @@ def test_header_variants_map_to_one_schema(tmp_path):
     path.write_text("CountryName,economic_code,Condition Description,Status,Test Date,Arrangement Type,Region\n"
                     "Ghana,20.2,Adopt a revenue law,Met,2015-03-31,ECF,Africa\n", encoding="utf-8")
     row = read_mona_file(path).rows.iloc[0]
-    assert (row.country, row.economic_code, row.description, row.status) == ("Ghana", "20.2", "Adopt a revenue law", "Met")
+    assert (row.country, row.economic_code, row.description, row.status) == (
+        "Ghana", "20.2", "Adopt a revenue law", "Met")
     assert row.test_date == "2015-03-31" and row.arrangement_type == "ECF"
     # Columns the schema does not know are kept, not dropped.
     assert '"Region": "Africa"' in row.extra_columns

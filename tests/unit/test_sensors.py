@@ -168,7 +168,8 @@ def test_warehouse_without_manifest_is_read_and_a_locked_one_is_waited_for(setti
     manifest_path(home.warehouse).unlink()  # a warehouse written before manifests existed
     result, _ = evaluate(settings, instance)
     assert isinstance(result, dg.SkipReason) and "no new MONA files" in result.skip_message
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(home.warehouse)!r}); "
+    holder = subprocess.Popen([sys.executable, "-c",
+                               f"import duckdb, time; c = duckdb.connect({str(home.warehouse)!r}); "
                                "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
