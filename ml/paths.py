@@ -14,47 +14,24 @@ def default_home(profile: str) -> Path:
     return REPO_ROOT / ".rlxf" / profile
 
 
+def _entry(name: str, doc: str) -> property:
+    """A path inside the data home, documented where it is declared."""
+    return property(lambda home: home.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class DataHome:
     root: Path
 
-    @property
-    def landing(self) -> Path:
-        """MONA exports (.xlsx/.csv) waiting to be ingested; the sensor watches this folder."""
-        return self.root / "landing"
-
-    @property
-    def quarantine(self) -> Path:
-        """Files that could not be ingested, each next to a `<name>.reason.txt`."""
-        return self.root / "quarantine"
-
-    @property
-    def warehouse(self) -> Path:
-        return self.root / "warehouse.duckdb"
-
-    @property
-    def exports(self) -> Path:
-        """Validated split snapshots (parquet) that model training reads."""
-        return self.root / "exports"
-
-    @property
-    def truth(self) -> Path:
-        """Synthetic generator sidecars: true P(MET) per condition, never part of an export."""
-        return self.root / "truth"
-
-    @property
-    def models(self) -> Path:
-        """Local model folders: training outputs and the converted base policy."""
-        return self.root / "models"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def profile_file(self) -> Path:
-        """The profile's overrides (TOML, `ml.config.load_profile`), applied when it exists."""
-        return self.root / "profile.toml"
+    landing = _entry("landing", "MONA exports (.xlsx/.csv) waiting to be ingested; the sensor watches this folder.")
+    quarantine = _entry("quarantine", "Files that could not be ingested, each next to a `<name>.reason.txt`.")
+    warehouse = _entry("warehouse.duckdb", "The DuckDB warehouse: raw tables and the dbt models.")
+    exports = _entry("exports", "Validated split snapshots (parquet) that model training reads.")
+    truth = _entry("truth", "Synthetic generator sidecars: true P(MET) per condition, never part of an export.")
+    models = _entry("models", "Local model folders: training outputs and the converted base policy.")
+    reports = _entry("reports", "The evaluation report and its plots.")
+    profile_file = _entry("profile.toml", "The profile's overrides (TOML, `ml.config.load_profile`), applied "
+                                          "when it exists.")
 
     def ensure(self) -> DataHome:
         for folder in (self.root, self.landing, self.quarantine, self.exports, self.truth, self.models,
