@@ -216,7 +216,7 @@ def test_rollout_penalises_empty_and_truncated_answers(tokenizer, monkeypatch):
                               [tax, met, tax, met],  # no EOS within max_new_tokens: truncated
                               [met, eos, pad, pad]])  # a proper one-word answer
 
-    def fake_generate(prompts, do_sample=True):
+    def fake_generate(prompts, do_sample=True, uniforms=None):
         encoded = tokenizer([p["prompt_text"] for p in prompts], padding=True, padding_side="left",
                             return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"], generated
@@ -378,7 +378,7 @@ def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
         reference_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
     evaluation_kl = policy_lp - reference_lp
 
-    trainer.generate = lambda prompts, do_sample=True: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
+    trainer.generate = lambda prompts, do_sample=True, uniforms=None: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
     rollout = trainer.rollout(PROMPTS[:4])
     trainer_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(dim=1)
     assert abs(trainer_kl).max() > 1e-3

@@ -1,0 +1,90 @@
+"""One small training run at whatever world size it is launched with, for tests/unit/test_distributed.py.
+
+`python tests/distributed_worker.py reward OUT --base DIR` trains the tiny reward model;
+`... ppo OUT` trains the tiny PPO policy. Run it plainly for one process, or under
+`accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N. Rank 0 writes OUT/result.json
+(the per-step losses) and OUT/weights.safetensors (the trained weights: every parameter of the
+reward model, the LoRA adapter and value head of the policy), which the test compares across world
+sizes. `--pause-at-step K` makes rank 0 stop for good before it reports step K (after the checkpoint of
+step K - 1 is written), so a test can SIGKILL the run at a known point; each rank then writes its
+process id to OUT/pid.<rank>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml import distributed  # noqa: E402
+from ml.config import RewardSettings  # noqa: E402
+
+
+def train_reward(out: Path, base: Path) -> None:
+    from ml.reward import train_reward_model
+    from tests.unit.test_reward import make_rows
+
+    settings = RewardSettings(base_model=str(base), max_length=48, epochs=2, batch_size=16, learning_rate=3e-3,
+                              warmup_ratio=0.1, eval_every_steps=4, early_stopping_patience=100)
+    result = train_reward_model(make_rows(96, 1, "train", 500), make_rows(20, 2, "validation", 600), settings, seed=0)
+    write(out, result.history, result.model.state_dict())
+
+
+def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int) -> None:
+    from ml.policy.ppo import PPOConfig, PPOTrainer
+    from tests.unit.test_ppo import LEARNING, PROMPTS, make_policy, make_tokenizer, met_share
+
+    def progress(line: str) -> None:
+        if pause_at_step is not None and line.startswith(f"step {pause_at_step}/"):
+            (out / "paused").touch()
+            time.sleep(600)  # until the test kills the run
+
+    if pause_at_step is not None:  # the launcher starts ranks in their own sessions: the test kills each
+        (out / f"pid.{distributed.current().rank}").write_text(str(os.getpid()))
+    tokenizer = make_tokenizer()
+    # Reward normalisation, whitening, the adaptive KL controller and the early-stop KL all on: the
+    # statistics that must be computed over all ranks.
+    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": 4, "answers_per_prompt": 2,
+                          "target_kl": 1.0, "kl_horizon": 100, "early_stop_kl": 0.08, "reward_normalization": True,
+                          "checkpoint_every": 1})
+    trainer = PPOTrainer(make_policy(tokenizer), tokenizer, config, met_share, PROMPTS,
+                         checkpoint_dir=checkpoint_dir, progress=progress)
+    result = trainer.train()
+    weights = {name: p.detach() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    write(out, result.history, weights)
+
+
+def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> None:
+    dist = distributed.current()
+    if dist.is_main:
+        (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "history": history}))
+        save_file({name: t.contiguous() for name, t in weights.items()}, str(out / "weights.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["reward", "ppo"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--base", type=Path, help="the reward encoder's folder")
+    parser.add_argument("--checkpoint-dir", type=Path)
+    parser.add_argument("--pause-at-step", type=int)
+    parser.add_argument("--steps", type=int, default=4, help="PPO steps")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # two processes on two shared cores
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "reward":
+        train_reward(args.out, args.base)
+    else:
+        train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps)
+
+
+if __name__ == "__main__":
+    main()
