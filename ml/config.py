@@ -113,12 +113,24 @@ class PromotionSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """How many processes train the policy and how they start (ml/distributed.py, README "Training on
+    several processes"): 1 = in the Dagster step's own process; more = `accelerate launch` through
+    Dagster Pipes."""
+
+    num_processes: int = 1
+    accelerate_config: str = ""  # an accelerate config file (configs/accelerate/); empty = data-parallel here
+    mixed_precision: str = "no"  # accelerate's flag when no config file is given; the loops' own dtype still applies
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     data: DataSettings
     reward: RewardSettings
     policy: PolicySettings
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
 
     def with_data(self, **changes) -> "Profile":
         return replace(self, data=replace(self.data, **changes))

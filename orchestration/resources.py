@@ -2,13 +2,14 @@
 
 Environments differ by these resources, never by `if` in asset code. The environment variables
 RLXF_PROFILE (smoke | demo | paper), RLXF_HOME (data home folder), RLXF_MODEL_CACHE and
-RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too) are read here and
-only here.
+RLXF_SEED_SYNTHETIC (1: seed an empty landing folder outside the default home too), RLXF_NUM_PROCESSES
+and RLXF_ACCELERATE_CONFIG (policy training on several processes) are read here and only here.
 """
 
 
 import os
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
-from ml.config import Profile, get_profile
-from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
+from ml.config import DistributedSettings, Profile, get_profile
+from ml.paths import DBT_PROJECT_DIR, REPO_ROOT, DataHome, default_home
 from ml.registry import Registry
+from orchestration.rl_training import open_registry
 
 
 # The Dagster concurrency pool of every step that opens the DuckDB warehouse. DuckDB lets one process
@@ -37,9 +39,17 @@ class RlxfSettings(dg.ConfigurableResource):
     # Seed an empty landing folder with the profile's synthetic data. Unset: only in the profile's default
     # home, so that a data home of one's own (or a mistyped RLXF_HOME) never trains on synthetic data.
     seed_synthetic: bool | None = None
+    # Policy training on several processes (Dagster Pipes + accelerate launch); 0 / empty: the profile's.
+    num_processes: int = 0
+    accelerate_config: str = ""
 
     def get_profile(self) -> Profile:
         return get_profile(self.profile)
+
+    def distributed_settings(self) -> DistributedSettings:
+        settings = self.get_profile().distributed
+        return replace(settings, num_processes=self.num_processes or settings.num_processes,
+                       accelerate_config=self.accelerate_config or settings.accelerate_config)
 
     def data_home(self) -> DataHome:
         return DataHome(Path(self.home) if self.home else default_home(self.profile)).ensure()
@@ -63,10 +73,7 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def open(self, home: DataHome, dagster_run_id: str) -> Registry:
         """The registry, tagging every run and version it writes with the Dagster run that wrote it."""
-        lineage = {"dagster_run_id": dagster_run_id}
-        if self.tracking_uri:
-            return Registry(self.tracking_uri, lineage=lineage)
-        return Registry.for_home(home.root, lineage=lineage)
+        return open_registry(self.tracking_uri, home.root, dagster_run_id)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
@@ -92,12 +99,16 @@ def settings_from_env() -> RlxfSettings:
     seed = os.environ.get("RLXF_SEED_SYNTHETIC", "")
     return RlxfSettings(profile=os.environ.get("RLXF_PROFILE", "demo"), home=os.environ.get("RLXF_HOME", ""),
                         model_cache=os.environ.get("RLXF_MODEL_CACHE", ""),
-                        seed_synthetic=seed.lower() in ("1", "true", "yes") if seed else None)
+                        seed_synthetic=seed.lower() in ("1", "true", "yes") if seed else None,
+                        num_processes=int(os.environ.get("RLXF_NUM_PROCESSES", "0")),
+                        accelerate_config=os.environ.get("RLXF_ACCELERATE_CONFIG", ""))
 
 
 def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
         "rlxf": settings or settings_from_env(),
         "mlflow": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        # Launches training on several processes (ppo_adapter); on a cluster, dagster_k8s.PipesK8sClient.
+        "pipes": dg.PipesSubprocessClient(cwd=str(REPO_ROOT)),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }
