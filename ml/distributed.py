@@ -40,6 +40,13 @@ class Distributed:
         size = n // self.world_size
         return slice(self.rank * size, (self.rank + 1) * size)
 
+    def shard_of(self, n: int) -> slice:
+        """This rank's contiguous part of n items when n need not divide evenly (the first n % world
+        ranks take one more; a rank may get none)."""
+        size, extra = divmod(n, self.world_size)
+        start = self.rank * size + min(self.rank, extra)
+        return slice(start, start + size + (self.rank < extra))
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (a new tensor; the input itself at world size 1)."""
         if self.world_size == 1:

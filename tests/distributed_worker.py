@@ -1,7 +1,7 @@
 """One small training run at whatever world size it is launched with, for tests/unit/test_distributed.py.
 
 `python tests/distributed_worker.py reward OUT --base DIR` trains the tiny reward model;
-`... ppo OUT` trains the tiny PPO policy. Run it plainly for one process, or under
+`... sft OUT` the tiny policy's SFT adapter; `... ppo OUT` the tiny PPO policy. Run it plainly for one process, or under
 `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N. Rank 0 writes OUT/result.json
 (the per-step losses) and OUT/weights.safetensors (the trained weights: every parameter of the
 reward model, the LoRA adapter and value head of the policy), which the test compares across world
@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 
@@ -36,6 +37,27 @@ def train_reward(out: Path, base: Path) -> None:
                               warmup_ratio=0.1, eval_every_steps=4, early_stopping_patience=100)
     result = train_reward_model(make_rows(96, 1, "train", 500), make_rows(20, 2, "validation", 600), settings, seed=0)
     write(out, result.history, result.model.state_dict())
+
+
+def train_sft(out: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ml.config import PolicySettings
+    from ml.policy.sft import train_sft_adapter
+    from tests.unit.test_ppo import PROMPTS, WORDS, make_policy, make_tokenizer
+
+    tokenizer = make_tokenizer()
+    base = make_policy(tokenizer).unload()  # the seeded tiny Llama without its test adapter
+    # Prompts with one to three conditions each, so a step's prompts carry unequal token counts.
+    examples = pd.DataFrame([{"prompt": p["prompt_text"], "description": " ".join(WORDS[i + j: i + j + 2 + i % 3])}
+                             for i, p in enumerate(PROMPTS) for j in range(1 + i % 3)])
+    # No LoRA dropout: its masks are drawn per process.
+    settings = PolicySettings(base_model="tiny-llama", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                              lora_target_modules=("q_proj", "v_proj"), max_prompt_tokens=32, sft_epochs=2.0,
+                              sft_learning_rate=1e-2)
+    result = train_sft_adapter(base, tokenizer, examples, settings, out / "sft", seed=0, batch_size=5)
+    history = [{"step": step, "loss": loss} for step, loss in result.train_loss]
+    write(out, history, load_file(str(result.adapter_dir / "adapter_model.safetensors")))
 
 
 def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int) -> None:
@@ -71,7 +93,7 @@ def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["reward", "ppo"])
+    parser.add_argument("what", choices=["reward", "sft", "ppo"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--base", type=Path, help="the reward encoder's folder")
     parser.add_argument("--checkpoint-dir", type=Path)
@@ -82,6 +104,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "reward":
         train_reward(args.out, args.base)
+    elif args.what == "sft":
+        train_sft(args.out)
     else:
         train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps)
 

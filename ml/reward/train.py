@@ -127,7 +127,7 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
         for global_index in length_grouped_batches(lengths, settings.batch_size, rng):
             started = time.perf_counter()
             # 1. this rank's rows of the global batch, padded to their own longest sequence
-            batch_index = np.array_split(global_index, dist.world_size)[dist.rank]
+            batch_index = global_index[dist.shard_of(len(global_index))]
             optimizer.zero_grad(set_to_none=True)
             n_tokens = torch.zeros(())
             if len(batch_index):

@@ -1,6 +1,6 @@
 """One training code path at any world size (issue #17): two processes (gloo on CPU, launched by
-`accelerate launch` as the Dagster asset launches them) train the tiny reward model and the tiny PPO
-policy to the same losses and weights as one process with the same global batch, and a two-process
+`accelerate launch` as the Dagster asset launches them) train the tiny reward model, the tiny policy's
+SFT adapter and the tiny PPO policy to the same losses and weights as one process with the same global batch, and a two-process
 PPO run killed with SIGKILL resumes from its checkpoint and ends where an uninterrupted run ends.
 
 Each run is a subprocess of tests/distributed_worker.py; the one-process run goes through the same
@@ -86,6 +86,13 @@ def test_two_processes_train_the_reward_model_like_one(tmp_path):
     run(2, "reward", str(tmp_path / "two"), "--base", str(tmp_path / "base"))
     assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
     assert_same_training(tmp_path / "one", tmp_path / "two", ("loss", "val_loss", "val_macro_f1"))
+
+
+def test_two_processes_train_the_sft_adapter_like_one(tmp_path):
+    run(1, "sft", str(tmp_path / "one"))
+    run(2, "sft", str(tmp_path / "two"))
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
+    assert_same_training(tmp_path / "one", tmp_path / "two", ("loss",))
 
 
 PPO_KEYS = ("reward_mean", "score_mean", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "approx_kl",
