@@ -60,7 +60,8 @@ def train_sft(out: Path) -> None:
     write(out, history, load_file(str(result.adapter_dir / "adapter_model.safetensors")))
 
 
-def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int) -> None:
+def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int,
+              mini_batch_size: int) -> None:
     from ml.policy.ppo import PPOConfig, PPOTrainer
     from tests.unit.test_ppo import LEARNING, PROMPTS, make_policy, make_tokenizer, met_share
 
@@ -74,7 +75,7 @@ def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None,
     tokenizer = make_tokenizer()
     # Reward normalisation, whitening, the adaptive KL controller and the early-stop KL all on: the
     # statistics that must be computed over all ranks.
-    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": 4, "answers_per_prompt": 2,
+    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": mini_batch_size, "answers_per_prompt": 2,
                           "target_kl": 1.0, "kl_horizon": 100, "early_stop_kl": 0.08, "reward_normalization": True,
                           "checkpoint_every": 1})
     trainer = PPOTrainer(make_policy(tokenizer), tokenizer, config, met_share, PROMPTS,
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", type=Path)
     parser.add_argument("--pause-at-step", type=int)
     parser.add_argument("--steps", type=int, default=4, help="PPO steps")
+    # One prompt per minibatch by default: at two processes one rank then holds none of each minibatch
+    # and must still join the sums, the path a larger minibatch only sometimes takes.
+    parser.add_argument("--mini-batch-size", type=int, default=1, help="PPO prompts per minibatch")
     args = parser.parse_args()
     torch.set_num_threads(1)  # two processes on two shared cores
     args.out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ def main() -> None:
     elif args.what == "sft":
         train_sft(args.out)
     else:
-        train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps)
+        train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps, args.mini_batch_size)
 
 
 if __name__ == "__main__":

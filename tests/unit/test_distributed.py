@@ -104,9 +104,10 @@ def test_two_processes_train_the_ppo_policy_like_one(ppo_one_process, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["world_size"] == 2
     assert_same_training(ppo_one_process, tmp_path, PPO_KEYS)
     history, _ = result(tmp_path)
-    # The all-reduced decisions were exercised: the controller moved β and the early-stop KL cut an epoch.
+    # The all-reduced decisions were exercised: the controller moved β and the early-stop KL cut the
+    # updates short (2 epochs x 8 one-prompt minibatches when it never fires).
     assert history[-1]["kl_coef"] != history[0]["kl_coef"]
-    assert any(row["ppo_updates"] < 4 for row in history)
+    assert any(row["ppo_updates"] < 16 for row in history)
 
 
 def test_two_process_ppo_killed_with_sigkill_resumes_and_completes(ppo_one_process, tmp_path):
