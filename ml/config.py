@@ -210,6 +210,17 @@ FIXED = {"fixed": True}  # field metadata: not a setting an override can change
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """How many processes train the policy and how they start (ml/distributed.py, README "Training on
+    several processes"): 1 = in the Dagster step's own process; more = `accelerate launch` through
+    Dagster Pipes."""
+
+    num_processes: int = 1
+    accelerate_config: str = ""  # an accelerate config file (configs/accelerate/); empty = data-parallel here
+    mixed_precision: str = "no"  # accelerate's flag when no config file is given; the loops' own dtype still applies
+
+
+@dataclass(frozen=True)
 class Profile:
     """Every setting of one run; `load_profile` builds the effective one from a built-in and overrides."""
 
@@ -219,6 +230,7 @@ class Profile:
     policy: PolicySettings
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
     sources: tuple[str, ...] = field(default=(), metadata=FIXED)  # overrides applied, in order (files, "run config")
 
 

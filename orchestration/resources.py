@@ -3,8 +3,9 @@
 Environments differ by these resources, never by `if` in asset code. The environment variables
 RLXF_PROFILE (smoke | demo | paper), RLXF_PROFILE_FILE (TOML overrides of the profile; default
 <home>/profile.toml), RLXF_HOME (data home folder), RLXF_MODEL_CACHE, RLXF_SEED_SYNTHETIC (1: seed an
-empty landing folder outside the default home too) and MLFLOW_TRACKING_URI reach the resources as
-`dg.EnvVar`s, here and only here; unset, a field keeps its default (the demo profile, the default home).
+empty landing folder outside the default home too), RLXF_NUM_PROCESSES and RLXF_ACCELERATE_CONFIG
+(policy training on several processes) and MLFLOW_TRACKING_URI reach the resources as `dg.EnvVar`s,
+here and only here; unset, a field keeps its default (the demo profile, the default home).
 
 `dbt_project` is the one DbtProject of the dbt assets and the dbt CLI resource. Under `dagster dev`
 `prepare_if_dev()` writes its manifest; elsewhere the prepare step does (`make dbt-manifest`, which
@@ -14,14 +15,16 @@ empty landing folder outside the default home too) and MLFLOW_TRACKING_URI reach
 
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
-from ml.config import Profile, profile_for_home, settings_dict
-from ml.paths import DBT_PROJECT_DIR, DataHome, default_home
+from ml.config import DistributedSettings, Profile, profile_for_home
+from ml.paths import DBT_PROJECT_DIR, REPO_ROOT, DataHome, default_home
 from ml.registry import Registry
+from orchestration.rl_training import open_registry
 
 # The Dagster concurrency pool of every step that opens the DuckDB warehouse. DuckDB lets one process
 # write a database file at a time (and none read it meanwhile), so a sensor-started run and a manual
@@ -43,10 +46,18 @@ class RlxfSettings(dg.ConfigurableResource):
     # Seed an empty landing folder with the profile's synthetic data. Unset: only in the profile's default
     # home, so that a data home of one's own (or a mistyped RLXF_HOME) never trains on synthetic data.
     seed_synthetic: bool | None = None
+    # Policy training on several processes (Dagster Pipes + accelerate launch); 0 / empty: the profile's.
+    num_processes: int = 0
+    accelerate_config: str = ""
 
     def get_profile(self) -> Profile:
         """The effective profile: the named one, then the overrides file, then this run's overrides."""
         return profile_for_home(self.profile, self._home(), self.profile_file or None, self.overrides or None)
+
+    def distributed_settings(self) -> DistributedSettings:
+        settings = self.get_profile().distributed
+        return replace(settings, num_processes=self.num_processes or settings.num_processes,
+                       accelerate_config=self.accelerate_config or settings.accelerate_config)
 
     def data_home(self) -> DataHome:
         return self._home().ensure()
@@ -74,11 +85,7 @@ class MlflowRegistry(dg.ConfigurableResource):
     def open(self, home: DataHome, dagster_run_id: str, profile: Profile | None = None) -> Registry:
         """The registry, tagging every run and version it writes with the Dagster run that wrote it, and
         logging `profile`'s effective settings in every run."""
-        lineage = {"dagster_run_id": dagster_run_id}
-        settings = settings_dict(profile) if profile is not None else None
-        if self.tracking_uri:
-            return Registry(self.tracking_uri, lineage=lineage, settings=settings)
-        return Registry.for_home(home.root, lineage=lineage, settings=settings)
+        return open_registry(self.tracking_uri, home.root, dagster_run_id, profile)
 
 
 # The venv's dbt, also when the venv is not activated (e.g. `.venv/bin/pytest`).
@@ -102,7 +109,9 @@ def _env_flag(name: str) -> bool | None:
 def settings_from_env() -> RlxfSettings:
     return RlxfSettings(profile=_env("RLXF_PROFILE", "demo"), profile_file=_env("RLXF_PROFILE_FILE", ""),
                         home=_env("RLXF_HOME", ""), model_cache=_env("RLXF_MODEL_CACHE", ""),
-                        seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"))
+                        seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"),
+                        num_processes=dg.EnvVar.int("RLXF_NUM_PROCESSES") if dg.EnvVar("RLXF_NUM_PROCESSES").get_value() else 0,
+                        accelerate_config=_env("RLXF_ACCELERATE_CONFIG", ""))
 
 
 def launch_configurable(settings: RlxfSettings) -> object:
@@ -117,5 +126,7 @@ def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
         "rlxf": launch_configurable(settings or settings_from_env()),
         "mlflow": MlflowRegistry(tracking_uri=_env("MLFLOW_TRACKING_URI", "")),
+        # Launches training on several processes (ppo_adapter); on a cluster, dagster_k8s.PipesK8sClient.
+        "pipes": dg.PipesSubprocessClient(cwd=str(REPO_ROOT)),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ml import distributed
 from ml.config import PolicySettings
 from ml.data.splits import read_split
 from ml.io import atomic_folder
@@ -211,13 +212,17 @@ def rl_job(prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path, sft
 
 def train_rl_stage(snapshot: Path, prompts: pd.DataFrame, settings: PolicySettings, cache_dir: Path,
                    sft_dir: Path | None, reward: RLReward, reward_version: str, registry: Registry, work_dir: Path,
-                   profile: str, seed: int, progress: Progress = print) -> RLRun:
+                   profile: str, seed: int, progress: Progress = print) -> RLRun | None:
     """The profile's RL algorithm against the RL reward; the adapter of the best validation
-    evaluation (judged reward, within the KL budget) is registered as a version of the policy."""
+    evaluation (judged reward, within the KL budget) is registered as a version of the policy.
+    Under a launcher every rank trains; rank 0 alone logs, registers and returns the run (None elsewhere)."""
     work_dir = Path(work_dir)
     algorithm = settings.algorithm
     checkpoints = checkpoint_dir_for(work_dir, snapshot, settings, reward_version, sft_dir)
     job = rl_job(prompts, settings, cache_dir, sft_dir, reward, checkpoints, seed, progress)
+    if not distributed.current().is_main:
+        train_rl(algorithm, job)  # in step with rank 0, which records the run
+        return None
     base_adapters = {"sft_adapter": Path(sft_dir) / "sft_adapter"} if sft_dir is not None else {}
     config = PPOConfig.for_policy(settings, seed)
     spec = reward.spec

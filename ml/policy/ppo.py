@@ -11,6 +11,16 @@ Every answer token earns -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)), and
 earns the answer's score (the reward model's P(MET), after penalties and normalisation). The reference
 policy pi_ref is the same network with the LoRA adapter switched off, so no second copy of the model is
 held in memory, and at step 0 (LoRA's B matrices are zero) policy and reference are identical.
+
+At any world size (ml/distributed.py) every rank draws the same global batch of prompts and samples,
+scores and evaluates its own contiguous shard of it; answers are sampled from per-answer random
+streams keyed by (seed, step, index in the global batch), so the rollout does not depend on the
+sharding. Reward normalisation, advantage whitening, the KL the controller sees and the early-stopping
+KL are computed over all ranks, and each minibatch loss is divided by the minibatch's global token
+count and the gradients summed over ranks: every rank takes the same decisions and holds the same
+weights, equal (within float rounding) to a one-process run with the same global batch. Evaluation
+runs on rank 0 and its result is broadcast; rank 0 alone writes checkpoints, and every rank resumes
+from them, at any world size.
 """
 
 from __future__ import annotations
@@ -34,10 +44,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ml import distributed
 from ml.config import PPOSettings
 from ml.io import atomic_folder
 from ml.policy.sampling import (
     answer_mask,
+    answer_uniforms,
     answer_token_stats,
     encode_prompts,
     eos_token_ids,
@@ -59,28 +71,39 @@ RewardFn = Callable[[list[dict], list[str]], list[float]]
 # --------------------------------------------------------------------------------------------------
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """Mean of `values` over the elements where `mask` is 1."""
+Total = Callable[[torch.Tensor], torch.Tensor]
+"""A sum over processes (Distributed.sum); the identity when every element is in this process."""
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None,
+                total: Total = _local) -> torch.Tensor:
+    """Mean of `values` over the elements where `mask` is 1 (over all processes' elements when
+    `total` sums over them; axis=None only)."""
     if axis is None:
-        return (values * mask).sum() / mask.sum()
+        return total((values * mask).sum()) / total(mask.sum())
     return (values * mask).sum(axis) / mask.sum(axis)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = _local) -> torch.Tensor:
     """Variance of `values` over the elements where `mask` is 1 (Bessel-corrected when `unbiased`)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+    mean = masked_mean(values, mask, total=total)
+    variance = masked_mean((values - mean) ** 2, mask, total=total)
     if unbiased:
-        n = mask.sum()
+        n = total(mask.sum())
         if n < 2:
             raise ValueError("masked_var needs at least two masked-in elements for the unbiased estimate")
         variance = variance * n / (n - 1)
     return variance
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  total: Total = _local) -> torch.Tensor:
     """(x - mean) / std over the masked-in elements; with `shift_mean=False` the mean is kept."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    mean, var = masked_mean(values, mask, total=total), masked_var(values, mask, total=total)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -126,13 +149,14 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return advantages, returns
 
 
-def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor,
+                       total: Total = _local) -> float:
     """1 - Var[y_true - y_pred] / Var[y_true] over the mask: 1 = perfect values, <= 0 = no better than
     a constant (cleanrl's diagnostic); nan when the targets do not vary."""
-    var_y = masked_var(y_true, mask, unbiased=False)
+    var_y = masked_var(y_true, mask, unbiased=False, total=total)
     if var_y == 0:
         return float("nan")
-    return float(1 - masked_var(y_true - y_pred, mask, unbiased=False) / var_y)
+    return float(1 - masked_var(y_true - y_pred, mask, unbiased=False, total=total) / var_y)
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_token_ids: list[int],
@@ -374,8 +398,13 @@ class PPOTrainer:
         self.reward_fn = reward_fn
         self.prompts = prompts
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.progress = progress or logger.info
-        self.log_metrics = log_metrics
+        self.dist = distributed.current()
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"PPOConfig.batch_size {config.batch_size} must be a multiple of the "
+                             f"{self.dist.world_size} processes")
+        # Every rank holds the same numbers: only rank 0 reports them.
+        self.progress = (progress or logger.info) if self.dist.is_main else (lambda _line: None)
+        self.log_metrics = log_metrics if self.dist.is_main else None
         self.evaluate = evaluate
 
         self.model = PolicyWithValueHead(policy_model)
@@ -408,17 +437,19 @@ class PPOTrainer:
         indices = torch.randperm(n)[:B] if n >= B else torch.randint(n, (B,))
         return [self.prompts[i] for i in indices.tolist()]
 
-    def generate(self, prompts: list[dict], do_sample: bool = True, answers_per_prompt: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generate(self, prompts: list[dict], do_sample: bool = True, answers_per_prompt: int | None = None,
+                 uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded queries (P, L), their mask (P, L) and the generated tokens (P * n, R), n answers
-        per prompt (config.answers_per_prompt unless given; greedy answers when not do_sample)."""
+        per prompt (config.answers_per_prompt unless given; greedy answers when not do_sample; drawn
+        from `uniforms` (P * n, max_new_tokens) when given, else from the global RNG)."""
         queries, query_mask = encode_prompts(self.tokenizer, [p["prompt_text"] for p in prompts],
                                              self.config.max_prompt_tokens, self.config.add_special_tokens,
                                              device=self.device)
         answers = sample_answers(self.policy, queries, query_mask,
                                  n_per_prompt=answers_per_prompt or self.config.answers_per_prompt,
                                  max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
-                                 eos_ids=self.eos_token_ids, pad_token_id=self.pad_token_id, greedy=not do_sample)
+                                 eos_ids=self.eos_token_ids, pad_token_id=self.pad_token_id, greedy=not do_sample,
+                                 uniforms=uniforms)
         return queries, query_mask, answers.responses
 
     def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
@@ -436,20 +467,23 @@ class PPOTrainer:
         return answers
 
     @torch.no_grad()
-    def rollout(self, prompts: list[dict]) -> Rollout:
-        """Steps 1-3 of a PPO iteration: sample, score and evaluate answers under π_old and π_ref."""
+    def rollout(self, prompts: list[dict], first_prompt: int = 0) -> Rollout:
+        """Steps 1-3 of a PPO iteration: sample, score and evaluate answers under π_old and π_ref.
+        `prompts` are this rank's shard of the step's global batch, starting at `first_prompt`."""
         config = self.config
         self.model.eval()  # no dropout: the ratio π/π_old must be exactly 1 before the first update
 
-        # 1. Sample answers_per_prompt answers per prompt, cut each after its first EOS, and drop the
-        #    columns no answer reached.
+        # 1. Sample answers_per_prompt answers per prompt, each from its own random stream, cut each
+        #    after its first EOS, and drop the columns no answer reached.
         start = time.perf_counter()
-        queries, query_mask, raw_responses = self.generate(prompts)
+        n = config.answers_per_prompt
+        uniforms = answer_uniforms(config.seed, self.step_count, first_prompt * n, len(prompts) * n,
+                                   config.max_new_tokens)
+        queries, query_mask, raw_responses = self.generate(prompts, uniforms=uniforms)
         generation_seconds = time.perf_counter() - start
         responses, response_mask, has_eos = truncate_after_eos(raw_responses, self.eos_token_ids, self.pad_token_id)
         responses, response_mask = trim_answers(responses, response_mask)
         answers = self.decode(responses, response_mask)
-        n = len(answers) // len(prompts)
         prompts = [record for record in prompts for _ in range(n)]  # one record per answer
 
         # 2. Score the answers, penalise empty and truncated ones, normalise with running statistics.
@@ -461,7 +495,7 @@ class PPOTrainer:
         scores = apply_answer_penalties(raw_scores, is_empty, is_truncated,
                                         config.empty_answer_penalty, config.truncated_answer_penalty)
         if config.reward_normalization:
-            self.reward_stats.update(scores)
+            self.reward_stats.update(self.dist.cat(scores))  # every rank's scores, in global order
             scores = self.reward_stats.normalize(scores).float()
 
         # 3. Logprobs, entropies and values of the sampling policy, and reference logprobs (adapter
@@ -498,12 +532,16 @@ class PPOTrainer:
         ppo_updates: minibatch updates done before any early stop; step_seconds.
         """
         config = self.config
+        dist = self.dist
         start = time.perf_counter()
         kl_coef = self.kl_ctl.kl_coef
 
-        # 1.-3. Sample answers, score them, evaluate them under π_old and π_ref.
-        ro = self.rollout(self.sample_prompts())
-        mask = ro.response_mask.float()  # (B, R)
+        # 1.-3. Sample answers for this rank's shard of the global batch, score them, evaluate them
+        #       under π_old and π_ref.
+        global_prompts = self.sample_prompts()
+        shard = dist.shard(len(global_prompts))
+        ro = self.rollout(global_prompts[shard], first_prompt=shard.start)
+        mask = ro.response_mask.float()  # (B, R), B = this rank's answers
         B, R = ro.responses.shape
 
         # 4. Per-token rewards (Ziegler et al. 2019, Eq. 2: R(x, y) = r(x, y) - β log π(y|x)/π_ref(y|x)):
@@ -515,43 +553,54 @@ class PPOTrainer:
         last_token = ro.response_mask.sum(dim=1) - 1  # (B,)
         rewards[torch.arange(B, device=self.device), last_token] += ro.scores
 
-        # 5. Advantages and returns by GAE; whiten the advantages over the rollout's answer tokens.
+        # 5. Advantages and returns by GAE; whiten the advantages over all ranks' answer tokens.
         advantages, returns = compute_gae(rewards, ro.values, mask, config.gamma, config.lam)  # (B, R) each
-        if config.whiten_advantages and mask.sum() > 1:
-            advantages = masked_whiten(advantages, mask) * mask
+        if config.whiten_advantages and dist.sum(mask.sum()) > 1:
+            advantages = masked_whiten(advantages, mask, total=dist.sum) * mask
 
-        # 6. ppo_epochs passes over shuffled minibatches of the rollout (the model stays in eval mode:
-        #    with dropout the ratio would not be 1 at θ = θ_old).
+        # 6. ppo_epochs passes over shuffled minibatches of the global rollout (the model stays in eval
+        #    mode: with dropout the ratio would not be 1 at θ = θ_old). Every rank draws the same
+        #    permutation of global prompts and works on those of each minibatch that are its own; each
+        #    loss term is its tokens' sum over the minibatch's global token count, so the gradients
+        #    summed over ranks are those of the whole minibatch.
         update_start = time.perf_counter()
         mb_stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
         ratio_mean_first_minibatch = float("nan")
         updated_tokens, early_stopped = 0, False
-        n_prompts = len(ro.queries)
-        n = B // n_prompts  # answers per prompt: a minibatch takes whole prompts with all their answers
+        n_prompts = len(global_prompts)
+        n = config.answers_per_prompt  # a minibatch takes whole prompts with all their answers
         for epoch in range(config.ppo_epochs):
             b_groups = torch.randperm(n_prompts)
             for start_index in range(0, n_prompts, config.mini_batch_size):
-                mb_groups = b_groups[start_index:start_index + config.mini_batch_size].to(self.device)
+                mb_global = b_groups[start_index:start_index + config.mini_batch_size]
+                mb_groups = (mb_global[(mb_global >= shard.start) & (mb_global < shard.stop)] - shard.start).to(self.device)
                 mb_inds = (mb_groups.unsqueeze(1) * n + torch.arange(n, device=self.device)).flatten()
                 # Only as many answer columns as this minibatch's longest answer: padding costs compute.
-                width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1)
+                width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1) if len(mb_inds) else 1
                 mb_mask = mask[mb_inds, :width]  # (b, r)
+                count = dist.sum(mb_mask.sum())  # the minibatch's answer tokens on all ranks
                 mb_advantages, mb_returns = advantages[mb_inds, :width], returns[mb_inds, :width]  # (b, r)
                 mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds, :width], ro.values[mb_inds, :width]  # (b, r)
 
-                new_logprobs, new_entropy, new_values = self.model.response_outputs(
-                    ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds, :width],
-                    ro.response_mask[mb_inds, :width], config.temperature)  # (b, r) each
+                if len(mb_inds):
+                    new_logprobs, new_entropy, new_values = self.model.response_outputs(
+                        ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds, :width],
+                        ro.response_mask[mb_inds, :width], config.temperature)  # (b, r) each
+                else:  # none of this minibatch's prompts is on this rank: it adds zeros
+                    new_logprobs = new_entropy = new_values = torch.zeros_like(mb_mask)
                 logratio = new_logprobs - mb_old_logprobs
                 ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
+
+                def minibatch_mean(values: torch.Tensor) -> torch.Tensor:
+                    return (values * mb_mask).sum() / count  # this rank's share of the global mean
 
                 with torch.no_grad():
                     # k3 estimator of KL(π_old || π_θ): E[(r - 1) - log r], unbiased and >= 0
                     # (Schulman, "Approximating KL Divergence", 2020).
-                    approx_kl = masked_mean((ratio - 1) - logratio, mb_mask).item()
-                    clipfrac = masked_mean(((ratio - 1).abs() > config.cliprange).float(), mb_mask).item()
+                    approx_kl = dist.sum(minibatch_mean((ratio - 1) - logratio)).item()
+                    clipfrac = dist.sum(minibatch_mean(((ratio - 1).abs() > config.cliprange).float())).item()
                     if epoch == 0 and start_index == 0:
-                        ratio_mean_first_minibatch = masked_mean(ratio, mb_mask).item()
+                        ratio_mean_first_minibatch = dist.sum(minibatch_mean(ratio)).item()
                 if config.early_stop_kl is not None and approx_kl > config.early_stop_kl:
                     early_stopped = True  # the previous updates already moved π far enough from π_old
                     break
@@ -560,55 +609,61 @@ class PPOTrainer:
                 # L^CLIP = -E_t[min(r_t Â_t, clip(r_t, 1-ε, 1+ε) Â_t)] = E_t[max(-r_t Â_t, -clip(r_t) Â_t)].
                 pg_loss1 = -mb_advantages * ratio
                 pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - config.cliprange, 1 + config.cliprange)
-                pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mb_mask)
+                pg_loss = minibatch_mean(torch.max(pg_loss1, pg_loss2))
 
                 # Clipped value loss: the larger of the plain and the clipped squared errors.
                 v_clipped = mb_old_values + torch.clamp(new_values - mb_old_values,
                                                         -config.cliprange_value, config.cliprange_value)
                 v_loss_unclipped = (new_values - mb_returns) ** 2
                 v_loss_clipped = (v_clipped - mb_returns) ** 2
-                v_loss = 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mb_mask)
+                v_loss = 0.5 * minibatch_mean(torch.max(v_loss_unclipped, v_loss_clipped))
 
-                entropy_loss = masked_mean(new_entropy, mb_mask)
+                entropy_loss = minibatch_mean(new_entropy)
                 loss = pg_loss - config.ent_coef * entropy_loss + config.vf_coef * v_loss
 
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:
+                    loss.backward()
+                dist.sum_gradients(self.trainable_params)
                 nn.utils.clip_grad_norm_(self.trainable_params, config.max_grad_norm)
                 self.optimizer.step()
 
                 updated_tokens += int(mb_mask.sum().item())
-                mb_stats["policy_loss"].append(pg_loss.item())
-                mb_stats["value_loss"].append(v_loss.item())
+                mb_stats["policy_loss"].append(dist.sum(pg_loss.detach()).item())
+                mb_stats["value_loss"].append(dist.sum(v_loss.detach()).item())
                 mb_stats["approx_kl"].append(approx_kl)
                 mb_stats["clipfrac"].append(clipfrac)
             if early_stopped:
                 break
         update_seconds = time.perf_counter() - update_start
 
-        # Ziegler's controller sees the mean per-answer KL of this rollout.
-        mean_kl = kl.sum(dim=1).mean().item()
-        self.kl_ctl.update(mean_kl, n_steps=B)
+        # Ziegler's controller sees the mean per-answer KL of this rollout, over all ranks.
+        answer_kl = dist.cat(kl.sum(dim=1))  # (global B,)
+        mean_kl = answer_kl.mean().item()
+        self.kl_ctl.update(mean_kl, n_steps=len(answer_kl))
 
         answer_tokens = ro.response_mask.sum().item()
-        answer_lengths = (ro.response_mask.sum(dim=1) - (~ro.is_truncated).long().to(self.device)).float()
+        answer_lengths = dist.cat((ro.response_mask.sum(dim=1) - (~ro.is_truncated).long().to(self.device)).float())
+        scores, raw_scores = dist.cat(ro.scores), dist.cat(ro.raw_scores)
+        is_truncated, is_empty = dist.cat(ro.is_truncated.float()), dist.cat(ro.is_empty.float())
+        many = len(scores) > 1
         return {
-            "reward_mean": ro.scores.mean().item(),
-            "reward_std": ro.scores.std().item() if B > 1 else 0.0,
-            "score_mean": ro.raw_scores.mean().item(),
-            "score_std": ro.raw_scores.std().item() if B > 1 else 0.0,
-            "non_score_reward": non_score_reward.sum(dim=1).mean().item(),
+            "reward_mean": scores.mean().item(),
+            "reward_std": scores.std().item() if many else 0.0,
+            "score_mean": raw_scores.mean().item(),
+            "score_std": raw_scores.std().item() if many else 0.0,
+            "non_score_reward": (-kl_coef * answer_kl).mean().item(),
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "entropy": masked_mean(ro.entropy, mask).item(),
+            "entropy": masked_mean(ro.entropy, mask, total=dist.sum).item(),
             "policy_loss": _mean(mb_stats["policy_loss"]),
             "value_loss": _mean(mb_stats["value_loss"]),
             "clipfrac": _mean(mb_stats["clipfrac"]),
             "approx_kl": _mean(mb_stats["approx_kl"]),
-            "explained_variance": explained_variance(ro.values, returns, mask),
+            "explained_variance": explained_variance(ro.values, returns, mask, total=dist.sum),
             "answer_length": answer_lengths.mean().item(),
-            "truncated_share": ro.is_truncated.float().mean().item(),
-            "empty_share": ro.is_empty.float().mean().item(),
+            "truncated_share": is_truncated.mean().item(),
+            "empty_share": is_empty.mean().item(),
             "ratio_mean_first_minibatch": ratio_mean_first_minibatch,
             "ppo_updates": float(len(mb_stats["policy_loss"])),
             "tokens_per_s_rollout": answer_tokens / max(ro.generation_seconds, 1e-9),
@@ -673,7 +728,8 @@ class PPOTrainer:
 
     def _run_evaluation(self, step: int) -> None:
         rng_state = _get_rng_state()  # evaluation may sample; training must not notice
-        result = dict(self.evaluate(self, step))
+        # Rank 0 evaluates (the others wait) and every rank gets its numbers, to agree on the best.
+        result = self.dist.from_main(dict(self.evaluate(self, step)) if self.dist.is_main else None)
         _set_rng_state(rng_state)
         self.model.eval()
         recent_kl = self._recent_kl(step)
@@ -687,7 +743,7 @@ class PPOTrainer:
             return
         if self.best_metric is None or float(metric) > self.best_metric:
             self.best_step, self.best_metric = step, float(metric)
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and self.dist.is_main:
                 self._save_weights_atomically(self.checkpoint_dir / "best", extra={
                     "step": step, "metric": self.config.best_metric, "value": float(metric), "evaluation": result})
             self.progress(f"eval step {step}: best {self.config.best_metric} {float(metric):.4f}")
@@ -706,9 +762,13 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         """checkpoint_dir/last: adapter, value head, optimizer, controller, reward stats, RNG, history.
 
-        Swapped in whole (ml.io.atomic_folder), so a crash leaves the previous one."""
+        Swapped in whole (ml.io.atomic_folder), so a crash leaves the previous one. Every rank holds the
+        same state, so rank 0 alone writes it; the others wait until it is there."""
         if self.checkpoint_dir is None:
             raise ValueError("no checkpoint_dir")
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return self._last_dir()
         state = {
             "step": self.step_count,
             "kl_controller": self.kl_ctl.state_dict(),
@@ -726,7 +786,9 @@ class PPOTrainer:
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(_get_rng_state(), folder / "rng_state.pt")
 
-        return self._save_weights_atomically(self._last_dir(), extra=state, write=write_training_state)
+        folder = self._save_weights_atomically(self._last_dir(), extra=state, write=write_training_state)
+        self.dist.barrier()
+        return folder
 
     def _save_weights_atomically(self, final: Path, extra: dict,
                                  write: Callable[[Path], None] | None = None) -> Path:

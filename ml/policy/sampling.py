@@ -9,7 +9,10 @@ answer tokens here, so the log-probabilities training optimises are the ones the
   for it, and decodes with plain temperature sampling (or greedily). Rows that reached EOS leave the
   batch, so the cost follows the tokens actually generated. No top-k, top-p, repetition penalty or
   anything from a model's `generation_config` applies: the sampling distribution is exactly
-  softmax(logits / temperature), the distribution `answer_token_stats` scores.
+  softmax(logits / temperature), the distribution `answer_token_stats` scores. Given `uniforms`
+  (from `answer_uniforms`: one stream per answer, keyed by seed, step and the answer's place in the
+  global batch) it samples by inverse CDF from those numbers instead of a shared RNG stream, so an
+  answer is the same whichever process draws it and whichever other answers share its batch.
 - `answer_token_stats` computes log pi(a_t | s_t) (at the sampling temperature), the entropy and
   optionally a value head's V(s_t) for every answer token, from the generated token ids (never from
   re-tokenized text). The prompt runs once per distinct prompt and its KV cache, gradients included,
@@ -91,12 +94,32 @@ def _prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torc
                  cache=DynamicCache(), use_cache=True, logits_to_keep=1, output_hidden_states=hidden)
 
 
+def answer_uniforms(seed: int, step: int, first_answer: int, n_answers: int, max_new_tokens: int) -> torch.Tensor:
+    """(n_answers, max_new_tokens) uniform numbers in [0, 1) for answers first_answer.. of one
+    step's global batch: each row comes from its own generator seeded by (seed, step, answer index)."""
+    rows = []
+    for answer in range(first_answer, first_answer + n_answers):
+        key = int(np.random.SeedSequence([seed, step, answer]).generate_state(1, dtype=np.uint64)[0])
+        rows.append(torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(key)))
+    return torch.stack(rows)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds u, per row: probs (N, V), uniforms (N,) -> (N,). A token of
+    probability 0 has an empty interval and is never drawn."""
+    cdf = probs.cumsum(-1)
+    u = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # scaled by the total: rounding leaves it near 1
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                    n_per_prompt: int, max_new_tokens: int, temperature: float, eos_ids: list[int],
-                   pad_token_id: int, greedy: bool = False, generator: torch.Generator | None = None) -> Answers:
+                   pad_token_id: int, greedy: bool = False, generator: torch.Generator | None = None,
+                   uniforms: torch.Tensor | None = None) -> Answers:
     """n_per_prompt answers per prompt, sampled from softmax(logits / temperature) (argmax when
-    `greedy`), each cut after its first EOS. Uses `generator` or torch's global RNG."""
+    `greedy`), each cut after its first EOS. Draws by inverse CDF from `uniforms` (N, max_new_tokens)
+    when given, else from `generator` or torch's global RNG."""
     if n_per_prompt < 1 or max_new_tokens < 1:
         raise ValueError("n_per_prompt and max_new_tokens must be >= 1")
     if not greedy and temperature <= 0:
@@ -125,7 +148,10 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
                 tokens = logits.argmax(-1)
             else:
                 probs = F.softmax(logits.float() / temperature, dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                if uniforms is None:
+                    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                else:
+                    tokens = inverse_cdf_sample(probs, uniforms[active.cpu(), t])
             responses[active, t] = tokens
             if t == max_new_tokens - 1:
                 break

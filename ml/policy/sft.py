@@ -11,6 +11,10 @@ grounded prompt three times as long as a condition, that is about half the FLOPs
 runs every (prompt, condition) pair on its own (TRL's SFTTrainer, used here before), and the same
 log-probability path PPO and the evaluation use. The adapter is saved as safetensors; the caller's
 base model is handed back without the LoRA layers, so the same base can be reused for RL or evaluation.
+
+At any world size (ml/distributed.py) every rank draws the same steps of whole prompts, runs its share
+of each step's prompts, and divides its summed NLL by the step's global token count; the gradients
+summed over ranks are then the one-process gradient of the same step. Rank 0 reports and saves.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from ml import distributed
 from ml.config import PolicySettings
 from ml.policy.base import apply_lora
 from ml.policy.prompts import chat_text
@@ -84,6 +89,7 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
     steps_per_epoch = math.ceil(len(groups) / groups_per_step)
     total = max_steps if max_steps is not None else max(1, math.ceil(settings.sft_epochs * steps_per_epoch))
 
+    dist = distributed.current()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA's A matrices and dropout
         model = apply_lora(base_model, settings)
@@ -101,9 +107,16 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                     if step >= total:
                         break
                     batch = order[start:start + groups_per_step]
-                    loss, n_tokens = _step(model, tokenizer, batch, settings, device)
+                    n_tokens = sum(len(ids) for _, group in batch for ids in group)  # over all ranks
+                    local = batch[dist.shard_of(len(batch))]
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if local:
+                        loss = _step(model, tokenizer, local, settings, device) / n_tokens
+                        loss.backward()
+                    else:  # more ranks than prompts in this step: this rank adds nothing
+                        loss = torch.zeros((), device=device)
+                    dist.sum_gradients(trainable)
+                    loss = dist.sum(loss.detach())
                     torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
                     optimizer.step()
                     scheduler.step()
@@ -111,11 +124,13 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                     tokens += n_tokens
                     losses.append((step, float(loss.item())))
                     elapsed = time.perf_counter() - started
-                    progress(f"sft step {step}/{total}: loss={loss.item():.4g}, "
+                    (progress if dist.is_main else _quiet)(f"sft step {step}/{total}: loss={loss.item():.4g}, "
                              f"learning_rate={scheduler.get_last_lr()[0]:.4g}, tokens/s={tokens / elapsed:.0f}, "
                              f"ETA {elapsed / step * (total - step):.0f}s")
             adapter_dir = Path(output_dir) / ADAPTER_FOLDER
-            model.save_pretrained(str(adapter_dir), safe_serialization=True)
+            if dist.is_main:  # every rank holds the same adapter
+                model.save_pretrained(str(adapter_dir), safe_serialization=True)
+            dist.barrier()
         finally:
             # Take the LoRA layers back out of the caller's model (also after a failure): the adapter
             # lives on disk.
@@ -124,9 +139,13 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                      steps=step, n_examples=len(examples), tokens=tokens)
 
 
+def _quiet(_line: str) -> None:
+    pass
+
+
 def _step(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch: list[tuple[str, list[list[int]]]],
-          settings: PolicySettings, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Mean NLL of every condition token in the batch, each prompt run once for all its conditions."""
+          settings: PolicySettings, device: torch.device) -> torch.Tensor:
+    """Summed NLL of every condition token in the batch, each prompt run once for all its conditions."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [chat_text(tokenizer, prompt) for prompt, _ in batch],
                                              settings.max_prompt_tokens, device=device)
     answers = [ids for _, group in batch for ids in group]
@@ -139,5 +158,4 @@ def _step(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch: lis
     responses, response_mask = responses.to(device), response_mask.to(device)
     stats = answer_token_stats(model, prompt_ids, prompt_mask, responses, response_mask, 1.0,
                                answers_per_prompt=[len(group) for _, group in batch])
-    n_tokens = int(response_mask.sum())
-    return -(stats.logprobs * response_mask).sum() / n_tokens, n_tokens
+    return -(stats.logprobs * response_mask).sum()

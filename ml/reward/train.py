@@ -7,6 +7,12 @@ validation macro-F1 every `eval_every_steps` with early stopping and the best we
 temperature fitted on validation logits. It counts the padded token positions it trained on, so a
 benchmark can compute model-FLOPs utilisation = 6 * params * tokens / seconds.
 
+The same loop runs at any world size (ml/distributed.py): every rank draws the same global batches,
+runs forward and backward on its own share of each, and the gradients are summed over ranks; the loss
+is divided by the global batch's class-weight total, so the summed gradient is the one-process
+gradient of the same global batch. Validation runs on rank 0 and its numbers are broadcast, so every
+rank takes the same early-stopping decision.
+
 `split_train_halves` divides the training split by arrangement into two disjoint halves: the proxy
 reward model (what PPO optimises) trains on one, the gold model (what judges the policy, never
 trained against) on the other, as in reward-overoptimisation studies.
@@ -26,6 +32,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from ml import distributed
 from ml.config import RewardSettings
 from ml.reward.calibration import fit_temperature
 from ml.reward.encoder import autocast_dtype, describe_encoder, load_encoder, pad_batch, tokenize
@@ -78,7 +85,9 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
                        progress: Progress | None = None) -> TrainedReward:
     """Train `settings.base_model` on `train` (rows with the four text fields and `is_met`), early-stop
     and calibrate on `validation`; `progress` receives one line per evaluation."""
-    report = progress or (lambda _line: None)
+    dist = distributed.current()
+    # Progress lines come from rank 0 only: the other ranks would print the same numbers.
+    report = progress if progress is not None and dist.is_main else (lambda _line: None)
     if train.empty:
         raise ValueError("cannot train a reward model on an empty training split")
     torch.manual_seed(seed)  # dropout draws from the global generator
@@ -88,8 +97,10 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
     train = with_relevance_negatives(train, settings.cross_area_negatives, settings.vague_negatives, seed)
 
     model, tokenizer = load_encoder(settings.base_model, seed=seed)
+    # Under a launcher each rank trains on its own device (cuda:<local rank> on a GPU node).
+    device_setting = settings.device if dist.world_size == 1 else str(dist.device)
     scorer = RewardModel(model, tokenizer, max_length=settings.max_length, batch_size=settings.batch_size * 2,
-                         device=settings.device, dtype=settings.dtype)
+                         device=device_setting, dtype=settings.dtype)
     device = scorer.device
     sequences = tokenize(tokenizer, texts_for_rows(train), settings.max_length)
     lengths = np.array([len(s) for s in sequences])
@@ -101,8 +112,9 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
     optimizer = torch.optim.AdamW(_parameter_groups(model, settings.weight_decay), lr=settings.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * planned_steps),
                                                 planned_steps)
-    weight = class_weights(labels.numpy()).to(device) if settings.class_weighting else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    weight = class_weights(labels.numpy()) if settings.class_weighting else torch.ones(2)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight.to(device) if settings.class_weighting else None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     precision = autocast_dtype(scorer.dtype)  # settings.dtype with "auto" resolved for this device
 
     history: list[dict[str, float]] = []
@@ -112,31 +124,43 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
 
     model.train()
     for epoch in range(settings.epochs):
-        for batch_index in length_grouped_batches(lengths, settings.batch_size, rng):
+        for global_index in length_grouped_batches(lengths, settings.batch_size, rng):
             started = time.perf_counter()
-            # 1. pad this batch to its own longest sequence
-            batch = pad_batch([sequences[i] for i in batch_index], tokenizer.pad_token_id)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            # 2. forward and class-weighted loss
-            with torch.autocast(device.type, dtype=precision) if precision else nullcontext():
-                logits = model(**batch).logits
-            loss = loss_fn(logits.float(), labels[batch_index].to(device))
-            # 3. backward, clip, step
+            # 1. this rank's rows of the global batch, padded to their own longest sequence
+            batch_index = global_index[dist.shard_of(len(global_index))]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            n_tokens = torch.zeros(())
+            if len(batch_index):
+                batch = pad_batch([sequences[i] for i in batch_index], tokenizer.pad_token_id)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                # 2. forward and class-weighted loss: CrossEntropyLoss(weight)'s mean, sum(w l) / sum(w),
+                #    rescaled from this rank's sum(w) to the global batch's, so the ranks' parts add up
+                #    to the global mean (the factor is exactly 1 in a single process)
+                with torch.autocast(device.type, dtype=precision) if precision else nullcontext():
+                    logits = model(**batch).logits
+                loss = loss_fn(logits.float(), labels[batch_index].to(device))
+                loss = loss * (weight[labels[batch_index]].sum() / weight[labels[global_index]].sum()).item()
+                # 3. backward
+                loss.backward()
+                n_tokens = torch.tensor(batch["input_ids"].numel())
+            else:
+                loss = torch.zeros((), device=device)  # more ranks than rows: this rank adds nothing
+            # 4. sum gradients over ranks, clip, step
+            dist.sum_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
             step += 1
-            tokens += batch["input_ids"].numel()
-            window_losses.append(loss.item())  # .item() syncs the GPU, so the timing below is honest
+            tokens += int(dist.sum(n_tokens).item())
+            window_losses.append(dist.sum(loss.detach()).item())  # .item() syncs the GPU: the timing is honest
             train_seconds += time.perf_counter() - started
-            # 4. validate every eval_every_steps steps and at the very end; stop when patience runs out
+            # 5. validate every eval_every_steps steps and at the very end (on rank 0, the numbers sent
+            #    to every rank); stop when patience runs out
             if step % settings.eval_every_steps == 0 or step == planned_steps:
                 started = time.perf_counter()
+                metrics = _validation_metrics(scorer, val_texts, val_labels) if dist.is_main else None
                 entry = {"step": step, "epoch": epoch, "loss": float(np.mean(window_losses)),
-                         "learning_rate": scheduler.get_last_lr()[0],
-                         **_validation_metrics(scorer, val_texts, val_labels)}
+                         "learning_rate": scheduler.get_last_lr()[0], **dist.from_main(metrics)}
                 eval_seconds += time.perf_counter() - started
                 window_losses.clear()
                 history.append(entry)

@@ -1,18 +1,15 @@
 """The policy: base LLaMA-architecture model, the paper's prompts, SFT warm start, RL-tuned adapter."""
 
-from dataclasses import replace
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from ml.io import atomic_write
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_rl_stage, \
-    train_sft_stage
-from ml.reward.pipeline import load_rl_reward
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_sft_stage
 from ml.reward.rl_reward import RL_REWARD_NAME
 from orchestration.assets.reward import TRAINING_TAGS
 from orchestration.resources import MlflowRegistry, RlxfSettings
+from orchestration.rl_training import METADATA_TYPES, RLTrainingRequest, launch_command, train_policy_adapter
 
 
 def prompts_path(rlxf: RlxfSettings):
@@ -76,26 +73,23 @@ class RLRunConfig(dg.Config):
                       "checkpoint with the best judged reward on validation prompts (gold P(MET) x P(asked area)) "
                       f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: RlxfSettings,
-                mlflow: MlflowRegistry) -> dg.MaterializeResult:
-    home, profile = rlxf.data_home(), rlxf.get_profile()
-    if config.algorithm:  # this run's choice, also in the settings MLflow records
-        profile = replace(profile, policy=replace(profile.policy, algorithm=config.algorithm))
-    settings = profile.policy
-    with mlflow.open(home, context.run_id, profile) as registry:
-        reward, reward_version = load_rl_reward(registry, None)
-        use_sft = settings.sft_enabled and (sft_dir(rlxf) / "policy_stack.json").exists()
-        run = train_rl_stage(home.exports / "splits", pd.read_parquet(prompts_path(rlxf)), settings,
-                             rlxf.model_cache_dir(), sft_dir(rlxf) if use_sft else None, reward, reward_version,
-                             registry, work_dir=home.models / "policy" / settings.algorithm, profile=profile.name,
-                             seed=profile.data.seed, progress=context.log.info)
-    history = pd.DataFrame(run.history)
-    curve = history[[c for c in ("step", "score_mean", "reward", "kl", "kl_coef", "entropy") if c in history]]
-    return dg.MaterializeResult(metadata={
-        "algorithm": run.algorithm, "mlflow_model": f"{POLICY_ADAPTER_NAME} v{run.version}",
-        "mlflow_run_id": run.run_id, "best_step": run.best_step, "best_validation_judged_reward": run.best_judged,
-        "rl_reward_version": reward_version, "reward_design": reward.spec.design,
-        "reward_model_version": reward.spec.proxy["version"], "gold_model_version": reward.spec.gold["version"],
-        "sft_warm_start": use_sft, "train_seconds": round(run.seconds, 1),
-        "eval_history": dg.MetadataValue.md(pd.DataFrame(run.eval_history).round(4).to_markdown(index=False)),
-        "training_curve": dg.MetadataValue.md(curve.round(4).to_markdown(index=False)),
-        "policy": dg.MetadataValue.path(str(run.stack_dir))})
+                mlflow: MlflowRegistry, pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    # The profile travels as its name and overrides, which the launched processes apply as this one does.
+    request = RLTrainingRequest(home=str(rlxf.data_home().root), profile=rlxf.profile,
+                                profile_file=rlxf.profile_file, overrides=rlxf.overrides, algorithm=config.algorithm,
+                                model_cache=str(rlxf.model_cache_dir()), tracking_uri=mlflow.tracking_uri,
+                                dagster_run_id=context.run_id)
+    distributed = rlxf.distributed_settings()
+    if distributed.num_processes > 1:
+        # accelerate launch on N processes; rank 0 streams logs and reports the same metadata.
+        return pipes.run(command=launch_command(request, distributed), context=context).get_materialize_result()
+    metadata = train_policy_adapter(request, progress=context.log.info)
+    return dg.MaterializeResult(metadata={key: _typed(METADATA_TYPES.get(key), value) for key, value in metadata.items()})
+
+
+def _typed(kind: str | None, value):
+    if kind == "md":
+        return dg.MetadataValue.md(value)
+    if kind == "path":
+        return dg.MetadataValue.path(value)
+    return value

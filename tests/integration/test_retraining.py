@@ -497,3 +497,25 @@ def test_webserver_shows_every_definition_and_the_last_run(world):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_ppo_adapter_on_two_processes_launches_through_pipes_with_the_in_process_metadata(world):
+    """#17: with two processes (a resource setting) the asset runs `accelerate launch` through Dagster
+    Pipes; rank 0's progress reaches the asset's log, a version is registered, and the materialization
+    has the same metadata entries, of the same types, as the in-process runs of the tests above."""
+    key = dg.AssetKey("ppo_adapter")
+    in_process = world.instance.get_latest_materialization_event(key).asset_materialization.metadata
+    assert in_process["num_processes"].value == 1
+    before = world.state()[POLICY_ADAPTER_NAME]
+    settings = RlxfSettings(profile="smoke", home=str(world.home.root), model_cache=str(shared_cache_dir()),
+                            num_processes=2)
+    defs = build_definitions(build_resources(settings))
+    result = defs.resolve_job_def("rlxf_full_pipeline").execute_in_process(
+        instance=world.instance, asset_selection=[key], raise_on_error=False)
+    assert result.success
+    launched = world.instance.get_latest_materialization_event(key).asset_materialization.metadata
+    assert launched["num_processes"].value == 2
+    assert {k: type(v) for k, v in launched.items()} == {k: type(v) for k, v in in_process.items()}
+    logs = [e.message for e in world.instance.all_logs(result.run_id)]
+    assert any(message.startswith("step 4/4") for message in logs)  # streamed from rank 0
+    assert world.state()[POLICY_ADAPTER_NAME][0] == before[0] + 1

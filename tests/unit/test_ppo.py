@@ -208,7 +208,7 @@ def test_rollout_penalises_empty_and_truncated_answers(tokenizer, monkeypatch):
                               [tax, met, tax, met],  # no EOS within max_new_tokens: truncated
                               [met, eos, pad, pad]])  # a proper one-word answer
 
-    def fake_generate(prompts, do_sample=True):
+    def fake_generate(prompts, do_sample=True, uniforms=None):
         encoded = tokenizer([p["prompt_text"] for p in prompts], padding=True, padding_side="left",
                             return_tensors="pt")
         return encoded["input_ids"], encoded["attention_mask"], generated
@@ -370,7 +370,7 @@ def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
         reference_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
     evaluation_kl = policy_lp - reference_lp
 
-    trainer.generate = lambda prompts, do_sample=True: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
+    trainer.generate = lambda prompts, do_sample=True, uniforms=None: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
     rollout = trainer.rollout(PROMPTS[:4])
     trainer_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(dim=1)
     assert abs(trainer_kl).max() > 1e-3
@@ -431,3 +431,29 @@ def test_a_resumed_run_restores_the_rewards_own_state(tokenizer, tmp_path):
     resumed = CountingReward()
     make_trainer(tokenizer, checkpoint_dir=tmp_path, steps=3, reward_fn=resumed, **small).train()
     assert resumed.calls == 3  # 2 restored from the checkpoint + 1 new step
+
+
+def test_inverse_cdf_sampling_follows_the_probabilities_and_never_draws_a_zero_probability_token():
+    from ml.policy.sampling import inverse_cdf_sample
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).repeat(20_000, 1)
+    uniforms = torch.rand(20_000, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(inverse_cdf_sample(probs, uniforms), minlength=4).float() / 20_000
+    assert frequencies[1] == 0
+    torch.testing.assert_close(frequencies, probs[0], atol=0.015, rtol=0)
+    # u near 1 with a CDF that rounds below 1 still lands on the last token of non-zero probability.
+    assert inverse_cdf_sample(torch.tensor([[0.3, 0.6999, 0.0]]), torch.tensor([0.99999994])).item() == 1
+
+
+def test_answer_streams_depend_on_seed_step_and_index_in_the_global_batch_only():
+    """#17: an answer's random numbers are the same whichever process (shard) draws it."""
+    from ml.distributed import Distributed
+    from ml.policy.sampling import answer_uniforms
+
+    whole = answer_uniforms(seed=0, step=3, first_answer=0, n_answers=8, max_new_tokens=5)
+    second_half = answer_uniforms(seed=0, step=3, first_answer=4, n_answers=4, max_new_tokens=5)
+    assert torch.equal(whole[4:], second_half)
+    assert not torch.equal(answer_uniforms(0, 4, 0, 8, 5), whole)  # a new step draws anew
+    assert not torch.equal(answer_uniforms(1, 3, 0, 8, 5), whole)  # and so does another seed
+    shards = [Distributed(rank=r, world_size=3, local_rank=r, device=torch.device("cpu")).shard_of(7) for r in range(3)]
+    assert [(s.start, s.stop) for s in shards] == [(0, 3), (3, 5), (5, 7)]

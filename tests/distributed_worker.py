@@ -1,0 +1,118 @@
+"""One small training run at whatever world size it is launched with, for tests/unit/test_distributed.py.
+
+`python tests/distributed_worker.py reward OUT --base DIR` trains the tiny reward model;
+`... sft OUT` the tiny policy's SFT adapter; `... ppo OUT` the tiny PPO policy. Run it plainly for one process, or under
+`accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N. Rank 0 writes OUT/result.json
+(the per-step losses) and OUT/weights.safetensors (the trained weights: every parameter of the
+reward model, the LoRA adapter and value head of the policy), which the test compares across world
+sizes. `--pause-at-step K` makes rank 0 stop for good before it reports step K (after the checkpoint of
+step K - 1 is written), so a test can SIGKILL the run at a known point; each rank then writes its
+process id to OUT/pid.<rank>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml import distributed  # noqa: E402
+from ml.config import RewardSettings  # noqa: E402
+
+
+def train_reward(out: Path, base: Path) -> None:
+    from ml.reward import train_reward_model
+    from tests.unit.test_reward import make_rows
+
+    settings = RewardSettings(base_model=str(base), max_length=48, epochs=2, batch_size=16, learning_rate=3e-3,
+                              warmup_ratio=0.1, eval_every_steps=4, early_stopping_patience=100)
+    result = train_reward_model(make_rows(96, 1, "train", 500), make_rows(20, 2, "validation", 600), settings, seed=0)
+    write(out, result.history, result.model.state_dict())
+
+
+def train_sft(out: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ml.config import PolicySettings
+    from ml.policy.sft import train_sft_adapter
+    from tests.unit.test_ppo import PROMPTS, WORDS, make_policy, make_tokenizer
+
+    tokenizer = make_tokenizer()
+    base = make_policy(tokenizer).unload()  # the seeded tiny Llama without its test adapter
+    # Prompts with one to three conditions each, so a step's prompts carry unequal token counts.
+    examples = pd.DataFrame([{"prompt": p["prompt_text"], "description": " ".join(WORDS[i + j: i + j + 2 + i % 3])}
+                             for i, p in enumerate(PROMPTS) for j in range(1 + i % 3)])
+    # No LoRA dropout: its masks are drawn per process.
+    settings = PolicySettings(base_model="tiny-llama", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                              lora_target_modules=("q_proj", "v_proj"), max_prompt_tokens=32, sft_epochs=2.0,
+                              sft_learning_rate=1e-2)
+    result = train_sft_adapter(base, tokenizer, examples, settings, out / "sft", seed=0, batch_size=5)
+    history = [{"step": step, "loss": loss} for step, loss in result.train_loss]
+    write(out, history, load_file(str(result.adapter_dir / "adapter_model.safetensors")))
+
+
+def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int,
+              mini_batch_size: int) -> None:
+    from ml.policy.ppo import PPOConfig, PPOTrainer
+    from tests.unit.test_ppo import LEARNING, PROMPTS, make_policy, make_tokenizer, met_share
+
+    def progress(line: str) -> None:
+        if pause_at_step is not None and line.startswith(f"step {pause_at_step}/"):
+            (out / "paused").touch()
+            time.sleep(600)  # until the test kills the run
+
+    if pause_at_step is not None:  # the launcher starts ranks in their own sessions: the test kills each
+        (out / f"pid.{distributed.current().rank}").write_text(str(os.getpid()))
+    tokenizer = make_tokenizer()
+    # Reward normalisation, whitening, the adaptive KL controller and the early-stop KL all on: the
+    # statistics that must be computed over all ranks.
+    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": mini_batch_size, "answers_per_prompt": 2,
+                          "target_kl": 1.0, "kl_horizon": 100, "early_stop_kl": 0.08, "reward_normalization": True,
+                          "checkpoint_every": 1})
+    trainer = PPOTrainer(make_policy(tokenizer), tokenizer, config, met_share, PROMPTS,
+                         checkpoint_dir=checkpoint_dir, progress=progress)
+    result = trainer.train()
+    weights = {name: p.detach() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    write(out, result.history, weights)
+
+
+def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> None:
+    dist = distributed.current()
+    if dist.is_main:
+        (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "history": history}))
+        save_file({name: t.contiguous() for name, t in weights.items()}, str(out / "weights.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["reward", "sft", "ppo"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--base", type=Path, help="the reward encoder's folder")
+    parser.add_argument("--checkpoint-dir", type=Path)
+    parser.add_argument("--pause-at-step", type=int)
+    parser.add_argument("--steps", type=int, default=4, help="PPO steps")
+    # One prompt per minibatch by default: at two processes one rank then holds none of each minibatch
+    # and must still join the sums, the path a larger minibatch only sometimes takes.
+    parser.add_argument("--mini-batch-size", type=int, default=1, help="PPO prompts per minibatch")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # two processes on two shared cores
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "reward":
+        train_reward(args.out, args.base)
+    elif args.what == "sft":
+        train_sft(args.out)
+    else:
+        train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps, args.mini_batch_size)
+
+
+if __name__ == "__main__":
+    main()
