@@ -507,8 +507,9 @@ def test_ppo_adapter_on_two_processes_launches_through_pipes_with_the_in_process
     in_process = world.instance.get_latest_materialization_event(key).asset_materialization.metadata
     assert in_process["num_processes"].value == 1
     before = world.state()[POLICY_ADAPTER_NAME]
+    # The run's profile overrides must reach the launched processes too.
     settings = RlxfSettings(profile="smoke", home=str(world.home.root), model_cache=str(shared_cache_dir()),
-                            num_processes=2)
+                            num_processes=2, overrides="[policy.ppo]\nsteps = 3\n")
     defs = build_definitions(build_resources(settings))
     result = defs.resolve_job_def("rlxf_full_pipeline").execute_in_process(
         instance=world.instance, asset_selection=[key], raise_on_error=False)
@@ -517,5 +518,12 @@ def test_ppo_adapter_on_two_processes_launches_through_pipes_with_the_in_process
     assert launched["num_processes"].value == 2
     assert {k: type(v) for k, v in launched.items()} == {k: type(v) for k, v in in_process.items()}
     logs = [e.message for e in world.instance.all_logs(result.run_id)]
-    assert any(message.startswith("step 4/4") for message in logs)  # streamed from rank 0
+    assert any(message.startswith("step 3/3") for message in logs)  # streamed from rank 0, 3 steps as overridden
     assert world.state()[POLICY_ADAPTER_NAME][0] == before[0] + 1
+    from ml.registry import SETTINGS_ARTIFACT
+
+    scratch = world.home.root / "pipes_settings"
+    scratch.mkdir(exist_ok=True)
+    with world.registry() as registry:
+        path = registry.client.download_artifacts(launched["mlflow_run_id"].value, SETTINGS_ARTIFACT, str(scratch))
+    assert json.loads(Path(path).read_text(encoding="utf-8"))["policy"]["ppo"]["steps"] == 3
