@@ -52,7 +52,8 @@ def main() -> None:
             step_seconds = [row["step_seconds"] for row in history[1:]]
             results[f"ppo_{world_size}_process"] = {
                 "world_size": world_size, "steps": len(history), "global_prompts_per_step": 8,
-                "answers_per_step": 16, "prompts_per_minibatch": 4, "median_step_seconds": statistics.median(step_seconds),
+                "answers_per_step": 16, "prompts_per_minibatch": 4,
+                "median_step_seconds": statistics.median(step_seconds),
                 "wall_seconds_with_startup": wall}
             print(f"PPO, {world_size} process(es): median step {statistics.median(step_seconds):.3f} s, "
                   f"run {wall:.1f} s with start-up")

@@ -95,10 +95,10 @@ dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 dbt_project.prepare_if_dev()
 
 
-def _env(name: str, default):
-    """The variable as a `dg.EnvVar` (resolved when a run starts, shown as such in the UI) when it is
-    set, else the field's default."""
-    return dg.EnvVar(name) if dg.EnvVar(name).get_value() is not None else default
+def _env(name: str, default, env_var=dg.EnvVar):
+    """The variable as a `dg.EnvVar` (or `dg.EnvVar.int`: resolved when a run starts, shown as such in
+    the UI) when it is set, else the field's default."""
+    return env_var(name) if dg.EnvVar(name).get_value() is not None else default
 
 
 def _env_flag(name: str) -> bool | None:
@@ -110,7 +110,7 @@ def settings_from_env() -> RlxfSettings:
     return RlxfSettings(profile=_env("RLXF_PROFILE", "demo"), profile_file=_env("RLXF_PROFILE_FILE", ""),
                         home=_env("RLXF_HOME", ""), model_cache=_env("RLXF_MODEL_CACHE", ""),
                         seed_synthetic=_env_flag("RLXF_SEED_SYNTHETIC"),
-                        num_processes=dg.EnvVar.int("RLXF_NUM_PROCESSES") if dg.EnvVar("RLXF_NUM_PROCESSES").get_value() else 0,
+                        num_processes=_env("RLXF_NUM_PROCESSES", 0, dg.EnvVar.int),
                         accelerate_config=_env("RLXF_ACCELERATE_CONFIG", ""))
 
 

@@ -75,7 +75,8 @@ def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None,
     tokenizer = make_tokenizer()
     # Reward normalisation, whitening, the adaptive KL controller and the early-stop KL all on: the
     # statistics that must be computed over all ranks.
-    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": mini_batch_size, "answers_per_prompt": 2,
+    config = PPOConfig(**{**LEARNING, "steps": steps, "batch_size": 8, "mini_batch_size": mini_batch_size,
+                          "answers_per_prompt": 2,
                           "target_kl": 1.0, "kl_horizon": 100, "early_stop_kl": 0.08, "reward_normalization": True,
                           "checkpoint_every": 1})
     trainer = PPOTrainer(make_policy(tokenizer), tokenizer, config, met_share, PROMPTS,

@@ -49,8 +49,8 @@ from ml.config import PPOSettings
 from ml.io import atomic_folder
 from ml.policy.sampling import (
     answer_mask,
-    answer_uniforms,
     answer_token_stats,
+    answer_uniforms,
     encode_prompts,
     eos_token_ids,
     sample_answers,
@@ -573,7 +573,8 @@ class PPOTrainer:
             b_groups = torch.randperm(n_prompts)
             for start_index in range(0, n_prompts, config.mini_batch_size):
                 mb_global = b_groups[start_index:start_index + config.mini_batch_size]
-                mb_groups = (mb_global[(mb_global >= shard.start) & (mb_global < shard.stop)] - shard.start).to(self.device)
+                on_this_rank = (mb_global >= shard.start) & (mb_global < shard.stop)
+                mb_groups = (mb_global[on_this_rank] - shard.start).to(self.device)
                 mb_inds = (mb_groups.unsqueeze(1) * n + torch.arange(n, device=self.device)).flatten()
                 # Only as many answer columns as this minibatch's longest answer: padding costs compute.
                 width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1) if len(mb_inds) else 1
@@ -591,8 +592,8 @@ class PPOTrainer:
                 logratio = new_logprobs - mb_old_logprobs
                 ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
 
-                def minibatch_mean(values: torch.Tensor) -> torch.Tensor:
-                    return (values * mb_mask).sum() / count  # this rank's share of the global mean
+                def minibatch_mean(values: torch.Tensor, mask=mb_mask, count=count) -> torch.Tensor:
+                    return (values * mask).sum() / count  # this rank's share of the global mean
 
                 with torch.no_grad():
                     # k3 estimator of KL(π_old || π_θ): E[(r - 1) - log r], unbiased and >= 0

@@ -84,7 +84,8 @@ def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: Rl
         # accelerate launch on N processes; rank 0 streams logs and reports the same metadata.
         return pipes.run(command=launch_command(request, distributed), context=context).get_materialize_result()
     metadata = train_policy_adapter(request, progress=context.log.info)
-    return dg.MaterializeResult(metadata={key: _typed(METADATA_TYPES.get(key), value) for key, value in metadata.items()})
+    return dg.MaterializeResult(metadata={key: _typed(METADATA_TYPES.get(key), value)
+                                          for key, value in metadata.items()})
 
 
 def _typed(kind: str | None, value):

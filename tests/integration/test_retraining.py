@@ -489,7 +489,8 @@ def test_webserver_shows_every_definition_and_the_last_run(world):
         checks = {check["name"] for node in repository["assetNodes"]
                   for check in (node["assetChecksOrError"] or {}).get("checks", [])}
         assert {"great_expectations_suite", "macro_f1_above_threshold", "no_overoptimisation"} <= checks
-        assert {"mona_data_platform", "rlxf_full_pipeline", "rlxf_retraining"} <= {j["name"] for j in repository["jobs"]}
+        jobs = {j["name"] for j in repository["jobs"]}
+        assert {"mona_data_platform", "rlxf_full_pipeline", "rlxf_retraining"} <= jobs
         assert [s["name"] for s in repository["sensors"]] == ["mona_landing_sensor"]
         schedule = repository["schedules"][0]
         assert schedule["name"] == "periodic_retraining" and schedule["scheduleState"]["status"] == "STOPPED"

@@ -1,7 +1,8 @@
 """One training code path at any world size (issue #17): two processes (gloo on CPU, launched by
 `accelerate launch` as the Dagster asset launches them) train the tiny reward model, the tiny policy's
-SFT adapter and the tiny PPO policy to the same losses and weights as one process with the same global batch, and a two-process
-PPO run killed with SIGKILL resumes from its checkpoint and ends where an uninterrupted run ends.
+SFT adapter and the tiny PPO policy to the same losses and weights as one process with the same global
+batch, and a two-process PPO run killed with SIGKILL resumes from its checkpoint and ends where an
+uninterrupted run ends.
 
 Each run is a subprocess of tests/distributed_worker.py; the one-process run goes through the same
 script without a launcher.

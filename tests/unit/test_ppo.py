@@ -17,8 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from ml.policy.ppo import (
     AdaptiveKLController,
     FixedKLController,
-    PPOConfig,
     PolicyWithValueHead,
+    PPOConfig,
     PPOTrainer,
     apply_answer_penalties,
     compute_gae,
@@ -370,7 +370,8 @@ def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
         reference_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
     evaluation_kl = policy_lp - reference_lp
 
-    trainer.generate = lambda prompts, do_sample=True, uniforms=None: (batch.prompt_ids, batch.prompt_mask, batch.answers.responses)
+    trainer.generate = lambda prompts, do_sample=True, uniforms=None: (batch.prompt_ids, batch.prompt_mask,
+                                                                       batch.answers.responses)
     rollout = trainer.rollout(PROMPTS[:4])
     trainer_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(dim=1)
     assert abs(trainer_kl).max() > 1e-3
