@@ -53,7 +53,8 @@ demo: venv dbt-manifest $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/rlxf summary --profile $(PROFILE)
 	@echo "Open the Dagster UI on these results with: make ui"
 
-test: venv dbt-manifest chromium
+# Lint first: a style error fails in seconds, not after the suite.
+test: venv lint dbt-manifest chromium
 	$(BIN)/pytest -q
 
 # The HTML report test opens the report in headless Chromium (Debian's package; needs root to install).
