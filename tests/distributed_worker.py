@@ -1,7 +1,8 @@
 """One small training run at whatever world size it is launched with, for tests/unit/test_distributed.py.
 
 `python tests/distributed_worker.py reward OUT --base DIR` trains the tiny reward model;
-`... sft OUT` the tiny policy's SFT adapter; `... ppo OUT` the tiny PPO policy. Run it plainly for one process, or under
+`... sft OUT` the tiny policy's SFT adapter; `... ppo OUT` the tiny PPO policy; `... batch OUT` the RL
+reward's batch statistics over a shard of one global batch. Run it plainly for one process, or under
 `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N. Rank 0 writes OUT/result.json
 (the per-step losses) and OUT/weights.safetensors (the trained weights: every parameter of the
 reward model, the LoRA adapter and value head of the policy), which the test compares across world
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
@@ -86,6 +88,20 @@ def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None,
     write(out, result.history, weights)
 
 
+def batch_statistics(out: Path) -> None:
+    """The RL reward's batch designs on each rank's shard of one global batch of scores."""
+    from ml.reward.rl_reward import _standardise, batch_share
+
+    dist = distributed.current()
+    scores = np.linspace(0.0, 1.0, 8) ** 2
+    mine = scores[dist.shard(len(scores))]
+    standardised = dist.cat(torch.tensor(_standardise(mine))).tolist()
+    share = batch_share(mine > 0.3)
+    if dist.is_main:
+        (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "standardised": standardised,
+                                                     "share": share}))
+
+
 def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> None:
     dist = distributed.current()
     if dist.is_main:
@@ -95,7 +111,7 @@ def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["reward", "sft", "ppo"])
+    parser.add_argument("what", choices=["reward", "sft", "ppo", "batch"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--base", type=Path, help="the reward encoder's folder")
     parser.add_argument("--checkpoint-dir", type=Path)
@@ -111,6 +127,8 @@ def main() -> None:
         train_reward(args.out, args.base)
     elif args.what == "sft":
         train_sft(args.out)
+    elif args.what == "batch":
+        batch_statistics(args.out)
     else:
         train_ppo(args.out, args.checkpoint_dir, args.pause_at_step, args.steps, args.mini_batch_size)
 

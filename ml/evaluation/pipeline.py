@@ -29,7 +29,7 @@ from ml.evaluation.judges import EmbeddingAreaJudge
 from ml.evaluation.metrics import paired_bootstrap
 from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
-from ml.io import atomic_write, atomic_write_text
+from ml.io import atomic_folder
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, load_policy
 from ml.registry import Evidence, PromotionDecision, Registry
@@ -128,14 +128,23 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
 
     folder = home.reports / "evaluation"
     curves = training_curves(registry, candidate.run_id, home.reports / "tmp") if candidate.run_id else None
-    report = write_report(evaluation, folder, training_curves=curves, tuned=algorithm, promotion={
-        **decision.fields(), "champion_version": decision.previous_champion_version, "version": candidate.version})
-    atomic_write(folder / "answers.parquet", lambda tmp: answers.to_parquet(tmp, index=False))
-    atomic_write_text(folder / "settings.json", json.dumps(settings_dict(profile), indent=2))
-    atomic_write_text(folder / "headline.json", json.dumps(
-        {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,
-         "decision": decision.reason, "promoted": decision.promoted, "headline": report.headline},
-        indent=2, default=float))
+    written: list[ReportFiles] = []
+
+    def write_folder(staging: Path) -> None:
+        report = write_report(evaluation, staging, training_curves=curves, tuned=algorithm, promotion={
+            **decision.fields(), "champion_version": decision.previous_champion_version,
+            "version": candidate.version})
+        answers.to_parquet(staging / "answers.parquet", index=False)
+        (staging / "settings.json").write_text(json.dumps(settings_dict(profile), indent=2), encoding="utf-8")
+        (staging / "headline.json").write_text(json.dumps(
+            {"candidate_version": candidate.version, "algorithm": algorithm, "rl_reward_version": reward_version,
+             "decision": decision.reason, "promoted": decision.promoted, "headline": report.headline},
+            indent=2, default=float), encoding="utf-8")
+        written.append(report)
+
+    # One swap: a reader never sees this report's Markdown beside the last one's plots or answers.
+    atomic_folder(folder, write_folder)
+    report = written[0].moved_to(folder)
     if candidate.run_id:
         registry.client.log_artifacts(candidate.run_id, str(folder), "evaluation_report")
     return EvaluationRun(candidate.version, decision, evaluation, report, answers, time.perf_counter() - started)

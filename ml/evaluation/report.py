@@ -67,6 +67,12 @@ class ReportFiles:
     plots: dict[str, Path]
     headline: dict[str, float]
 
+    def moved_to(self, folder: Path) -> ReportFiles:
+        """The same files once their folder is `folder` (the report was written in a staging folder)."""
+        return ReportFiles(folder / self.md.name, folder / self.html.name,
+                           {name: folder / PLOTS_FOLDER / path.name for name, path in self.plots.items()},
+                           self.headline)
+
 
 # The report as blocks, rendered twice (Markdown and HTML). Text in blocks is raw; renderers escape it.
 @dataclass
@@ -143,8 +149,9 @@ def build_blocks(evaluation: PolicyEvaluation, plots: dict[str, Path], folder: P
     blocks += [Heading(2, "Tests of significance"), Table(significance_table(evaluation.tests), html_id="tests"),
                Paragraph("Gain: difference of means over answers. Welch: unequal-variance t-test over answers, "
                          f"with Hedges' g. Paired bootstrap: {evaluation.n_boot:,} resamples of the prompts both "
-                         "policies answered, each averaged over its samples first; percentile CI, two-sided p "
-                         f"from the null-shifted distribution. Significant means p below {ALPHA}.")]
+                         "policies answered, each averaged over its samples first; percentile CI; two-sided p "
+                         "from a paired permutation test (the sign of each prompt's difference flipped at random). "
+                         f"Significant means p below {ALPHA}.")]
     blocks += _sample_blocks(evaluation.scenarios)
     blocks += _curve_blocks(training_curves, plots, folder)
     figures = [name for name in ("reward_by_policy", "kl_vs_gold") if name in plots]
@@ -194,7 +201,7 @@ def significance_table(tests: pd.DataFrame) -> pd.DataFrame:
         "paired diff (95% CI)": [f"{_signed(d)} ({_signed(lo)} to {_signed(hi)})" for d, lo, hi in
                                  tests[["bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high"]]
                                  .itertuples(index=False)],
-        "bootstrap p": tests["bootstrap_p"].map(_p),
+        "paired p": tests["bootstrap_p"].map(_p),  # permutation test over the paired prompts
         "paired d": tests["paired_d"].map(lambda v: _num(v, 2)),
         "prompts paired": tests["n_pairs"].map(lambda v: f"{int(v)}"),
     })
@@ -276,7 +283,7 @@ def _verdict_blocks(evaluation: PolicyEvaluation) -> list[Block]:
             if metric not in by_metric.index or not math.isfinite(by_metric.loc[metric, "gain"]):
                 continue
             test = by_metric.loc[metric]
-            parts.append(f"{label} {_signed(test['gain'])} (paired bootstrap p {_p(test['bootstrap_p'])}, "
+            parts.append(f"{label} {_signed(test['gain'])} (paired permutation p {_p(test['bootstrap_p'])}, "
                          f"d {_num(test['paired_d'], 2)}; Welch p {_p(test['welch_p'])})")
         if not parts:
             parts.append("no reward available")
@@ -296,8 +303,9 @@ def _flag_blocks(evaluation: PolicyEvaluation) -> list[Block]:
             blocks.append(Paragraph(f"{row.reason}.", strong=f"{row.policy}: no over-optimisation signal.",
                                     style="good" if row.reason.startswith("gold reward confirms") else "info"))
     blocks.append(Paragraph(
-        f"Rule (vs base, paired bootstrap): flagged when the proxy gain is significant (p below {ALPHA}) and the "
-        "gold gain is not significant or not positive, or when gold falls significantly while proxy rises."))
+        "Rule (vs base, paired permutation test over prompts): flagged when the proxy gain is significant "
+        f"(p below {ALPHA}) and the gold gain is not significant or not positive, or when gold falls "
+        "significantly while proxy rises."))
     return blocks
 
 

@@ -4,8 +4,8 @@
 and scored them) into a `PolicyEvaluation`:
 - `table`: one row per policy: proxy and gold reward with 95% CIs, KL to base, length, distinct-1/2,
   on-topic rate, similarity to the nearest training condition and the share of copies;
-- `tests`: tuned policy vs base and vs random (Welch's t-test with Hedges' g, and a bootstrap paired
-  on prompts), on the proxy and on the gold reward;
+- `tests`: tuned policy vs base and vs random (Welch's t-test with Hedges' g, and a bootstrap interval
+  and permutation test paired on prompts), on the proxy and on the gold reward;
 - `flags`: per tuned policy, whether its gain over base looks like over-optimisation of the proxy;
 - `scenarios`: a Table-3-style sample of answers for the paper's three scenarios and a few others.
 `headline()` flattens the numbers into MLflow-safe metric names. The reference policies are `random`

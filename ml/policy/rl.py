@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+from ml import distributed
 from ml.config import PolicySettings
 from ml.io import atomic_folder
 from ml.policy.base import apply_lora
@@ -86,6 +87,11 @@ ALGORITHMS: dict[str, Callable[[RLJob], RLResult]] = {"ppo": train_ppo, "grpo": 
 def train_rl(algorithm: str, job: RLJob) -> RLResult:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown RL algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
+    world_size = distributed.current().world_size
+    if algorithm != "ppo" and world_size > 1:
+        # TRL's trainers shard by themselves, but our evaluation callback and saving would run on every rank.
+        raise ValueError(f"{algorithm} runs on one process only so far; this launch has {world_size} "
+                         "(set num_processes to 1, or use algorithm ppo)")
     return ALGORITHMS[algorithm](job)
 
 

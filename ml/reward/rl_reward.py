@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from ml import distributed
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
@@ -121,7 +123,7 @@ class RLReward:
             return p_met * p_area ** spec.topic_weight
         if spec.design == "constraint":
             reward = p_met + self.multiplier * p_area
-            on_topic_share = float(np.mean(p_area >= 0.5))
+            on_topic_share = batch_share(p_area >= 0.5)  # over every rank's answers: all ranks keep one multiplier
             self.multiplier = max(0.0, self.multiplier + spec.multiplier_lr * (spec.on_topic_target - on_topic_share))
             return reward
         if spec.design == "normalize_then_sum":
@@ -177,9 +179,24 @@ def on_topic(classifier: AreaClassifier, conditions: Sequence[str], areas: Seque
     return classifier.on_topic(pd.DataFrame({"answer": list(conditions), "economic_area": list(areas)}))
 
 
+# The batch designs' statistics are over the global batch: under `accelerate launch` each rank scores
+# its shard, and the sums below run over all ranks (ml/distributed.py), so N processes reward each answer
+# as one process does.
+
+def batch_share(flags: np.ndarray) -> float:
+    """Share of True over the global batch."""
+    totals = distributed.current().sum(torch.tensor([float(np.sum(flags)), float(len(flags))], dtype=torch.float64))
+    return float(totals[0] / totals[1])
+
+
 def _standardise(values: np.ndarray) -> np.ndarray:
-    std = float(np.std(values))
-    return (values - np.mean(values)) / std if std > 1e-8 and math.isfinite(std) else values - np.mean(values)
+    """(values - mean) / std over the global batch (population std); centred only when it has no spread."""
+    dist = distributed.current()
+    totals = dist.sum(torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64))
+    mean = float(totals[0] / totals[1])
+    squares = dist.sum(torch.tensor([float(np.sum((values - mean) ** 2))], dtype=torch.float64))
+    std = math.sqrt(float(squares[0] / totals[1]))
+    return (values - mean) / std if std > 1e-8 and math.isfinite(std) else values - mean
 
 
 __all__ = ["DESIGNS", "RL_REWARD_NAME", "RLReward", "RewardSpec", "area_key", "fit_area_classifiers", "on_topic",

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -94,6 +95,19 @@ def test_two_processes_train_the_sft_adapter_like_one(tmp_path):
     run(2, "sft", str(tmp_path / "two"))
     assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
     assert_same_training(tmp_path / "one", tmp_path / "two", ("loss",))
+
+
+def test_the_reward_designs_batch_statistics_are_over_every_ranks_answers(tmp_path):
+    # "normalize_then_sum" standardises over the batch and "constraint" moves its multiplier by the batch's
+    # on-topic share: two ranks holding half the batch each must see the whole batch's statistics.
+    run(1, "batch", str(tmp_path / "one"))
+    run(2, "batch", str(tmp_path / "two"))
+    one, two = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("one", "two"))
+    assert two["world_size"] == 2
+    scores = np.linspace(0.0, 1.0, 8) ** 2
+    np.testing.assert_allclose(two["standardised"], (scores - scores.mean()) / scores.std(), atol=1e-12)
+    np.testing.assert_allclose(two["standardised"], one["standardised"], atol=1e-12)
+    assert two["share"] == one["share"] == np.mean(scores > 0.3)
 
 
 PPO_KEYS = ("reward_mean", "score_mean", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "approx_kl",
