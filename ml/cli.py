@@ -191,9 +191,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
-    from ml.recommend import recommend
+    from ml.recommend import InputError, recommend
 
-    proposals = recommend(_home(args), args.country, args.arrangement, args.area, n=args.n, seed=args.seed)
+    try:
+        proposals = recommend(_home(args), args.country, args.arrangement, args.area, n=args.n, seed=args.seed)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for line in proposals.warnings:
         print(f"warning: {line}", file=sys.stderr)
     print(proposals.header)

@@ -10,7 +10,10 @@ same area (the same country's first) with their year and outcome.
 
 Both commands read the inputs against the record: an empty condition is refused, and a country,
 arrangement or area the data has never seen is accepted with a warning naming the closest known
-values (the reward model has never seen it either, so its number means less).
+values (the reward model has never seen it either, so its number means less). `recommend` refuses an
+economic area the record does not hold, naming the closest ones: neither the policy nor the reward's
+area classifier knows it, so the policy would only echo the name. Proposals that are new come before
+near-verbatim copies of training conditions, which are shown, flagged, only to fill the n asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones 
 
 
 class InputError(ValueError):
-    """A request the reward cannot score (an empty condition)."""
+    """A request that cannot be answered (an empty condition; for recommend, an unknown area)."""
 
 
 @dataclass
@@ -86,6 +89,22 @@ def input_warnings(corpus: pd.DataFrame, country: str | None, arrangement: str |
     return lines
 
 
+def known_area(corpus: pd.DataFrame, area: str) -> str:
+    """The record's name of the economic area asked for (matched as `area_key` matches, so numbering and
+    case do not matter); an area the record does not hold is an InputError naming the closest ones."""
+    known = {area_key(name): name for name in corpus["economic_area"].dropna().unique()}
+    if area_key(area) in known:
+        return known[area_key(area)]
+    close = difflib.get_close_matches(str(area), sorted(known.values()), n=3, cutoff=0.4)
+    hint = f"; closest: {', '.join(repr(c) for c in close)}" if close else ""
+    raise InputError(f"economic area {area!r} does not occur in the record, so no policy or reward knows it{hint}")
+
+
+def novel_first(reward: np.ndarray, is_copy: np.ndarray) -> np.ndarray:
+    """Order of proposals: the new ones by descending reward, then the copies of training conditions."""
+    return np.lexsort((-np.asarray(reward, dtype=float), np.asarray(is_copy, dtype=bool)))
+
+
 def precedents_for(corpus: pd.DataFrame, country: str, area: str, texts: list[str], k: int = 3) -> list[list[str]]:
     """For each text, the k historical conditions of the same area closest to it (TF-IDF cosine), those of
     the same country first; with their country, year and outcome."""
@@ -130,6 +149,7 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
               cache_dir: Path | None = None) -> Proposals:
     """`cache_dir`: where the policy's base model is cached (default: where it was when it was trained)."""
     corpus = corpus_of(home)
+    known_area(corpus, area)  # refuses an unknown area before any model loads
     warnings = input_warnings(corpus, country, arrangement, area)
     with Registry.for_home(home.root) as registry:
         champion = registry.champion_version(POLICY_ADAPTER_NAME)
@@ -152,13 +172,15 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     items: list[Proposal] = []
     if conditions:
         parts = reward.components([request] * len(conditions), conditions)
-        # Ranked by the training side of the reward (proxy P(MET) x P(area)); the gold judge stays a judge.
-        order = np.argsort(-(parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(), kind="stable")[:n]
+        copies = NoveltyIndex(corpus["description"]).nearest(conditions)
+        # Ranked by the training side of the reward (proxy P(MET) x P(area)), new proposals before copies;
+        # the gold judge stays a judge.
+        order = novel_first((parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(),
+                            copies["is_copy"].to_numpy())[:n]
         ranked = [conditions[i] for i in order]
-        copies = NoveltyIndex(corpus["description"]).nearest(ranked)
         precedents = precedents_for(corpus, country, area, ranked)
         for rank, index in enumerate(order):
-            row, copy = parts.iloc[index], copies.iloc[rank]
+            row, copy = parts.iloc[index], copies.iloc[index]
             items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
                                   float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
                                   precedents[rank]))

@@ -157,6 +157,9 @@ def test_recommend_and_score_answer_as_the_pipeline_trained(world, capsys):
     assert proposals and len({line[3:] for line in proposals}) == len(proposals)  # distinct
     assert out.count("proxy P(MET)") == len(proposals) and "P(about the area asked)" in out
     assert "closest precedents in this area" in out and prompt.country in out.splitlines()[0]
+    # An area nobody knows is refused, not echoed back by the policy.
+    assert main(["recommend", *home, "--country", prompt.country, "--area", "Space programme"]) == 2
+    assert "'Space programme' does not occur in the record" in capsys.readouterr().err
 
     assert main(["score", *home, "--country", "Atlantis", "--area", prompt.economic_area, "--condition", " "]) == 2
     assert "empty" in capsys.readouterr().err

@@ -90,3 +90,22 @@ def test_an_unknown_profile_in_the_environment_is_named(monkeypatch, capsys):
     monkeypatch.setenv("RLXF_PROFILE", "papr")
     with pytest.raises(SystemExit, match="unknown profile 'papr'"):
         main(["summary"])
+
+
+def test_recommend_puts_new_proposals_before_copies_and_refuses_an_unknown_area():
+    import numpy as np
+    import pandas as pd
+
+    from ml.recommend import InputError, known_area, novel_first
+
+    # The best-rewarded proposal copies a training condition: it goes after the new ones, which keep
+    # their order by reward.
+    order = novel_first(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]))
+    assert order.tolist() == [2, 1, 0, 3]
+    corpus = pd.DataFrame({"economic_area": ["1.2. Revenue administration, including customs",
+                                             "1.8. Budget preparation"]})
+    assert known_area(corpus, "revenue administration,  including customs") == corpus["economic_area"][0]
+    with pytest.raises(InputError, match=r"'Budget preparations' does not occur.*closest: '1.8. Budget preparation'"):
+        known_area(corpus, "Budget preparations")
+    with pytest.raises(InputError, match="'Space programme' does not occur"):
+        known_area(corpus, "Space programme")
