@@ -37,8 +37,7 @@ class Distributed:
         rank does the same work and the global batch is the same at any world size."""
         if n % self.world_size:
             raise ValueError(f"a global batch of {n} does not split evenly over {self.world_size} processes")
-        size = n // self.world_size
-        return slice(self.rank * size, (self.rank + 1) * size)
+        return self.shard_of(n)
 
     def shard_of(self, n: int) -> slice:
         """This rank's contiguous part of n items when n need not divide evenly (the first n % world
