@@ -3,7 +3,8 @@
 `python tests/distributed_worker.py reward OUT --base DIR` trains the tiny reward model;
 `... sft OUT` the tiny policy's SFT adapter; `... ppo OUT` the tiny PPO policy; `... batch OUT` the RL
 reward's batch statistics over a shard of one global batch. Run it plainly for one process, or under
-`accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N. Rank 0 writes OUT/result.json
+`accelerate launch --multi_gpu --num_processes N` (gloo on CPU) for N, with `--use_fsdp --fsdp_version 2`
+instead of `--multi_gpu` for FSDP. Rank 0 writes OUT/result.json
 (the per-step losses) and OUT/weights.safetensors (the trained weights: every parameter of the
 reward model, the LoRA adapter and value head of the policy), which the test compares across world
 sizes. `--pause-at-step K` makes rank 0 stop for good before it reports step K (after the checkpoint of
@@ -59,7 +60,8 @@ def train_sft(out: Path) -> None:
                               sft_learning_rate=1e-2)
     result = train_sft_adapter(base, tokenizer, examples, settings, out / "sft", seed=0, batch_size=5)
     history = [{"step": step, "loss": loss} for step, loss in result.train_loss]
-    write(out, history, load_file(str(result.adapter_dir / "adapter_model.safetensors")))
+    write(out, history, load_file(str(result.adapter_dir / "adapter_model.safetensors")),
+          local_share=local_share({name: p for name, p in base.named_parameters()}))
 
 
 def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None, steps: int,
@@ -67,7 +69,10 @@ def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None,
     from ml.policy.ppo import PPOConfig, PPOTrainer
     from tests.unit.test_ppo import LEARNING, PROMPTS, make_policy, make_tokenizer, met_share
 
+    lines: list[str] = []
+
     def progress(line: str) -> None:
+        lines.append(line)
         if pause_at_step is not None and line.startswith(f"step {pause_at_step}/"):
             (out / "paused").touch()
             time.sleep(600)  # until the test kills the run
@@ -84,8 +89,10 @@ def train_ppo(out: Path, checkpoint_dir: Path | None, pause_at_step: int | None,
     trainer = PPOTrainer(make_policy(tokenizer), tokenizer, config, met_share, PROMPTS,
                          checkpoint_dir=checkpoint_dir, progress=progress)
     result = trainer.train()
-    weights = {name: p.detach() for name, p in trainer.model.named_parameters() if p.requires_grad}
-    write(out, result.history, weights)
+    # Under FSDP each rank holds a shard of each weight: gathered whole (every rank takes part).
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    write(out, result.history, distributed.current().full_weights(trainable), lines=lines,
+          local_share=local_share(trainable))
 
 
 def batch_statistics(out: Path) -> None:
@@ -102,10 +109,17 @@ def batch_statistics(out: Path) -> None:
                                                      "share": share}))
 
 
-def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor]) -> None:
+def local_share(parameters: dict[str, torch.Tensor]) -> float:
+    """The share of the parameters' elements this rank holds: 1 unless FSDP sharded them."""
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in parameters.values())
+    return held / sum(p.numel() for p in parameters.values())
+
+
+def write(out: Path, history: list[dict], weights: dict[str, torch.Tensor], **extra) -> None:
     dist = distributed.current()
     if dist.is_main:
-        (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "history": history}))
+        (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "sharded": dist.sharded,
+                                                     "history": history, **extra}))
         save_file({name: t.contiguous() for name, t in weights.items()}, str(out / "weights.safetensors"))
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -408,6 +408,7 @@ class PPOTrainer:
         self.evaluate = evaluate
 
         self.model = PolicyWithValueHead(policy_model)
+        self.dist.shard_model(self.model.policy, self.model.value_head)  # FSDP launches only
         self.device = next(policy_model.parameters()).device
         self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         if not any(p.requires_grad for p in policy_model.parameters()):
@@ -575,20 +576,23 @@ class PPOTrainer:
                 mb_global = b_groups[start_index:start_index + config.mini_batch_size]
                 on_this_rank = (mb_global >= shard.start) & (mb_global < shard.stop)
                 mb_groups = (mb_global[on_this_rank] - shard.start).to(self.device)
+                has_rows = len(mb_groups) > 0
+                if not has_rows:
+                    # None of this minibatch's prompts is on this rank. It still runs the forward and
+                    # backward passes (FSDP needs every rank in them) on its first prompt, masked out,
+                    # so it adds zeros to the gradients.
+                    mb_groups = torch.zeros(1, dtype=torch.long, device=self.device)
                 mb_inds = (mb_groups.unsqueeze(1) * n + torch.arange(n, device=self.device)).flatten()
                 # Only as many answer columns as this minibatch's longest answer: padding costs compute.
-                width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1) if len(mb_inds) else 1
-                mb_mask = mask[mb_inds, :width]  # (b, r)
+                width = max(int(ro.response_mask[mb_inds].sum(dim=1).max().item()), 1)
+                mb_mask = mask[mb_inds, :width] * has_rows  # (b, r)
                 count = dist.sum(mb_mask.sum())  # the minibatch's answer tokens on all ranks
                 mb_advantages, mb_returns = advantages[mb_inds, :width], returns[mb_inds, :width]  # (b, r)
                 mb_old_logprobs, mb_old_values = ro.logprobs[mb_inds, :width], ro.values[mb_inds, :width]  # (b, r)
 
-                if len(mb_inds):
-                    new_logprobs, new_entropy, new_values = self.model.response_outputs(
-                        ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds, :width],
-                        ro.response_mask[mb_inds, :width], config.temperature)  # (b, r) each
-                else:  # none of this minibatch's prompts is on this rank: it adds zeros
-                    new_logprobs = new_entropy = new_values = torch.zeros_like(mb_mask)
+                new_logprobs, new_entropy, new_values = self.model.response_outputs(
+                    ro.queries[mb_groups], ro.query_mask[mb_groups], ro.responses[mb_inds, :width],
+                    ro.response_mask[mb_inds, :width], config.temperature)  # (b, r) each
                 logratio = new_logprobs - mb_old_logprobs
                 ratio = torch.exp(logratio)  # r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t)
 
@@ -730,7 +734,9 @@ class PPOTrainer:
     def _run_evaluation(self, step: int) -> None:
         rng_state = _get_rng_state()  # evaluation may sample; training must not notice
         # Rank 0 evaluates (the others wait) and every rank gets its numbers, to agree on the best.
-        result = self.dist.from_main(dict(self.evaluate(self, step)) if self.dist.is_main else None)
+        # Under FSDP every rank runs the (seeded, hence identical) evaluation: each forward pass needs all.
+        evaluates_here = self.dist.is_main or self.dist.sharded
+        result = self.dist.from_main(dict(self.evaluate(self, step)) if evaluates_here else None)
         _set_rng_state(rng_state)
         self.model.eval()
         recent_kl = self._recent_kl(step)
@@ -744,7 +750,7 @@ class PPOTrainer:
             return
         if self.best_metric is None or float(metric) > self.best_metric:
             self.best_step, self.best_metric = step, float(metric)
-            if self.checkpoint_dir is not None and self.dist.is_main:
+            if self.checkpoint_dir is not None:
                 self._save_weights_atomically(self.checkpoint_dir / "best", extra={
                     "step": step, "metric": self.config.best_metric, "value": float(metric), "evaluation": result})
             self.progress(f"eval step {step}: best {self.config.best_metric} {float(metric):.4f}")
@@ -764,12 +770,10 @@ class PPOTrainer:
         """checkpoint_dir/last: adapter, value head, optimizer, controller, reward stats, RNG, history.
 
         Swapped in whole (ml.io.atomic_folder), so a crash leaves the previous one. Every rank holds the
-        same state, so rank 0 alone writes it; the others wait until it is there."""
+        same state (under FSDP each a shard of it, gathered here), so rank 0 alone writes it; the others
+        wait until it is there."""
         if self.checkpoint_dir is None:
             raise ValueError("no checkpoint_dir")
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return self._last_dir()
         state = {
             "step": self.step_count,
             "kl_controller": self.kl_ctl.state_dict(),
@@ -782,25 +786,31 @@ class PPOTrainer:
             # A reward with state of its own (the constraint design's Lagrange multiplier) resumes too.
             "reward_state": self.reward_fn.state_dict() if hasattr(self.reward_fn, "state_dict") else None,
         }
+        optimizer_state = self.dist.optimizer_state(self.model, self.optimizer)
 
         def write_training_state(folder: Path) -> None:
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(optimizer_state, folder / "optimizer.pt")
             torch.save(_get_rng_state(), folder / "rng_state.pt")
 
-        folder = self._save_weights_atomically(self._last_dir(), extra=state, write=write_training_state)
-        self.dist.barrier()
-        return folder
+        return self._save_weights_atomically(self._last_dir(), extra=state, write=write_training_state)
 
     def _save_weights_atomically(self, final: Path, extra: dict,
                                  write: Callable[[Path], None] | None = None) -> Path:
+        """Every rank calls (FSDP gathers the weights); rank 0 writes, the others wait for it."""
+        adapter = self.dist.full_weights({name: p for name, p in self.policy.named_parameters() if p.requires_grad})
+        value_head = self.dist.full_weights(dict(self.model.value_head.named_parameters()))
+
         def write_checkpoint(folder: Path) -> None:
-            self.policy.save_pretrained(str(folder / "adapter"))
-            save_file(self.model.value_head.state_dict(), str(folder / "value_head.safetensors"))
+            self.policy.save_pretrained(str(folder / "adapter"), state_dict=adapter)
+            save_file(value_head, str(folder / "value_head.safetensors"))
             if write is not None:
                 write(folder)
             (folder / "state.json").write_text(json.dumps(extra, indent=1, default=_json_default))
 
-        return atomic_folder(final, write_checkpoint)
+        if self.dist.is_main:
+            atomic_folder(final, write_checkpoint)
+        self.dist.barrier()
+        return final
 
     def _resume(self) -> dict | None:
         """Load checkpoint_dir/last; returns the saved config, or None when there is nothing to resume."""
@@ -816,13 +826,16 @@ class PPOTrainer:
             return None
         state = json.loads((folder / "state.json").read_text())
         device = str(self.device)
-        adapter_weights = load_peft_weights(str(folder / "adapter"), device=device)
-        loaded = set_peft_model_state_dict(self.policy, adapter_weights, adapter_name=self.policy.active_adapter)
-        if getattr(loaded, "unexpected_keys", None):
-            raise ValueError(f"checkpoint adapter does not fit the policy: {loaded.unexpected_keys[:5]}")
-        self.model.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors"), device=device))
+        adapter_weights = load_peft_weights(str(folder / "adapter"), device="cpu")
+        # The adapter file names each LoRA weight without the adapter's name (peft's format).
+        adapter_name = f".{self.policy.active_adapter}"
+        self.dist.load_weights({name.replace(adapter_name, ""): p for name, p in self.policy.named_parameters()
+                                if p.requires_grad}, adapter_weights)
+        self.dist.load_weights(dict(self.model.value_head.named_parameters()),
+                               load_file(str(folder / "value_head.safetensors")))
         # weights_only: tensors, numbers and containers only, never arbitrary pickled objects.
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+        self.dist.load_optimizer_state(self.model, self.optimizer,
+                                       torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.reward_stats.load_state_dict(state["reward_stats"])
         self.step_count = int(state["step"])

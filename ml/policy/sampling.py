@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from ml import distributed
+
 
 @dataclass
 class Answers:
@@ -142,6 +144,10 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
         eos = torch.tensor(eos_ids, device=logits.device)
         responses = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device)
         active = torch.arange(N, device=logits.device)  # rows still generating
+        # Under FSDP every rank runs each forward pass (they gather the weights together): rows stay in
+        # the batch after their EOS and decoding stops when every rank's rows are done.
+        dist = distributed.current()
+        finished = torch.zeros(N, dtype=torch.bool, device=logits.device)
         # 2. Decode; rows that produced EOS leave the batch (and the cache).
         for t in range(max_new_tokens):
             if greedy:
@@ -156,6 +162,11 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
             if t == max_new_tokens - 1:
                 break
             running = ~torch.isin(tokens, eos)
+            if dist.sharded:
+                finished |= ~running
+                if dist.sum((~finished).sum()).item() == 0:
+                    break
+                running = torch.ones_like(running)
             if not running.all():
                 if not running.any():
                     break
@@ -190,6 +201,13 @@ def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_
     Position t reads the state just before answer token t: the last prompt position for t = 0, answer
     token t - 1 after that."""
     P, N, R = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
+    if R == 1 and distributed.current().sharded:
+        # FSDP: every rank must run the answer forward pass below, so a one-token batch gets a second,
+        # masked column, cut off again.
+        stats = answer_token_stats(model, prompt_ids, prompt_mask, F.pad(responses, (0, 1)),
+                                   F.pad(response_mask, (0, 1)), temperature, entropy=entropy,
+                                   value_head=value_head, answers_per_prompt=answers_per_prompt)
+        return TokenStats(*(None if x is None else x[:, :1] for x in (stats.logprobs, stats.entropy, stats.values)))
     if answers_per_prompt is None:
         if N % P:
             raise ValueError(f"{N} answers cannot be split evenly over {P} prompts")

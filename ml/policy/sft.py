@@ -93,6 +93,7 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA's A matrices and dropout
         model = apply_lora(base_model, settings)
+        dist.shard_model(model)  # FSDP launches only; the caller's model then stays sharded
         device = next(model.parameters()).device
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=settings.sft_learning_rate, weight_decay=0.0)
@@ -110,11 +111,11 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                     n_tokens = sum(len(ids) for _, group in batch for ids in group)  # over all ranks
                     local = batch[dist.shard_of(len(batch))]
                     optimizer.zero_grad(set_to_none=True)
-                    if local:
-                        loss = _step(model, tokenizer, local, settings, device) / n_tokens
-                        loss.backward()
-                    else:  # more ranks than prompts in this step: this rank adds nothing
-                        loss = torch.zeros((), device=device)
+                    # More ranks than prompts in this step: this rank adds nothing, but still runs the
+                    # forward and backward passes (FSDP needs every rank in them) on a prompt, weighted 0.
+                    weight = 1.0 if local else 0.0
+                    loss = _step(model, tokenizer, local or batch[:1], settings, device) * weight / n_tokens
+                    loss.backward()
                     dist.sum_gradients(trainable)
                     loss = dist.sum(loss.detach())
                     torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
@@ -128,8 +129,9 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                              f"learning_rate={scheduler.get_last_lr()[0]:.4g}, tokens/s={tokens / elapsed:.0f}, "
                              f"ETA {elapsed / step * (total - step):.0f}s")
             adapter_dir = Path(output_dir) / ADAPTER_FOLDER
+            weights = dist.full_weights({name: p for name, p in model.named_parameters() if p.requires_grad})
             if dist.is_main:  # every rank holds the same adapter
-                model.save_pretrained(str(adapter_dir), safe_serialization=True)
+                model.save_pretrained(str(adapter_dir), safe_serialization=True, state_dict=weights)
             dist.barrier()
         finally:
             # Take the LoRA layers back out of the caller's model (also after a failure): the adapter

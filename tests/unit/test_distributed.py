@@ -32,13 +32,15 @@ WORKER = Path(__file__).resolve().parents[1] / "distributed_worker.py"
 ATOL = 1e-5
 
 
-def command(world_size: int, *args: str) -> list[str]:
+def command(world_size: int, *args: str, fsdp: bool = False) -> list[str]:
     if world_size == 1:
         return [sys.executable, str(WORKER), *args]
     with socket.socket() as s:  # a free port for the process group's rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world_size),
+    # accelerate's FSDP plugin flags, as an accelerate config with distributed_type FSDP would set them.
+    mode = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(world_size),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port), str(WORKER), *args]
 
@@ -47,8 +49,9 @@ def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def run(world_size: int, *args: str) -> None:
-    done = subprocess.run(command(world_size, *args), env=environment(), capture_output=True, text=True, timeout=300)
+def run(world_size: int, *args: str, fsdp: bool = False) -> None:
+    done = subprocess.run(command(world_size, *args, fsdp=fsdp), env=environment(), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -154,4 +157,30 @@ def test_two_process_ppo_killed_with_sigkill_resumes_and_completes(ppo_one_proce
     run(2, "ppo", str(resumed), "--checkpoint-dir", str(checkpoints))
     history, _ = result(resumed)
     assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert_same_training(ppo_one_process, resumed, PPO_KEYS)
+
+
+def test_fsdp_shards_the_sft_adapter_over_two_processes_and_trains_it_like_one(tmp_path):
+    """accelerate's FSDP plugin (FSDP2): each rank holds half of every weight, and the training is
+    still that of one process with the same global batch."""
+    run(1, "sft", str(tmp_path / "one"))
+    run(2, "sft", str(tmp_path / "two"), fsdp=True)
+    sharded = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert sharded["world_size"] == 2 and sharded["sharded"]
+    assert sharded["local_share"] == pytest.approx(0.5, abs=0.01)
+    assert_same_training(tmp_path / "one", tmp_path / "two", ("loss",))
+
+
+def test_fsdp_trains_the_ppo_policy_like_one_process_and_its_checkpoint_resumes_without_fsdp(ppo_one_process,
+                                                                                           tmp_path):
+    """Two FSDP processes run PPO's first two steps (sampling kept in step across ranks, whole weights
+    gathered for the checkpoint); the checkpoint, whole and keyed by parameter name, resumes in one
+    unsharded process, and the four steps are those of the uninterrupted one-process run."""
+    checkpoints, first, resumed = tmp_path / "checkpoints", tmp_path / "first", tmp_path / "resumed"
+    run(2, "ppo", str(first), "--steps", "2", "--checkpoint-dir", str(checkpoints), fsdp=True)
+    sharded = json.loads((first / "result.json").read_text())
+    assert sharded["sharded"] and sharded["local_share"] < 0.6  # the value head's bias is not split
+    run(1, "ppo", str(resumed), "--steps", "4", "--checkpoint-dir", str(checkpoints))
+    lines = json.loads((resumed / "result.json").read_text())["lines"]
+    assert any(line.startswith("resumed from") and "at step 2/4" in line for line in lines)
     assert_same_training(ppo_one_process, resumed, PPO_KEYS)
