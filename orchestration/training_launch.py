@@ -1,13 +1,14 @@
-"""The RL training of the `ppo_adapter` asset, in the asset's own process or launched on N processes.
+"""The training assets' work, in the asset's own process or launched on N processes.
 
-`train_policy_adapter` is the asset's work: open the registry, load the newest RL reward, train the
-profile's algorithm (ml/policy/pipeline.py) and return the asset's metadata as plain values. The asset
-calls it directly at world size 1. Above that it runs `launch_command(...)`, which is
-`accelerate launch ... -m orchestration.rl_training --request JSON`, through Dagster Pipes: every rank
-runs `main()`, trains its shard, and rank 0 streams its progress lines to the asset's log and reports
-the materialization's metadata; MLflow metrics and the registered version come from rank 0 as in
-process. This module imports `dagster_pipes` only (not Dagster), as a launched process would on a
-cluster image.
+Each task (`reward:proxy`, `reward:gold`, `sft`, `rl`) is one function of a `TrainingRequest`: it
+trains, registers or writes its outputs and returns the asset's `Outcome` (metadata as plain values,
+the Dagster type of the entries that are not plain, the asset checks' results) on rank 0, None on the
+other ranks. The asset calls `run_task` directly at world size 1 (orchestration/assets/training.py). Above
+that it runs `launch_command(...)`, which is `accelerate launch ... -m orchestration.training_launch
+--request JSON`, through Dagster Pipes: every rank runs `main()`, trains its shard, and rank 0 streams
+its progress lines to the asset's log and reports the checks and the materialization's metadata;
+MLflow runs, registered versions and files come from rank 0 as in process. This module imports
+`dagster_pipes` only (not Dagster), as a launched process would on a cluster image.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import json
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,26 +27,55 @@ import pandas as pd
 from ml import distributed
 from ml.config import DistributedSettings, Profile, profile_for_home, settings_dict
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, train_rl_stage
-from ml.registry import Registry
-from ml.reward.pipeline import load_rl_reward
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, train_rl_stage, train_sft_stage
+from ml.registry import PromotionDecision, Registry
+from ml.reward.pipeline import RewardRun, load_rl_reward, train_and_register_reward
 
-# Metadata entries that are not plain values: their Dagster type (the rest are text or numbers).
-METADATA_TYPES = {"eval_history": "md", "training_curve": "md", "policy": "path"}
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class RLTrainingRequest:
-    """Everything the training needs, as JSON-able values: it crosses a process boundary."""
+class TrainingRequest:
+    """Everything a task needs, as JSON-able values: it crosses a process boundary."""
 
+    task: str  # a key of TASKS
     home: str
     profile: str  # the built-in profile, with the same overrides as the asset's (ml.config.profile_for_home)
     profile_file: str  # empty: <home>/profile.toml when it exists
     overrides: str  # one run's TOML overrides (the rlxf resource's run config)
-    algorithm: str  # empty: the profile's
     model_cache: str
     tracking_uri: str  # empty: the data home's SQLite store
     dagster_run_id: str
+    algorithm: str = ""  # rl: this run's algorithm (empty: the profile's)
+
+    def data_home(self) -> DataHome:
+        return DataHome(Path(self.home))
+
+    def get_profile(self) -> Profile:
+        profile = profile_for_home(self.profile, self.data_home(), self.profile_file or None, self.overrides or None)
+        if self.algorithm:  # this run's choice, also in the settings MLflow records
+            profile = replace(profile, policy=replace(profile.policy, algorithm=self.algorithm))
+        return profile
+
+    def open_registry(self, profile: Profile) -> Registry:
+        return open_registry(self.tracking_uri, Path(self.home), self.dagster_run_id, profile)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    metadata: dict = field(default_factory=dict)  # plain values
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An asset's result as plain values: `types` names the Dagster type ("md", "path") of the
+    metadata entries that are not text or numbers."""
+
+    metadata: dict
+    types: dict[str, str] = field(default_factory=dict)
+    checks: list[CheckOutcome] = field(default_factory=list)
 
 
 def open_registry(tracking_uri: str, home_root: Path, dagster_run_id: str, profile: Profile | None = None) -> Registry:
@@ -57,15 +88,81 @@ def open_registry(tracking_uri: str, home_root: Path, dagster_run_id: str, profi
     return Registry.for_home(home_root, lineage=lineage, settings=settings)
 
 
-def train_policy_adapter(request: RLTrainingRequest, progress: Callable[[str], None]) -> dict | None:
-    """Train and register the policy adapter; the asset's metadata on rank 0, None on the others."""
-    home = DataHome(Path(request.home))
-    profile = profile_for_home(request.profile, home, request.profile_file or None, request.overrides or None)
-    if request.algorithm:  # this run's choice, also in the settings MLflow records
-        profile = replace(profile, policy=replace(profile.policy, algorithm=request.algorithm))
+# ---------------------------------------------------------------------------------------------
+# The tasks
+
+
+def train_reward(role: str, request: TrainingRequest, progress: Progress) -> Outcome | None:
+    """Train, evaluate and register the `role` reward model; the proxy's outcome carries the
+    `macro_f1_above_threshold` check."""
+    home, profile = request.data_home(), request.get_profile()
+    with request.open_registry(profile) as registry:
+        run = train_and_register_reward(
+            role, home.exports / "splits", home.truth, profile.reward, registry,
+            work_dir=home.models / "reward" / role, profile=profile.name, promotion=profile.promotion,
+            progress=progress)
+    if run is None:
+        return None
+    checks = []
+    if role == "proxy":
+        threshold = profile.reward.min_macro_f1
+        macro_f1 = float(run.evaluation.metrics["macro_f1"])
+        checks.append(CheckOutcome("macro_f1_above_threshold", passed=macro_f1 >= threshold,
+                                   metadata={"test_macro_f1": macro_f1, "threshold": threshold}))
+    metadata, types = reward_metadata(run)
+    return Outcome({**metadata, "num_processes": distributed.current().world_size}, types, checks)
+
+
+def promotion_metadata(decision: PromotionDecision) -> dict:
+    """The champion decision: `promotion` (in words), the test, its interval and p-value, both figures."""
+    fields = decision.fields()
+    return {"promotion": fields.pop("reason"), **{f"promotion_{key}": value for key, value in fields.items()}}
+
+
+def reward_metadata(run: RewardRun) -> tuple[dict, dict[str, str]]:
+    evaluation = run.evaluation
+    plots = {f"plot_{name}": str(path) for name, path in run.plots.items()}
+    metadata = {
+        "test_accuracy": evaluation.metrics["accuracy"],
+        "test_macro_f1": evaluation.metrics["macro_f1"],
+        "test_roc_auc": evaluation.metrics["roc_auc"],
+        "test_ece": evaluation.metrics["ece"],
+        "baseline_tfidf_lr_accuracy": evaluation.baselines["tfidf_lr"]["accuracy"],
+        "baseline_majority_accuracy": evaluation.baselines["majority"]["accuracy"],
+        "bayes_optimal_accuracy": evaluation.bayes_optimal_accuracy,
+        "train_rows": run.train_rows,
+        "train_seconds": run.metrics["train_seconds"],
+        "mlflow_model": f"{run.registered_name} v{run.version}",
+        "mlflow_alias": run.decision.alias,
+        **promotion_metadata(run.decision),
+        "mlflow_run_id": run.run_id,
+        "split_hash": run.split_hash,
+        "metrics": evaluation.to_markdown(),
+        **plots,
+    }
+    return metadata, {"metrics": "md", **dict.fromkeys(plots, "path")}
+
+
+def train_sft(request: TrainingRequest, progress: Progress) -> Outcome | None:
+    """The SFT warm start (or `enabled: False` when the profile has none)."""
+    home, profile = request.data_home(), request.get_profile()
+    if not profile.policy.sft_enabled:
+        return Outcome({"enabled": False})
+    result = train_sft_stage(home.exports / "splits", profile.policy, Path(request.model_cache),
+                             home.models / "policy" / "sft", seed=profile.data.seed, progress=progress)
+    if result is None:
+        return None
+    losses = pd.DataFrame(result.pop("loss_history"), columns=["step", "loss"])
+    return Outcome({"enabled": True, **result, "num_processes": distributed.current().world_size,
+                    "loss_curve": losses.to_markdown(index=False)}, {"loss_curve": "md"})
+
+
+def train_policy_adapter(request: TrainingRequest, progress: Progress) -> Outcome | None:
+    """Train and register the policy adapter against the newest RL reward."""
+    home, profile = request.data_home(), request.get_profile()
     settings = profile.policy
     sft_dir = home.models / "policy" / "sft"
-    with open_registry(request.tracking_uri, home.root, request.dagster_run_id, profile) as registry:
+    with request.open_registry(profile) as registry:
         reward, reward_version = load_rl_reward(registry, None)
         use_sft = settings.sft_enabled and (sft_dir / "policy_stack.json").exists()
         run = train_rl_stage(home.exports / "splits", pd.read_parquet(home.exports / "policy_prompts.parquet"),
@@ -76,7 +173,7 @@ def train_policy_adapter(request: RLTrainingRequest, progress: Callable[[str], N
         return None
     history = pd.DataFrame(run.history)
     curve = history[[c for c in ("step", "score_mean", "reward", "kl", "kl_coef", "entropy") if c in history]]
-    return {
+    return Outcome({
         "algorithm": run.algorithm, "mlflow_model": f"{POLICY_ADAPTER_NAME} v{run.version}",
         "mlflow_run_id": run.run_id, "best_step": run.best_step, "best_validation_judged_reward": run.best_judged,
         "rl_reward_version": reward_version, "reward_design": reward.spec.design,
@@ -85,10 +182,29 @@ def train_policy_adapter(request: RLTrainingRequest, progress: Callable[[str], N
         "num_processes": distributed.current().world_size,
         "eval_history": pd.DataFrame(run.eval_history).round(4).to_markdown(index=False),
         "training_curve": curve.round(4).to_markdown(index=False),
-        "policy": str(run.stack_dir)}
+        "policy": str(run.stack_dir)}, {"eval_history": "md", "training_curve": "md", "policy": "path"})
 
 
-def launch_command(request: RLTrainingRequest, settings: DistributedSettings) -> list[str]:
+TASKS: dict[str, Callable[[TrainingRequest, Progress], Outcome | None]] = {
+    "reward:proxy": partial(train_reward, "proxy"),
+    "reward:gold": partial(train_reward, "gold"),
+    "sft": train_sft,
+    "rl": train_policy_adapter,
+}
+
+
+def run_task(request: TrainingRequest, progress: Progress) -> Outcome | None:
+    """The request's task on this process: its outcome on rank 0, None on the other ranks."""
+    if request.task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, not {request.task!r}")
+    return TASKS[request.task](request, progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch
+
+
+def launch_command(request: TrainingRequest, settings: DistributedSettings) -> list[str]:
     """`accelerate launch` of this module on settings.num_processes processes: with the settings'
     accelerate config file when there is one (multi-GPU, FSDP, several nodes), else data-parallel on
     this machine (gloo on CPU, NCCL on GPUs)."""
@@ -98,7 +214,7 @@ def launch_command(request: RLTrainingRequest, settings: DistributedSettings) ->
     else:
         launch += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", settings.mixed_precision,
                    "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    return [*launch, "-m", "orchestration.rl_training", "--request", json.dumps(asdict(request))]
+    return [*launch, "-m", "orchestration.training_launch", "--request", json.dumps(asdict(request))]
 
 
 def _free_port() -> int:
@@ -107,19 +223,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def pipes_metadata(metadata: dict, types: dict[str, str]) -> dict:
+    return {key: {"raw_value": value, "type": types.get(key, "__infer__")} for key, value in metadata.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--request", required=True, help="RLTrainingRequest as JSON")
-    request = RLTrainingRequest(**json.loads(parser.parse_args().request))
+    parser.add_argument("--request", required=True, help="TrainingRequest as JSON")
+    request = TrainingRequest(**json.loads(parser.parse_args().request))
     if not distributed.current().is_main:
-        train_policy_adapter(request, progress=lambda _line: None)
+        run_task(request, progress=lambda _line: None)
         return
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
-        metadata = train_policy_adapter(request, progress=pipes.log.info)
-        pipes.report_asset_materialization(metadata={
-            key: {"raw_value": value, "type": METADATA_TYPES.get(key, "__infer__")} for key, value in metadata.items()})
+        outcome = run_task(request, progress=pipes.log.info)
+        for check in outcome.checks:
+            pipes.report_asset_check(check_name=check.name, passed=check.passed,
+                                     metadata=pipes_metadata(check.metadata, {}))
+        pipes.report_asset_materialization(metadata=pipes_metadata(outcome.metadata, outcome.types))
 
 
 if __name__ == "__main__":
