@@ -24,7 +24,7 @@ from dagster_dbt import DbtCliResource, DbtProject
 from ml.config import DistributedSettings, Profile, profile_for_home
 from ml.paths import DBT_PROJECT_DIR, REPO_ROOT, DataHome, default_home
 from ml.registry import Registry
-from orchestration.rl_training import open_registry
+from orchestration.training_launch import open_registry
 
 # The Dagster concurrency pool of every step that opens the DuckDB warehouse. DuckDB lets one process
 # write a database file at a time (and none read it meanwhile), so a sensor-started run and a manual
@@ -46,7 +46,7 @@ class RlxfSettings(dg.ConfigurableResource):
     # Seed an empty landing folder with the profile's synthetic data. Unset: only in the profile's default
     # home, so that a data home of one's own (or a mistyped RLXF_HOME) never trains on synthetic data.
     seed_synthetic: bool | None = None
-    # Policy training on several processes (Dagster Pipes + accelerate launch); 0 / empty: the profile's.
+    # Training on several processes (Dagster Pipes + accelerate launch); 0 / empty: the profile's.
     num_processes: int = 0
     accelerate_config: str = ""
 
@@ -126,7 +126,7 @@ def build_resources(settings: RlxfSettings | None = None) -> dict[str, object]:
     return {
         "rlxf": launch_configurable(settings or settings_from_env()),
         "mlflow": MlflowRegistry(tracking_uri=_env("MLFLOW_TRACKING_URI", "")),
-        # Launches training on several processes (ppo_adapter); on a cluster, dagster_k8s.PipesK8sClient.
+        # Launches training on several processes (the training assets); on a cluster, dagster_k8s.PipesK8sClient.
         "pipes": dg.PipesSubprocessClient(cwd=str(REPO_ROOT)),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     }

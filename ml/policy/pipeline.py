@@ -165,8 +165,10 @@ def prepare_base_policy(settings: PolicySettings, cache_dir: Path, progress: Pro
 
 
 def train_sft_stage(snapshot: Path, settings: PolicySettings, cache_dir: Path, out_dir: Path, seed: int,
-                    progress: Progress = print) -> dict:
-    """LoRA SFT on historically MET conditions as answers to their prompts; saves an SFT stack."""
+                    progress: Progress = print) -> dict | None:
+    """LoRA SFT on historically MET conditions as answers to their prompts; saves an SFT stack.
+    Under a launcher every rank trains its shard; rank 0 alone writes the stack and returns the
+    summary (None elsewhere)."""
     from ml.policy.sft import train_sft_adapter  # TRL import is slow: only when SFT runs
 
     examples = build_sft_examples(read_split(snapshot, "train"), "train", settings.sft_max_examples, seed=seed,
@@ -174,6 +176,8 @@ def train_sft_stage(snapshot: Path, settings: PolicySettings, cache_dir: Path, o
     model, tokenizer = load_base_policy(settings.base_model, cache_dir, dtype=settings.dtype, device=settings.device)
     with tempfile.TemporaryDirectory() as scratch:
         result = train_sft_adapter(model, tokenizer, examples, settings, Path(scratch), seed=seed, progress=progress)
+        if not distributed.current().is_main:
+            return None  # rank 0 saved the adapter (the same on every rank) in its own scratch folder
         write_stack(out_dir, PolicyStack(settings.base_model, ["sft_adapter"], "sft",
                                          {"examples": len(examples), "first_loss": result.first_loss,
                                           "last_loss": result.last_loss, "seconds": result.seconds}),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml import distributed
 from ml.config import PolicySettings, PromotionSettings, RewardSettings
 from ml.data.splits import read_split
 from ml.evaluation.metrics import paired_bootstrap_macro_f1
@@ -64,7 +65,10 @@ def read_truth(truth_dir: Path) -> pd.DataFrame | None:
 def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settings: RewardSettings,
                               registry: Registry, work_dir: Path, profile: str,
                               promotion: PromotionSettings | None = None,
-                              progress: Callable[[str], None] = print) -> RewardRun:
+                              progress: Callable[[str], None] = print) -> RewardRun | None:
+    """Train the `role` reward model, evaluate it, log the MLflow run, register and promote the version.
+    Under a launcher every rank trains its shard; rank 0 alone evaluates, writes, registers and returns
+    the run (None elsewhere)."""
     promotion = promotion or PromotionSettings()
     if role not in REGISTERED_NAMES:
         raise ValueError(f"role must be one of {sorted(REGISTERED_NAMES)}, not {role!r}")
@@ -78,6 +82,8 @@ def train_and_register_reward(role: str, snapshot: Path, truth_dir: Path, settin
              f"{len(test):,} test")
 
     trained = train_reward_model(data, validation, settings, seed=seed, progress=progress)
+    if not distributed.current().is_main:
+        return None  # the same weights as rank 0, which records them
     model = trained.reward_model()
     evaluation = evaluate_reward_model(model, test, data, read_truth(truth_dir))
     value = evaluation.metrics["macro_f1"]

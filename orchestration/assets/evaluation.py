@@ -5,8 +5,9 @@ import dagster as dg
 from ml.evaluation.pipeline import run_evaluation
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from orchestration.assets.policy import sft_dir
-from orchestration.assets.reward import TRAINING_TAGS, promotion_metadata
+from orchestration.assets.training import TRAINING_TAGS
 from orchestration.resources import MlflowRegistry, RlxfSettings
+from orchestration.training_launch import promotion_metadata
 
 HEADLINE_KEYS = ("judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate",
                  "on_topic_rate_knn", "kl_to_reference", "kl_to_base", "distinct_2", "copy_share")

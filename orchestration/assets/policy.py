@@ -1,15 +1,13 @@
 """The policy: base LLaMA-architecture model, the paper's prompts, SFT warm start, RL-tuned adapter."""
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from ml.io import atomic_write
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy, train_sft_stage
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, policy_prompt_table, prepare_base_policy
 from ml.reward.rl_reward import RL_REWARD_NAME
-from orchestration.assets.reward import TRAINING_TAGS
+from orchestration.assets.training import TRAINING_TAGS, materialize_training
 from orchestration.resources import MlflowRegistry, RlxfSettings
-from orchestration.rl_training import METADATA_TYPES, RLTrainingRequest, launch_command, train_policy_adapter
 
 
 def prompts_path(rlxf: RlxfSettings):
@@ -49,15 +47,9 @@ def policy_prompts(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.
           description="Optional LoRA warm start (ml/policy/sft.py) on historically MET conditions as answers to "
                       "their prompts; merged into the base it becomes PPO's reference policy. Off when the profile's "
                       "`sft_enabled` is false.")
-def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.MaterializeResult:
-    profile = rlxf.get_profile()
-    if not profile.policy.sft_enabled:
-        return dg.MaterializeResult(metadata={"enabled": False})
-    result = train_sft_stage(rlxf.data_home().exports / "splits", profile.policy, rlxf.model_cache_dir(),
-                             sft_dir(rlxf), seed=profile.data.seed, progress=context.log.info)
-    losses = pd.DataFrame(result.pop("loss_history"), columns=["step", "loss"])
-    return dg.MaterializeResult(metadata={"enabled": True, **result,
-                                          "loss_curve": dg.MetadataValue.md(losses.to_markdown(index=False))})
+def sft_adapter(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: MlflowRegistry,
+                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    return materialize_training(context, "sft", rlxf, mlflow, pipes)
 
 
 class RLRunConfig(dg.Config):
@@ -74,23 +66,4 @@ class RLRunConfig(dg.Config):
                       f"within the KL budget; registered as `{POLICY_ADAPTER_NAME}` (promotion: evaluation_report).")
 def ppo_adapter(context: dg.AssetExecutionContext, config: RLRunConfig, rlxf: RlxfSettings,
                 mlflow: MlflowRegistry, pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    # The profile travels as its name and overrides, which the launched processes apply as this one does.
-    request = RLTrainingRequest(home=str(rlxf.data_home().root), profile=rlxf.profile,
-                                profile_file=rlxf.profile_file, overrides=rlxf.overrides, algorithm=config.algorithm,
-                                model_cache=str(rlxf.model_cache_dir()), tracking_uri=mlflow.tracking_uri,
-                                dagster_run_id=context.run_id)
-    distributed = rlxf.distributed_settings()
-    if distributed.num_processes > 1:
-        # accelerate launch on N processes; rank 0 streams logs and reports the same metadata.
-        return pipes.run(command=launch_command(request, distributed), context=context).get_materialize_result()
-    metadata = train_policy_adapter(request, progress=context.log.info)
-    return dg.MaterializeResult(metadata={key: _typed(METADATA_TYPES.get(key), value)
-                                          for key, value in metadata.items()})
-
-
-def _typed(kind: str | None, value):
-    if kind == "md":
-        return dg.MetadataValue.md(value)
-    if kind == "path":
-        return dg.MetadataValue.path(value)
-    return value
+    return materialize_training(context, "rl", rlxf, mlflow, pipes, algorithm=config.algorithm)

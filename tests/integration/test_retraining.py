@@ -531,3 +531,51 @@ def test_ppo_adapter_on_two_processes_launches_through_pipes_with_the_in_process
     with world.registry() as registry:
         path = registry.client.download_artifacts(launched["mlflow_run_id"].value, SETTINGS_ARTIFACT, str(scratch))
     assert json.loads(Path(path).read_text(encoding="utf-8"))["policy"]["ppo"]["steps"] == 3
+
+
+def materialize(world: World, key: dg.AssetKey, num_processes: int, overrides: str = ""):
+    settings = RlxfSettings(profile="smoke", home=str(world.home.root), model_cache=str(shared_cache_dir()),
+                            num_processes=num_processes, overrides=overrides)
+    result = build_definitions(build_resources(settings)).resolve_job_def("rlxf_full_pipeline").execute_in_process(
+        instance=world.instance, asset_selection=[key], raise_on_error=False)
+    assert result.success
+    return result, world.instance.get_latest_materialization_event(key).asset_materialization.metadata
+
+
+def test_reward_model_on_two_processes_launches_through_pipes_with_the_in_process_metadata_and_check(world):
+    """#17: the reward model (and its macro-F1 check) at world size 2 through Pipes, against an in-process
+    run on the same registry state (a champion to compare with) and with the same overrides: each registers
+    a version, the materializations have the same metadata entries of the same types, and the check
+    reaches Dagster from the launched rank 0 with the same result."""
+    key = dg.AssetKey("reward_model")
+    overrides = "[reward]\nepochs = 1\n"
+    materializations, checks = {}, {}
+    for num_processes in (1, 2):
+        versions = world.state()[REWARD_MODEL_NAME][0]
+        result, materializations[num_processes] = materialize(world, key, num_processes, overrides)
+        assert world.state()[REWARD_MODEL_NAME][0] == versions + 1
+        assert materializations[num_processes]["num_processes"].value == num_processes
+        [checks[num_processes]] = result.get_asset_check_evaluations()
+    in_process, launched = materializations[1], materializations[2]
+    assert {k: type(v) for k, v in launched.items()} == {k: type(v) for k, v in in_process.items()}
+    assert launched["mlflow_model"].value != in_process["mlflow_model"].value
+    assert [c.check_name for c in checks.values()] == ["macro_f1_above_threshold"] * 2
+    assert checks[2].passed == checks[1].passed
+    assert checks[2].metadata.keys() == checks[1].metadata.keys() == {"test_macro_f1", "threshold"}
+    assert checks[2].metadata["test_macro_f1"].value == launched["test_macro_f1"].value
+
+
+def test_sft_adapter_on_two_processes_launches_through_pipes_with_the_in_process_metadata(world):
+    """#17: the SFT warm start at world size 2 through Pipes: rank 0's progress reaches the asset's log,
+    it alone writes the stack, and the metadata matches the in-process materialization's."""
+    key = dg.AssetKey("sft_adapter")
+    in_process = world.instance.get_latest_materialization_event(key).asset_materialization.metadata
+    assert in_process["num_processes"].value == 1
+    stack = world.home.models / "policy" / "sft" / "policy_stack.json"
+    written = stack.stat().st_mtime_ns
+    result, launched = materialize(world, key, 2)
+    assert launched["num_processes"].value == 2
+    assert {k: type(v) for k, v in launched.items()} == {k: type(v) for k, v in in_process.items()}
+    assert launched["steps"].value == in_process["steps"].value
+    assert any(e.message.startswith("sft step") for e in world.instance.all_logs(result.run_id))
+    assert stack.stat().st_mtime_ns > written
