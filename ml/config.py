@@ -218,6 +218,9 @@ class DistributedSettings:
     num_processes: int = 1
     accelerate_config: str = ""  # an accelerate config file (configs/accelerate/); empty = data-parallel here
     mixed_precision: str = "no"  # accelerate's flag when no config file is given; the loops' own dtype still applies
+    # Without a config file: shard the policy's weights over the processes (FSDP2, accelerate's FSDP
+    # plugin flags) instead of a full replica on each, for a policy that does not fit one device.
+    fsdp: bool = False
 
 
 @dataclass(frozen=True)

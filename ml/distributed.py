@@ -83,11 +83,15 @@ class Distributed:
 
     def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Replace each gradient by its sum over ranks. Loops that divide their loss by the global
-        count (not the local one) then hold the gradient of the global batch on every rank. Under FSDP
-        the backward pass has already summed them (shard_model), so this does nothing."""
-        if self.world_size == 1 or self.sharded:
+        count (not the local one) then hold the gradient of the global batch on every rank. A parameter
+        sharded by FSDP (a DTensor) was already summed in the backward pass (shard_model)."""
+        if self.world_size == 1:
             return
+        from torch.distributed.tensor import DTensor
+
         for p in parameters:
+            if isinstance(p, DTensor):
+                continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # a rank with no rows in a minibatch still joins the sum
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)

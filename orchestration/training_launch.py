@@ -207,12 +207,13 @@ def run_task(request: TrainingRequest, progress: Progress) -> Outcome | None:
 def launch_command(request: TrainingRequest, settings: DistributedSettings) -> list[str]:
     """`accelerate launch` of this module on settings.num_processes processes: with the settings'
     accelerate config file when there is one (multi-GPU, FSDP, several nodes), else data-parallel on
-    this machine (gloo on CPU, NCCL on GPUs)."""
+    this machine (gloo on CPU, NCCL on GPUs), FSDP-sharded when settings.fsdp."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(settings.num_processes)]
     if settings.accelerate_config:
         launch += ["--config_file", settings.accelerate_config]
     else:
-        launch += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", settings.mixed_precision,
+        mode = ["--use_fsdp", "--fsdp_version", "2"] if settings.fsdp else ["--multi_gpu"]
+        launch += [*mode, "--num_machines", "1", "--mixed_precision", settings.mixed_precision,
                    "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     return [*launch, "-m", "orchestration.training_launch", "--request", json.dumps(asdict(request))]
 

@@ -505,15 +505,16 @@ def test_webserver_shows_every_definition_and_the_last_run(world):
 
 def test_ppo_adapter_on_two_processes_launches_through_pipes_with_the_in_process_metadata(world):
     """#17: with two processes (a resource setting) the asset runs `accelerate launch` through Dagster
-    Pipes; rank 0's progress reaches the asset's log, a version is registered, and the materialization
-    has the same metadata entries, of the same types, as the in-process runs of the tests above."""
+    Pipes, here with the policy's weights sharded (FSDP, a profile override): rank 0's progress reaches
+    the asset's log, a version is registered, and the materialization has the same metadata entries, of
+    the same types, as the in-process runs of the tests above."""
     key = dg.AssetKey("ppo_adapter")
     in_process = world.instance.get_latest_materialization_event(key).asset_materialization.metadata
     assert in_process["num_processes"].value == 1
     before = world.state()[POLICY_ADAPTER_NAME]
     # The run's profile overrides must reach the launched processes too.
     settings = RlxfSettings(profile="smoke", home=str(world.home.root), model_cache=str(shared_cache_dir()),
-                            num_processes=2, overrides="[policy.ppo]\nsteps = 3\n")
+                            num_processes=2, overrides="[policy.ppo]\nsteps = 3\n[distributed]\nfsdp = true\n")
     defs = build_definitions(build_resources(settings))
     result = defs.resolve_job_def("rlxf_full_pipeline").execute_in_process(
         instance=world.instance, asset_selection=[key], raise_on_error=False)
