@@ -176,7 +176,8 @@ class Distributed:
 
         missing, unexpected = sorted(set(named) - set(weights)), sorted(set(weights) - set(named))
         if missing or unexpected:
-            raise ValueError(f"the saved weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"the saved weights do not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         with torch.no_grad():
             for name, p in named.items():
                 value = weights[name].to(dtype=p.dtype)

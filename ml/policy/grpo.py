@@ -14,7 +14,12 @@ other answers), so neither needs a value head. What is set on purpose:
   and the run fails if no LoRA weight moved;
 - sampling is pinned neutral: top-k, top-p, min-p and repetition penalty off, whatever the model's
   `generation_config` says, so the log-probabilities TRL computes are those of the sampling
-  distribution (softmax(logits / temperature)).
+  distribution (softmax(logits / temperature));
+- at any world size (`accelerate launch`, ml/distributed.py) a step holds `prompts_per_step` prompts in
+  all, split evenly over the ranks: TRL's sampler draws the same global prompts on every rank, each rank
+  generates and scores its contiguous share, and TRL gathers the rewards before computing each group's
+  advantages, so a group may straddle two ranks. The time budget stops every rank on rank 0's clock;
+  rank 0 alone logs and writes the adapter.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import pandas as pd
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
 
+from ml import distributed
 from ml.config import PolicySettings
 from ml.policy.base import lora_config, trainer_runtime_args
 from ml.policy.prompts import KEY_COLUMNS
@@ -74,7 +80,11 @@ class LogLinesCallback(TrainerCallback):
 
 class TimeBudgetCallback(TrainerCallback):
     """Stops training once `max_seconds` of training time are spent (time spent in the callbacks
-    listed in `excluded`, e.g. evaluations, does not count): compares algorithms at equal time."""
+    listed in `excluded`, e.g. evaluations, does not count): compares algorithms at equal time.
+
+    Under a launcher each rank's clock reads differently, so rank 0's decision is broadcast and every
+    rank stops after the same step (a rank that stopped alone would leave the others waiting in a
+    collective)."""
 
     def __init__(self, max_seconds: float | None, excluded: Sequence[TrainerCallback] = ()) -> None:
         self.max_seconds, self.excluded = max_seconds, list(excluded)
@@ -89,7 +99,10 @@ class TimeBudgetCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_seconds is not None and self.seconds >= self.max_seconds:
+        if self.max_seconds is None:
+            return control
+        # from_main is the plain value at world size 1; the same call on every rank and every step otherwise.
+        if distributed.current().from_main(self.seconds >= self.max_seconds):
             control.should_training_stop = True
         return control
 
@@ -131,7 +144,12 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
                    callbacks: Sequence[TrainerCallback] = ()) -> GroupRLResult:
     """Run GRPO or RLOO (`kind`) with `settings.group_rl` over `prompts` (records with `prompt_text`
     and the metadata columns) and save the adapter under `output_dir/adapter`. The caller's model is
-    handed back without LoRA layers."""
+    handed back without LoRA layers.
+
+    Under a launcher every rank calls this with the same arguments: the `prompts_per_step` x
+    `num_generations` answers of a step are split evenly over the ranks (an error if they do not
+    divide), `reward_fn` is called on each rank with that rank's answers and their records, and rank 0
+    alone reports `progress` and writes the adapter (every rank returns the same history)."""
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     if kind not in KINDS:
@@ -141,12 +159,22 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         raise ValueError("beta must be > 0: without the KL penalty the policy is free to reward-hack")
     if prompts.empty:
         raise ValueError(f"no prompts to train {kind.upper()} on")
+    dist = distributed.current()
+    # TRL counts the batch in completions, per rank; the global batch (per rank x ranks, no gradient
+    # accumulation) stays whole groups of `num_generations` for `prompts_per_step` prompts at any world size.
+    answers_per_step = group.prompts_per_step * group.num_generations
+    if answers_per_step % dist.world_size:
+        raise ValueError(f"{kind.upper()}: prompts_per_step x num_generations = {group.prompts_per_step} x "
+                         f"{group.num_generations} = {answers_per_step} answers per step do not split evenly over "
+                         f"{dist.world_size} processes; change prompts_per_step or the number of processes")
+    if not dist.is_main:
+        progress = _silent
     output_dir = Path(output_dir)
     common = dict(
         output_dir=str(output_dir / "trainer"),
         max_steps=group.steps,
-        # TRL counts the batch in completions: whole groups of `num_generations` per prompt.
-        per_device_train_batch_size=group.prompts_per_step * group.num_generations,
+        per_device_train_batch_size=answers_per_step // dist.world_size,
+        gradient_accumulation_steps=1,
         num_generations=group.num_generations,
         max_completion_length=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -176,17 +204,31 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
     adapter_dir = output_dir / ADAPTER_FOLDER
     try:
         trainer.train()
-        moved = any(p.abs().sum() > 0 for name, p in trainer.model.named_parameters() if "lora_B" in name)
+        model = _peft_model(trainer)
+        # DDP keeps the replicas equal, so every rank reaches the same verdict.
+        moved = any(p.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name)
         if not moved:
             raise RuntimeError(f"{kind.upper()} trained nothing: every LoRA B matrix is still zero")
-        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True, selected_adapters=["default"])
+        if dist.is_main:
+            model.save_pretrained(str(adapter_dir), safe_serialization=True, selected_adapters=["default"])
+        dist.barrier()  # no rank returns before the adapter is on disk
     finally:
-        trainer.model.unload()  # hand the caller's base model back without LoRA layers, even on failure
+        _peft_model(trainer).unload()  # hand the caller's base model back without LoRA layers, even on failure
     history = [{"step": int(row["step"]), **{ours: float(row[theirs]) for theirs, ours in HISTORY_KEYS.items()
                                              if theirs in row}}
                for row in trainer.state.log_history if "reward" in row]  # the per-step rows
     return GroupRLResult(adapter_dir=adapter_dir, history=history, seconds=round(budget.seconds, 2),
                          steps=int(trainer.state.global_step))
+
+
+def _peft_model(trainer) -> PreTrainedModel:
+    """The PEFT model itself. HF's Trainer keeps it as `trainer.model` with the DDP wrapper apart
+    (`trainer.model_wrapped`); unwrapping costs nothing and also holds where accelerate wraps in place."""
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _silent(line: str) -> None:
+    """The progress of ranks other than 0 (rank 0 reports the run)."""
 
 
 __all__ = ["GroupRLResult", "KINDS", "TimeBudgetCallback", "group_dataset", "group_reward", "neutral_sampling",

@@ -87,11 +87,10 @@ ALGORITHMS: dict[str, Callable[[RLJob], RLResult]] = {"ppo": train_ppo, "grpo": 
 def train_rl(algorithm: str, job: RLJob) -> RLResult:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown RL algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
-    world_size = distributed.current().world_size
-    if algorithm != "ppo" and world_size > 1:
-        # TRL's trainers shard by themselves, but our evaluation callback and saving would run on every rank.
-        raise ValueError(f"{algorithm} runs on one process only so far; this launch has {world_size} "
-                         "(set num_processes to 1, or use algorithm ppo)")
+    if algorithm != "ppo" and distributed.current().sharded:
+        # Their evaluation and adapter saving run on rank 0 alone, which a sharded model cannot do.
+        raise ValueError(f"{algorithm} does not run with sharded weights (FSDP) yet: launch it data-parallel "
+                         "(distributed.fsdp = false, no FSDP accelerate config), or use algorithm ppo")
     return ALGORITHMS[algorithm](job)
 
 
@@ -103,7 +102,8 @@ class EvaluateAndKeepBest(TrainerCallback):
     """Evaluates the policy at step 0, every `every` steps and at the end, and saves the adapter of
     the best evaluation: what PPOTrainer does for PPO, for a TRL trainer. An evaluation whose
     `kl_to_reference` is over `max_kl` cannot become best. Sampling for the evaluation uses its own
-    seeded generator, so training's RNG is untouched."""
+    seeded generator, so training's RNG is untouched. Under a launcher rank 0 evaluates (the others
+    wait), every rank gets its numbers and so agrees on the best, and rank 0 alone saves it."""
 
     def __init__(self, evaluate: Evaluate, every: int, best_dir: Path, metric: str, max_kl: float | None,
                  progress: Callable[[str], None]):
@@ -124,9 +124,10 @@ class EvaluateAndKeepBest(TrainerCallback):
             self.seconds += time.perf_counter() - started
 
     def _evaluate(self, model: torch.nn.Module, step: int) -> None:
+        dist = distributed.current()
         was_training = model.training
         model.eval()
-        scores = dict(self.evaluate(model, step))
+        scores = dist.from_main(dict(self.evaluate(model, step)) if dist.is_main else None)
         model.train(was_training)
         self.history.append({"step": step, **scores})
         value = scores.get(self.metric)
@@ -138,8 +139,9 @@ class EvaluateAndKeepBest(TrainerCallback):
             return
         if self.best_metric is None or float(value) > self.best_metric:
             self.best_step, self.best_metric = step, float(value)
-            atomic_folder(self.best_dir, lambda staging: model.save_pretrained(
-                str(staging), safe_serialization=True, selected_adapters=["default"]))
+            if dist.is_main:
+                atomic_folder(self.best_dir, lambda staging: model.save_pretrained(
+                    str(staging), safe_serialization=True, selected_adapters=["default"]))
             self.progress(f"eval step {step}: best {self.metric} {float(value):.4f}")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -159,13 +161,16 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
     from ml.policy.grpo import train_group_rl  # TRL import is slow: only when it runs
 
     group = job.settings.group_rl
+    dist = distributed.current()
+    progress = job.progress if dist.is_main else (lambda line: None)  # rank 0 reports the run
     best_dir = job.work_dir / "best_adapter"
-    shutil.rmtree(best_dir, ignore_errors=True)
+    if dist.is_main:  # the one rank that writes it (the others never read it)
+        shutil.rmtree(best_dir, ignore_errors=True)
     keeper = EvaluateAndKeepBest(job.evaluate, group.eval_every, best_dir, job.metric, group.best_max_kl,
-                                 job.progress) if job.evaluate else None
+                                 progress) if job.evaluate else None
     started = time.perf_counter()
     trained = train_group_rl(kind, job.model, job.tokenizer, pd.DataFrame(job.train_records), job.reward,
-                             job.settings, job.work_dir / kind, seed=job.seed, progress=job.progress,
+                             job.settings, job.work_dir / kind, seed=job.seed, progress=progress,
                              max_seconds=job.max_seconds if job.max_seconds is not None else group.max_seconds,
                              callbacks=[keeper] if keeper else [])
     if job.log_metrics is not None:

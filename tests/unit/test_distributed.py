@@ -2,7 +2,8 @@
 `accelerate launch` as the Dagster asset launches them) train the tiny reward model, the tiny policy's
 SFT adapter and the tiny PPO policy to the same losses and weights as one process with the same global
 batch, and a two-process PPO run killed with SIGKILL resumes from its checkpoint and ends where an
-uninterrupted run ends.
+uninterrupted run ends. TRL's GRPO and RLOO train at two processes on the same global batches as at one
+(their sampling is per rank, so not to the same weights).
 
 Each run is a subprocess of tests/distributed_worker.py; the one-process run goes through the same
 script without a launcher.
@@ -11,6 +12,7 @@ script without a launcher.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -184,3 +186,66 @@ def test_fsdp_trains_the_ppo_policy_like_one_process_and_its_checkpoint_resumes_
     lines = json.loads((resumed / "result.json").read_text())["lines"]
     assert any(line.startswith("resumed from") and "at step 2/4" in line for line in lines)
     assert_same_training(ppo_one_process, resumed, PPO_KEYS)
+
+
+def rank_records(out: Path, world_size: int) -> list[dict]:
+    return [json.loads((out / f"rank.{rank}.json").read_text()) for rank in range(world_size)]
+
+
+def assert_rank_0_alone_reported_and_saved(out: Path, ranks: list[dict], steps: int) -> None:
+    """Rank 0 alone reported progress and wrote adapters (the final one once); every rank ran the same
+    steps and ended with the same LoRA weights (DDP averaged the gradients of different answers)."""
+    assert ranks[0]["progress"] and not any(rank["progress"] for rank in ranks[1:])
+    assert not any(rank["saves"] for rank in ranks[1:])
+    assert json.loads((out / "result.json").read_text())["world_size"] == len(ranks)
+    assert sum(path.endswith("/adapter") for path in ranks[0]["saves"]) == 1
+    assert [rank["steps"] for rank in ranks] == [steps] * len(ranks)
+    b_sums = [rank["lora_b_at_unload"] for rank in ranks]
+    assert all(len(sums) == 1 for sums in b_sums) and b_sums[0][0] > 0  # the LoRA weights moved
+    assert all(sums == pytest.approx(b_sums[0], rel=1e-6) for sums in b_sums)
+    _, weights = result(out)
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in weights.items())
+
+
+def test_two_processes_train_grpo_on_the_same_global_batches_as_one(tmp_path):
+    """GRPO at 2 processes is the run at 1 with each step's answers split between the ranks: the same
+    prompts in the same order (TRL's seeded sampler), 3 prompts x 4 answers per step in all, a
+    prompt's group split between ranks where it falls so, evaluations on rank 0 at the same steps.
+
+    Losses and weights are not compared for equality, unlike PPO's: TRL seeds each rank's sampling
+    with seed + rank (grpo_trainer.py `set_seed(args.seed, device_specific=True)`) and samples a
+    rank's answers as one batch, so the answers at 2 processes are other draws than at 1."""
+    run(1, "grpo", str(tmp_path / "one"))
+    run(2, "grpo", str(tmp_path / "two"))
+    (one,), two = rank_records(tmp_path / "one", 1), rank_records(tmp_path / "two", 2)
+    assert_rank_0_alone_reported_and_saved(tmp_path / "two", two, steps=4)
+    assert one["steps"] == 4 and len(one["reward_calls"]) == 4
+
+    for step, whole in enumerate(one["reward_calls"]):
+        halves = [rank["reward_calls"][step] for rank in two]
+        assert whole["answers"] == 12 and [half["answers"] for half in halves] == [6, 6]
+        # Rank r scores the r-th contiguous half of the global batch, with each answer's own metadata.
+        assert halves[0]["prompt_ids"] + halves[1]["prompt_ids"] == whole["prompt_ids"]
+        assert halves[0]["countries"] + halves[1]["countries"] == whole["countries"]
+    assert two[0]["reward_calls"][0]["prompt_ids"][-1] == two[1]["reward_calls"][0]["prompt_ids"][0]  # split group
+
+    history_one, _ = result(tmp_path / "one")
+    history_two, _ = result(tmp_path / "two")
+    assert [row["step"] for row in history_two] == [row["step"] for row in history_one] == [1, 2, 3, 4]
+    assert two[1]["history"] == history_two  # every rank logs the same gathered rows
+    assert all(math.isfinite(row[key]) for row in history_two
+               for key in ("train_reward_mean", "kl_per_token_to_reference", "loss"))
+    assert one["evaluations"] == two[0]["evaluations"] == [0, 2, 4] and two[1]["evaluations"] == []
+    group_one, group_two = (json.loads((tmp_path / name / "group.json").read_text()) for name in ("one", "two"))
+    assert [row["step"] for row in group_two["eval_history"]] == [row["step"] for row in group_one["eval_history"]]
+    assert group_two["best_step"] is not None
+
+
+def test_two_process_rloo_stops_every_rank_on_rank_0s_time_budget(tmp_path):
+    """RLOO at 2 processes, rank 0 given no training time and rank 1 all the time it wants: rank 0's
+    decision is broadcast, so both stop after step 1 (a rank stepping on alone would hang in TRL's
+    reward gather), and the run still ends with one adapter written by rank 0."""
+    run(2, "grpo", str(tmp_path), "--kind", "rloo", "--rank0-seconds", "0")
+    ranks = rank_records(tmp_path, 2)
+    assert_rank_0_alone_reported_and_saved(tmp_path, ranks, steps=1)
+    assert [len(rank["reward_calls"]) for rank in ranks] == [1, 1]

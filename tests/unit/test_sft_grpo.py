@@ -113,3 +113,15 @@ def test_group_rl_refuses_to_run_without_kl(tokenizer, splits, tmp_path):
     with pytest.raises(ValueError, match="beta"):
         train_group_rl("grpo", build_tiny_llama(tokenizer), tokenizer, prompts,
                        lambda records, answers: [0.0] * len(answers), group_settings(beta=0.0), tmp_path)
+
+
+def test_group_rl_refuses_a_step_that_does_not_split_over_the_processes(tokenizer, splits, tmp_path, monkeypatch):
+    # 1 prompt x 4 answers a step over 3 processes: the global batch would change with the world size.
+    from ml import distributed
+    from ml.policy import grpo
+
+    monkeypatch.setattr(grpo.distributed, "current", lambda: replace(distributed.SINGLE, world_size=3))
+    prompts = pd.DataFrame(prompt_records(build_policy_prompts(splits, "train"), tokenizer))
+    with pytest.raises(ValueError, match="1 x 4 = 4 answers per step do not split evenly over 3 processes"):
+        train_group_rl("grpo", build_tiny_llama(tokenizer), tokenizer, prompts,
+                       lambda records, answers: [0.0] * len(answers), group_settings(), tmp_path)
