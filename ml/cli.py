@@ -206,6 +206,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               f"{proposal.gold_p_met:.3f}   P(about the area asked) {proposal.p_area:.3f}")
         if proposal.copy_of:
             print(f"   copies a training condition: {proposal.copy_of}")
+        if proposal.past_years:
+            years = ", ".join(map(str, proposal.past_years))
+            print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")
         if proposal.precedents:
             print("   closest precedents in this area:")
         for precedent in proposal.precedents:

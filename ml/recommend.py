@@ -13,12 +13,16 @@ arrangement or area the data has never seen is accepted with a warning naming th
 values (the reward model has never seen it either, so its number means less). `recommend` refuses an
 economic area the record does not hold, naming the closest ones: neither the policy nor the reward's
 area classifier knows it, so the policy would only echo the name. Proposals that are new come before
-near-verbatim copies of training conditions, which are shown, flagged, only to fill the n asked for.
+near-verbatim copies of training conditions, which are shown, flagged, only to fill the n asked for;
+among each, proposals that name a year already past (the policy learnt dates from old conditions) come
+after those that do not, flagged, since their deadline has to be rewritten.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +54,7 @@ class Proposal:
     p_area: float  # the gold side's P(asked area | proposal)
     copy_of: str | None  # the training condition it copies (near-verbatim), if any
     precedents: list[str] = field(default_factory=list)
+    past_years: list[int] = field(default_factory=list)  # years it names that are already past
 
 
 @dataclass
@@ -100,9 +105,19 @@ def known_area(corpus: pd.DataFrame, area: str) -> str:
     raise InputError(f"economic area {area!r} does not occur in the record, so no policy or reward knows it{hint}")
 
 
-def novel_first(reward: np.ndarray, is_copy: np.ndarray) -> np.ndarray:
-    """Order of proposals: the new ones by descending reward, then the copies of training conditions."""
-    return np.lexsort((-np.asarray(reward, dtype=float), np.asarray(is_copy, dtype=bool)))
+YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b")
+
+
+def past_years(text: str, current_year: int) -> list[int]:
+    """The years before `current_year` that a proposal names ("by end-December 2002")."""
+    return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
+
+
+def analyst_order(reward: np.ndarray, is_copy: np.ndarray, is_dated: np.ndarray) -> np.ndarray:
+    """Order of proposals: new ones before copies of training conditions; within each, those naming no
+    past year before those that do; then by descending reward."""
+    return np.lexsort((-np.asarray(reward, dtype=float), np.asarray(is_dated, dtype=bool),
+                       np.asarray(is_copy, dtype=bool)))
 
 
 def precedents_for(corpus: pd.DataFrame, country: str, area: str, texts: list[str], k: int = 3) -> list[list[str]]:
@@ -146,8 +161,10 @@ def score(home: DataHome, country: str, arrangement: str | None, area: str | Non
 
 
 def recommend(home: DataHome, country: str, arrangement: str | None, area: str, n: int = 3, seed: int = 0,
-              cache_dir: Path | None = None) -> Proposals:
-    """`cache_dir`: where the policy's base model is cached (default: where it was when it was trained)."""
+              cache_dir: Path | None = None, current_year: int | None = None) -> Proposals:
+    """`cache_dir`: where the policy's base model is cached (default: where it was when it was trained);
+    `current_year` (default: this year): a proposal naming an earlier year is flagged and ranked lower."""
+    current_year = current_year or datetime.date.today().year
     corpus = corpus_of(home)
     known_area(corpus, area)  # refuses an unknown area before any model loads
     warnings = input_warnings(corpus, country, arrangement, area)
@@ -175,15 +192,16 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
         # Ranked by the training side of the reward (proxy P(MET) x P(area)), new proposals before copies;
         # the gold judge stays a judge.
-        order = novel_first((parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(),
-                            copies["is_copy"].to_numpy())[:n]
+        dated = [past_years(text, current_year) for text in conditions]
+        order = analyst_order((parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(),
+                              copies["is_copy"].to_numpy(), np.array([bool(years) for years in dated]))[:n]
         ranked = [conditions[i] for i in order]
         precedents = precedents_for(corpus, country, area, ranked)
         for rank, index in enumerate(order):
             row, copy = parts.iloc[index], copies.iloc[index]
             items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
                                   float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
-                                  precedents[rank]))
+                                  precedents[rank], dated[index]))
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
     header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "

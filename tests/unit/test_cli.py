@@ -96,12 +96,18 @@ def test_recommend_puts_new_proposals_before_copies_and_refuses_an_unknown_area(
     import numpy as np
     import pandas as pd
 
-    from ml.recommend import InputError, known_area, novel_first
+    from ml.recommend import InputError, analyst_order, known_area, past_years
 
     # The best-rewarded proposal copies a training condition: it goes after the new ones, which keep
     # their order by reward.
-    order = novel_first(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]))
+    order = analyst_order(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]), np.zeros(4))
     assert order.tolist() == [2, 1, 0, 3]
+    # Among the new ones, one naming a past year goes after the undated one, whatever its reward.
+    order = analyst_order(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]),
+                          np.array([False, False, True, False]))
+    assert order.tolist() == [1, 2, 0, 3]
+    assert past_years("Submit a draft law on the fiscal framework for 2002, by end-June 2027", 2026) == [2002]
+    assert past_years("Adopt the 2026 budget in line with 1999 rules and the 1,998 posts", 2026) == [1999]
     corpus = pd.DataFrame({"economic_area": ["1.2. Revenue administration, including customs",
                                              "1.8. Budget preparation"]})
     assert known_area(corpus, "revenue administration,  including customs") == corpus["economic_area"][0]
