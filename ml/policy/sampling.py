@@ -80,6 +80,12 @@ def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) ->
     return sorted(ids)
 
 
+def no_grad():
+    """`torch.inference_mode()`, but plain no_grad under FSDP: the weights it gathers into reused buffers
+    must stay usable by the training's forward passes outside inference mode."""
+    return torch.no_grad() if distributed.current().sharded else torch.inference_mode()
+
+
 def answer_mask(responses: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask (N, R): 1 up to and including the first EOS, has_eos (N,)); a row without EOS keeps
     all R tokens."""
@@ -269,7 +275,7 @@ def generate_batches(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
     batches = []
-    with torch.inference_mode():
+    with no_grad():
         for start in range(0, len(prompt_texts), batch_size):
             ids, mask = encode_prompts(tokenizer, prompt_texts[start:start + batch_size], max_prompt_tokens,
                                        device=device)
@@ -293,7 +299,7 @@ def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], tem
     """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
     per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
     sums = []
-    with torch.inference_mode():
+    with no_grad():
         for batch in batches:
             answers = batch.answers
             responses, response_mask = trim_answers(answers.responses, answers.response_mask)
