@@ -19,6 +19,7 @@ Built on Hugging Face accelerate's `PartialState`, which reads the launcher's en
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -38,6 +39,10 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def reporter(self, progress: Callable[[str], None]) -> Callable[[str], None]:
+        """`progress` on rank 0, a no-op elsewhere: every rank holds the same numbers, one reports them."""
+        return progress if self.is_main else _silent
 
     def shard(self, n: int) -> slice:
         """This rank's contiguous part of a global batch of n items; n must divide evenly, so every
@@ -184,6 +189,10 @@ class Distributed:
                 if isinstance(p, DTensor):
                     value = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
                 p.copy_(value)
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:

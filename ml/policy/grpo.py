@@ -167,8 +167,7 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         raise ValueError(f"{kind.upper()}: prompts_per_step x num_generations = {group.prompts_per_step} x "
                          f"{group.num_generations} = {answers_per_step} answers per step do not split evenly over "
                          f"{dist.world_size} processes; change prompts_per_step or the number of processes")
-    if not dist.is_main:
-        progress = _silent
+    progress = dist.reporter(progress)
     output_dir = Path(output_dir)
     common = dict(
         output_dir=str(output_dir / "trainer"),
@@ -225,10 +224,6 @@ def _peft_model(trainer) -> PreTrainedModel:
     """The PEFT model itself. HF's Trainer keeps it as `trainer.model` with the DDP wrapper apart
     (`trainer.model_wrapped`); unwrapping costs nothing and also holds where accelerate wraps in place."""
     return trainer.accelerator.unwrap_model(trainer.model)
-
-
-def _silent(line: str) -> None:
-    """The progress of ranks other than 0 (rank 0 reports the run)."""
 
 
 __all__ = ["GroupRLResult", "KINDS", "TimeBudgetCallback", "group_dataset", "group_reward", "neutral_sampling",

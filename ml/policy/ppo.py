@@ -403,7 +403,7 @@ class PPOTrainer:
             raise ValueError(f"PPOConfig.batch_size {config.batch_size} must be a multiple of the "
                              f"{self.dist.world_size} processes")
         # Every rank holds the same numbers: only rank 0 reports them.
-        self.progress = (progress or logger.info) if self.dist.is_main else (lambda _line: None)
+        self.progress = self.dist.reporter(progress or logger.info)
         self.log_metrics = log_metrics if self.dist.is_main else None
         self.evaluate = evaluate
 

@@ -162,7 +162,7 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
 
     group = job.settings.group_rl
     dist = distributed.current()
-    progress = job.progress if dist.is_main else (lambda line: None)  # rank 0 reports the run
+    progress = dist.reporter(job.progress)
     best_dir = job.work_dir / "best_adapter"
     if dist.is_main:  # the one rank that writes it (the others never read it)
         shutil.rmtree(best_dir, ignore_errors=True)

@@ -90,6 +90,7 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
     total = max_steps if max_steps is not None else max(1, math.ceil(settings.sft_epochs * steps_per_epoch))
 
     dist = distributed.current()
+    report = dist.reporter(progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA's A matrices and dropout
         model = apply_lora(base_model, settings)
@@ -125,9 +126,9 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                     tokens += n_tokens
                     losses.append((step, float(loss.item())))
                     elapsed = time.perf_counter() - started
-                    (progress if dist.is_main else _quiet)(f"sft step {step}/{total}: loss={loss.item():.4g}, "
-                             f"learning_rate={scheduler.get_last_lr()[0]:.4g}, tokens/s={tokens / elapsed:.0f}, "
-                             f"ETA {elapsed / step * (total - step):.0f}s")
+                    report(f"sft step {step}/{total}: loss={loss.item():.4g}, "
+                           f"learning_rate={scheduler.get_last_lr()[0]:.4g}, tokens/s={tokens / elapsed:.0f}, "
+                           f"ETA {elapsed / step * (total - step):.0f}s")
             adapter_dir = Path(output_dir) / ADAPTER_FOLDER
             weights = dist.full_weights({name: p for name, p in model.named_parameters() if p.requires_grad})
             if dist.is_main:  # every rank holds the same adapter
@@ -139,10 +140,6 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
             model.unload()
     return SFTResult(adapter_dir=adapter_dir, train_loss=losses, seconds=round(time.perf_counter() - started, 2),
                      steps=step, n_examples=len(examples), tokens=tokens)
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 def _step(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch: list[tuple[str, list[list[int]]]],

@@ -87,7 +87,7 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
     and calibrate on `validation`; `progress` receives one line per evaluation."""
     dist = distributed.current()
     # Progress lines come from rank 0 only: the other ranks would print the same numbers.
-    report = progress if progress is not None and dist.is_main else (lambda _line: None)
+    report = dist.reporter(progress or (lambda _line: None))
     if train.empty:
         raise ValueError("cannot train a reward model on an empty training split")
     torch.manual_seed(seed)  # dropout draws from the global generator
