@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--parts", nargs="+", choices=["designs", "algorithms", "seeds"],
                         default=["designs", "algorithms", "seeds"], help="which ablations to run")
+    parser.add_argument("--name", default="policy",
+                        help="results file bench/results/NAME.json (keeps one part's run beside another's)")
     args = parser.parse_args()
     home, profile = DataHome(Path(args.home)), get_profile(args.profile)
     if not (home.reports / "evaluation" / "headline.json").exists():
@@ -245,12 +247,12 @@ def main() -> None:
         if not args.skip_ablation:
             extra = bench_reward_models(home, profile, registry, reward) if "designs" in args.parts else {}
             result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds, set(args.parts),
-                                           lambda partial: write_result("policy", {**result, "ablation": partial}))
+                                           lambda partial: write_result(args.name, {**result, "ablation": partial}))
             print("\nReward designs (PPO, equal training time):\n" + table(result["ablation"]["reward_designs"]))
             print("\nAlgorithms (demo reward, equal training time):\n" + table(result["ablation"]["algorithms"]))
             print("\nSeeds (demo configuration):\n" + table(result["ablation"]["seeds"]))
     result["bench_seconds"] = time.perf_counter() - started
-    write_result("policy", result)
+    write_result(args.name, result)
 
 
 if __name__ == "__main__":
