@@ -2,7 +2,7 @@
 
 Prints, and writes to bench/results/policy.json:
 
-1. the demo run's held-out evaluation (40 test prompts x 2 samples, the registered champion): on-topic
+1. the demo run's held-out evaluation (its test prompts x 2 samples, the registered champion): on-topic
    rate by the area classifier and by MiniLM nearest neighbours (targets: >= 90% for the tuned policy,
    >= 70% for SFT), judged reward and gold P(MET) against the historical MET conditions of the same
    prompts, the paired-bootstrap tests of the tuned policy against SFT, base and random (p < 0.01, with

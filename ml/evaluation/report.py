@@ -26,7 +26,7 @@ from ml.evaluation.metrics import ALPHA
 from ml.evaluation.plots import save_plots
 from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
 from ml.io import atomic_write_text
-from ml.markdown import inert, markdown_table
+from ml.markdown import cell_text, inert, markdown_table
 
 DEFAULT_TITLE = "RLXF on MONA: policy evaluation"
 PLOTS_FOLDER = "plots"
@@ -318,11 +318,11 @@ def _sample_blocks(samples: pd.DataFrame) -> list[Block]:
         blocks.append(Heading(3, titles.get(scenario, str(scenario))))
         for _, prompt_rows in rows.groupby("prompt_id", sort=False):
             first = prompt_rows.iloc[0]
-            where = ", ".join(_text(first[c]) for c in ("country", "arrangement_type", "economic_area")
-                              if _text(first[c]))
-            blocks.append(Paragraph(_text(first["prompt"]), strong=f"{where}."))
+            where = ", ".join(cell_text(first[c]) for c in ("country", "arrangement_type", "economic_area")
+                              if cell_text(first[c]))
+            blocks.append(Paragraph(cell_text(first["prompt"]), strong=f"{where}."))
             blocks.append(Table(pd.DataFrame({
-                "policy": prompt_rows["policy"], "answer": prompt_rows["answer"].map(_text),
+                "policy": prompt_rows["policy"], "answer": prompt_rows["answer"].map(cell_text),
                 "proxy P(MET)": prompt_rows["proxy_reward"].map(_num),
                 "gold P(MET)": prompt_rows["gold_reward"].map(_num),
                 "judged": prompt_rows["judged_reward"].map(_num) if "judged_reward" in prompt_rows else "—"})))
@@ -388,7 +388,7 @@ def _image(name: str, plots: dict[str, Path], folder: Path) -> Image:
 
 def _html_table(block: Table) -> str:
     def cell(column: str, value: object) -> str:
-        text = _h(_text(value))
+        text = _h(cell_text(value))
         return f"<td><code>{text}</code></td>" if column in block.code_columns else f"<td>{text}</td>"
 
     columns = list(block.frame.columns)
@@ -402,12 +402,6 @@ def _html_table(block: Table) -> str:
 
 def _h(text: str) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
 
 
 def _num(value: object, digits: int = 3) -> str:

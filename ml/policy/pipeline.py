@@ -55,7 +55,7 @@ def policy_prompt_table(snapshot: Path, settings: PolicySettings, seed: int = 0)
     (checkpoint selection during RL) and of test combinations (the held-out evaluation)."""
     grounding = grounding_for(snapshot, settings, seed)
     frames = []
-    for split, limit in (("train", None), ("validation", settings.n_eval_prompts), ("test", settings.n_eval_prompts)):
+    for split, limit in (("train", None), ("validation", settings.n_eval_prompts), ("test", settings.n_test_prompts)):
         frames.append(build_policy_prompts(read_split(snapshot, split), split, limit=limit, seed=seed,
                                            grounding=grounding))
     return pd.concat(frames, ignore_index=True)

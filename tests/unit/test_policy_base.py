@@ -110,6 +110,25 @@ def test_policy_prompts_one_row_per_combination_with_history(splits):
     assert len(build_policy_prompts(splits, "test")) == 1
 
 
+def test_validation_and_test_prompt_counts_are_separate_settings(tmp_path):
+    """RL's checkpoint selection and the evaluation's paired tests need different sample sizes."""
+    from dataclasses import replace
+
+    from ml.policy.pipeline import policy_prompt_table
+
+    rows = [(f"c{split}{i}", f"Country {i}", "ECF", "Tax policy", f"Condition {i}.", 1, split)
+            for split in ("train", "validation", "test") for i in range(6)]
+    frame = pd.DataFrame(rows, columns=["condition_id", "country", "arrangement_type", "economic_area",
+                                        "description", "is_met", "split"])
+    for split, part in frame.groupby("split"):
+        part.to_parquet(tmp_path / f"{split}.parquet", index=False)
+    settings = replace(SETTINGS, n_eval_prompts=2, n_test_prompts=5, grounding_precedents=0)
+
+    counts = policy_prompt_table(tmp_path, settings, seed=3)["split"].value_counts()
+
+    assert (counts["train"], counts["validation"], counts["test"]) == (6, 2, 5)
+
+
 def test_sft_examples_are_met_conditions_under_their_prompt(splits):
     examples = build_sft_examples(splits, "train")
     assert sorted(examples["description"]) == ["Adopt a customs code.", "Establish a cash plan.",
