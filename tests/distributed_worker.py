@@ -163,16 +163,17 @@ def train_group(out: Path, kind: str, steps: int, rank0_seconds: float | None) -
 
 def batch_statistics(out: Path) -> None:
     """The RL reward's batch designs on each rank's shard of one global batch of scores."""
-    from ml.reward.rl_reward import _standardise, batch_share
+    from ml.reward.rl_reward import _standardise, batch_min, batch_share
 
     dist = distributed.current()
     scores = np.linspace(0.0, 1.0, 8) ** 2
     mine = scores[dist.shard(len(scores))]
     standardised = dist.cat(torch.tensor(_standardise(mine))).tolist()
     share = batch_share(mine > 0.3)
+    lowest = batch_min(mine[::-1] + 0.5 * dist.rank)  # rank 0 holds the global batch's lowest score
     if dist.is_main:
         (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "standardised": standardised,
-                                                     "share": share}))
+                                                     "share": share, "lowest": lowest}))
 
 
 def local_share(parameters: dict[str, torch.Tensor]) -> float:

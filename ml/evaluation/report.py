@@ -187,6 +187,7 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "distinct-2": table["distinct_2"].map(_num),
         "nearest-train similarity": table["nearest_similarity"].map(_num),
         "copies": table["copy_share"].map(_share),
+        "quotes a precedent shown": table["quote_share"].map(_share),
     })
 
 
@@ -373,7 +374,8 @@ def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:
     text = (f"{tuned.upper()}: judged reward {_num(row['judged_mean'])}, {_share(row['ceiling_share'])} of the "
             f"attainable {_num(evaluation.ceiling)}; gold P(MET) {_num(row['gold_mean'])}; on topic "
             f"{_share(row['on_topic_rate'])} by the area classifier and {_share(row['on_topic_rate_knn'])} by "
-            f"embeddings; {_share(row['copy_share'])} copies of training conditions.")
+            f"embeddings; {_share(row['copy_share'])} copies of training conditions "
+            f"({_share(row['quote_share'])} quote a precedent their prompt shows).")
     if "historical" in table.index:
         text += (" Historical MET conditions of the same prompts: judged "
                  f"{_num(table.loc['historical', 'judged_mean'])}, "

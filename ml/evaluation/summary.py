@@ -31,6 +31,7 @@ from ml.evaluation.metrics import (
     tokens,
     welch_test,
 )
+from ml.policy.grounding import precedent_similarity
 from ml.reward.topic import AreaClassifier, area_key
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
@@ -55,7 +56,7 @@ OTHER_SCENARIO = "other"
 TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "proxy_ci_high", "gold_mean",
                  "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
-                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share"]
+                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share", "quote_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -71,7 +72,8 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "words_mean": "words", "words_median": "words_median",
                             "distinct_1": "distinct_1", "distinct_2": "distinct_2",
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
-                            "nearest_similarity": "nearest_similarity", "copy_share": "copy_share"}
+                            "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
+                            "quote_share": "quote_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
                           "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -153,7 +155,9 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             ceiling=answers["prompt_id"].map(ceiling) if ceiling is not None else math.nan,
                             nearest_similarity=nearest["similarity"].to_numpy(),
                             nearest_text=nearest["nearest"].to_numpy(),
-                            is_copy=nearest["is_copy"].to_numpy())
+                            is_copy=nearest["is_copy"].to_numpy(),
+                            # A copy of a precedent the grounded prompt itself shows (a subset of the copies).
+                            quotes=precedent_similarity(answers["prompt"], answers["answer"]) >= copy_threshold - 1e-9)
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)
@@ -254,7 +258,8 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "distinct_1": distinct_n(rows["answer"], 1), "distinct_2": distinct_n(rows["answer"], 2),
             "on_topic_rate": _nanmean(rows["on_topic"]), "on_topic_rate_knn": _nanmean(rows["on_topic_knn"]),
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
-            "copy_share": float(rows["is_copy"].astype(bool).mean())}
+            "copy_share": float(rows["is_copy"].astype(bool).mean()),
+            "quote_share": float(rows["quotes"].astype(bool).mean())}
 
 
 def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, seed: int) -> list[dict]:

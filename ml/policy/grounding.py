@@ -11,12 +11,19 @@ target condition among them (nothing to copy).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.reward.topic import area_key
+
+
+PRECEDENTS_PREFIX = "Precedents: "
+# One precedent as `context` writes it: "<description> (<country>, met)." or "(<country>, not met)."
+_PRECEDENT = re.compile(r"(.+?) \([^()]*, (?:met|not met)\)\.")
 
 
 class Grounding:
@@ -46,7 +53,32 @@ class Grounding:
                              .iloc[rng.permutation(int((in_area["_country"] != who).sum()))]])
         precedents = ordered.drop_duplicates("description").head(self.n_precedents)
         if len(precedents):
-            lines.append("Precedents: " + " ".join(
+            lines.append(PRECEDENTS_PREFIX + " ".join(
                 f"{row.description.rstrip('.')} ({row.country}, {'met' if row.is_met == 1 else 'not met'})."
                 for row in precedents.itertuples(index=False)))
         return "\n".join(lines)
+
+
+def precedents_in(prompt: str) -> list[str]:
+    """The precedent descriptions a grounded prompt shows (none for a bare question), as `context`
+    wrote them (without their final full stop)."""
+    for line in str(prompt).splitlines():
+        if line.startswith(PRECEDENTS_PREFIX):
+            return [match.group(1).strip() for match in _PRECEDENT.finditer(line[len(PRECEDENTS_PREFIX):])]
+    return []
+
+
+def precedent_similarity(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """Per answer, the cosine similarity (TF-IDF of character 3-5 grams within words, as the
+    evaluation's copy measure) to the closest precedent its own prompt shows; 0 without precedents.
+    An answer near 1 quotes MONA back to the user instead of proposing something."""
+    shown = [precedents_in(prompt) for prompt in prompts]
+    texts = [text for group in shown for text in group]
+    similarity = np.zeros(len(answers))
+    if not texts:
+        return similarity
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit(texts)
+    for i, (group, answer) in enumerate(zip(shown, answers)):
+        if group and isinstance(answer, str) and answer.strip():
+            similarity[i] = (vectorizer.transform([answer]) @ vectorizer.transform(group).T).toarray().max()
+    return similarity

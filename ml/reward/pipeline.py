@@ -151,7 +151,7 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
     manifest = json.loads((Path(snapshot) / "manifest.json").read_text(encoding="utf-8"))
     spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
-                      on_topic_target=settings.on_topic_target,
+                      on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
@@ -181,7 +181,8 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
             "gold_model_version": spec.gold["version"], "split_hash": spec.info.get("split_hash", "")}
     with registry.run(RL_REWARD_EXPERIMENT, run_name=f"rl-reward-{profile}", tags=tags,
                       params={"design": spec.design, "topic_weight": spec.topic_weight,
-                              "on_topic_target": spec.on_topic_target}) as run:
+                              "on_topic_target": spec.on_topic_target,
+                              "quote_threshold": spec.quote_threshold}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

@@ -367,6 +367,28 @@ def test_constraint_multiplier_rises_below_the_on_topic_target_and_falls_above_i
     assert again.multiplier == constrained.multiplier
 
 
+def test_an_answer_quoting_a_precedent_of_its_prompt_gets_the_batch_lowest_reward(reward):
+    from ml.policy.grounding import Grounding, precedents_in
+
+    corpus = pd.DataFrame({"country": ["Kenya", "Kenya", "Ghana"], "economic_area": [AREAS[0]] * 3,
+                           "description": ["Submit the draft budget law (2025) to parliament.",
+                                           "Adopt a tax expenditure report", "Publish the arrears stock"],
+                           "is_met": [1, 0, 1]})
+    prompt = "Question?\n" + Grounding(corpus).context("Kenya", AREAS[0]) + "<|im_end|>"  # as chat-rendered
+    assert sorted(precedents_in(prompt)) == ["Adopt a tax expenditure report", "Publish the arrears stock",
+                                             "Submit the draft budget law (2025) to parliament"]
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0], "prompt_text": prompt}] * 3
+    answers = ["Submit the draft budget law (2025) to parliament", "Adopt a medium-term revenue strategy",
+               "Publish the arrears stock."]
+    free = rl_reward_for(reward, "product")(records, answers)
+    strict = rl_reward_for(reward, "product", quote_threshold=0.9)
+    assert strict.quotes(records, answers).tolist() == [True, False, True]
+    np.testing.assert_allclose(strict(records, answers), [free.min(), free[1], free.min()], rtol=1e-6)
+    # Without precedents in view (the paper's bare question) nothing is a quote.
+    bare = [{**records[0], "prompt_text": "Question?"}] * 3
+    np.testing.assert_allclose(strict(bare, answers), rl_reward_for(reward, "product")(bare, answers), rtol=1e-6)
+
+
 def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
     from ml.reward.rl_reward import RLReward
 
