@@ -20,7 +20,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.reward.topic import area_key
 
-
 PRECEDENTS_PREFIX = "Precedents: "
 # One precedent as `context` writes it: "<description> (<country>, met)." or "(<country>, not met)."
 _PRECEDENT = re.compile(r"(.+?) \([^()]*, (?:met|not met)\)\.")

@@ -112,7 +112,8 @@ def group_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
     TRL passes every dataset column, repeated once per generation, as a keyword list."""
 
     def reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
-        records = [{"prompt_text": prompts[i], **{name: columns[name][i] for name in METADATA_COLUMNS if name in columns}}
+        records = [{"prompt_text": prompts[i],  # the quote rule reads the precedents the prompt shows
+                    **{name: columns[name][i] for name in METADATA_COLUMNS if name in columns}}
                    for i in range(len(completions))]
         return [float(score) for score in reward_fn(records, [c.strip() for c in completions])]
 
