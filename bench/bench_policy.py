@@ -177,6 +177,9 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         "relevance-trained RM, p_met": variant_reward("p_met", reward.proxy),
     }
     designs[default_label] = variant_reward(spec.design, reward.proxy)
+    if spec.quote_threshold > 0:
+        designs["the default without the quote rule"] = RLReward(replace(spec, quote_threshold=0.0), reward.proxy,
+                                                                 reward.gold, reward.proxy_area, reward.gold_area)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}
@@ -215,7 +218,7 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
 
 def table(rows: dict[str, dict]) -> str:
     columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
-               "kl_to_reference", "copy_share", "words_median"]
+               "kl_to_reference", "copy_share", "quote_share", "words_median"]
     frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
     return frame.round(3).to_markdown()
 
