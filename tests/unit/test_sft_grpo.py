@@ -75,8 +75,9 @@ def test_group_reward_passes_metadata_and_answers():
 
     assert scores == [18.0, 2.0] and all(isinstance(score, float) for score in scores)
     assert seen["answers"] == ["Cap the wage bill.", "Go"]  # the RewardFn cuts conditions itself, as for PPO
-    assert seen["records"][0] == {"prompt_id": "x", "country": "Ghana", "arrangement_type": "ECF",
-                                  "economic_area": "Tax policy"}
+    # The rendered prompt too: the quote rule reads the precedents it shows.
+    assert seen["records"][0] == {"prompt_text": "p", "prompt_id": "x", "country": "Ghana",
+                                  "arrangement_type": "ECF", "economic_area": "Tax policy"}
 
 
 def group_settings(**changes):
