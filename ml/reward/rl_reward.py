@@ -22,7 +22,7 @@ and area, and A = P(asked area | answer) from the proxy side's area classifier, 
 With `quote_threshold` > 0, an answer at least that similar to one of the precedents its grounded prompt
 shows (`ml.policy.grounding.precedent_similarity`) gets the lowest reward of its batch, whatever the
 design: the reward models rate real MET conditions highly, so a policy shown three of them learns to
-quote one back (29% of PPO's answers in the 30de201 demo, 73% of its copies), which tells an analyst
+quote one back (29% of PPO's test answers in the 51c2d99 demo, 73% of its copies), which tells an analyst
 nothing the precedents beside the proposal do not.
 
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
