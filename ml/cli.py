@@ -204,6 +204,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for i, proposal in enumerate(proposals.items, 1):
         print(f"\n{i}. {proposal.text}\n   proxy P(MET) {proposal.proxy_p_met:.3f}   gold P(MET) "
               f"{proposal.gold_p_met:.3f}   P(about the area asked) {proposal.p_area:.3f}")
+        if proposal.cut_off:
+            print("   cut off at the token limit: its end is missing")
+        if proposal.off_topic:
+            print(f"   probably about another area: the training reward's area classifier gives the area asked "
+                  f"{proposal.proxy_p_area:.2f}")
         if proposal.copy_of:
             print(f"   copies a training condition: {proposal.copy_of}")
         if proposal.past_years:

@@ -15,7 +15,9 @@ economic area the record does not hold, naming the closest ones: neither the pol
 area classifier knows it, so the policy would only echo the name. Proposals that are new come before
 near-verbatim copies of training conditions, which are shown, flagged, only to fill the n asked for;
 among each, proposals that name a year already past (the policy learnt dates from old conditions) come
-after those that do not, flagged, since their deadline has to be rewritten.
+after those that do not, flagged, since their deadline has to be rewritten. Proposals that the training
+reward's area classifier puts in another area (P(asked area) < 0.5) come after every on-topic one, and
+answers cut off at the token limit ("... by mid-August 200") last of all, both flagged.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
+OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposal is taken for another area's
 
 
 class InputError(ValueError):
@@ -55,6 +58,12 @@ class Proposal:
     copy_of: str | None  # the training condition it copies (near-verbatim), if any
     precedents: list[str] = field(default_factory=list)
     past_years: list[int] = field(default_factory=list)  # years it names that are already past
+    cut_off: bool = False  # the answer reached the token limit before it ended
+    proxy_p_area: float = 1.0  # the training side's P(asked area | proposal), which ranks it
+
+    @property
+    def off_topic(self) -> bool:
+        return self.proxy_p_area < OFF_TOPIC_BELOW
 
 
 @dataclass
@@ -113,11 +122,12 @@ def past_years(text: str, current_year: int) -> list[int]:
     return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
 
 
-def analyst_order(reward: np.ndarray, is_copy: np.ndarray, is_dated: np.ndarray) -> np.ndarray:
-    """Order of proposals: new ones before copies of training conditions; within each, those naming no
-    past year before those that do; then by descending reward."""
-    return np.lexsort((-np.asarray(reward, dtype=float), np.asarray(is_dated, dtype=bool),
-                       np.asarray(is_copy, dtype=bool)))
+def analyst_order(reward: np.ndarray, demotions: list[np.ndarray]) -> np.ndarray:
+    """Order of proposals: by the flags in `demotions` (boolean arrays, the most severe first: a proposal
+    flagged by one comes after every proposal it does not flag, ties broken by the next), then by
+    descending reward."""
+    keys = [-np.asarray(reward, dtype=float), *(np.asarray(flags, dtype=bool) for flags in reversed(demotions))]
+    return np.lexsort(keys)
 
 
 def precedents_for(corpus: pd.DataFrame, country: str, area: str, texts: list[str], k: int = 3) -> list[list[str]]:
@@ -178,30 +188,37 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     request = {"country": country, "arrangement_type": arrangement, "economic_area": area}
     # Sampled at the policy's own temperature, from the prompt it was trained on (grounded or not).
     answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]),
-                             params={"n": n * OVERSAMPLE, "seed": seed})["proposal"]
+                             params={"n": n * OVERSAMPLE, "seed": seed})
     prompt = policy.unwrap_python_model().prompt(country, arrangement, area)
-    conditions, seen = [], set()
-    for text in answers:
+    if "complete" not in answers:  # a policy registered before its output said so
+        answers = answers.assign(complete=True)
+    conditions, cut_off, seen = [], [], set()
+    # Complete answers first, so that a repeat keeps its complete form.
+    for text, complete in answers.sort_values("complete", ascending=False, kind="stable")[
+            ["proposal", "complete"]].itertuples(index=False):
         key = " ".join(text.casefold().split()).rstrip(".")
         if key and key not in seen:
             seen.add(key)
             conditions.append(text)
+            cut_off.append(not complete)
     items: list[Proposal] = []
     if conditions:
         parts = reward.components([request] * len(conditions), conditions)
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
-        # Ranked by the training side of the reward (proxy P(MET) x P(area)), new proposals before copies;
-        # the gold judge stays a judge.
+        # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
+        # cares about, the worst first; the gold judge stays a judge.
         dated = [past_years(text, current_year) for text in conditions]
+        off_topic = (parts["proxy_p_area"] < OFF_TOPIC_BELOW).to_numpy()
         order = analyst_order((parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(),
-                              copies["is_copy"].to_numpy(), np.array([bool(years) for years in dated]))[:n]
+                              [np.array(cut_off), off_topic, copies["is_copy"].to_numpy(),
+                               np.array([bool(years) for years in dated])])[:n]
         ranked = [conditions[i] for i in order]
         precedents = precedents_for(corpus, country, area, ranked)
         for rank, index in enumerate(order):
             row, copy = parts.iloc[index], copies.iloc[index]
             items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
                                   float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
-                                  precedents[rank], dated[index]))
+                                  precedents[rank], dated[index], cut_off[index], float(row["proxy_p_area"])))
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
     header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "

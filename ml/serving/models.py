@@ -6,10 +6,11 @@
   gets exactly the number training, the evaluation and `rlxf score` use.
 - `PolicyPyfunc` (`rlxf-policy-adapter`): a DataFrame of requests (`country`, `arrangement_type`,
   `economic_area`) -> `n` sampled answers per row (params `n`, `seed`, `temperature`), each with the
-  proposal cut out of it as RL scored it. The prompt is built as the policy was trained: the paper's
-  question, grounded in the country's record and precedents when the profile grounds its prompts (the
-  training split's precedent table is part of the artifact). The adapters are in the artifact; the base
-  model is named, not copied, and `ml.policy.base.load_base_policy` resolves it on the loading machine.
+  proposal cut out of it as RL scored it and whether it ended before the token limit (`complete`). The prompt
+  is built as the policy was trained: the paper's question, grounded in the country's record and precedents
+  when the profile grounds its prompts (the training split's precedent table is part of the artifact). The
+  adapters are in the artifact; the base model is named, not copied, and `ml.policy.base.load_base_policy`
+  resolves it on the loading machine.
 
 Runtime choices are the logged `model_config`, overridable at load: `device` for both, and for the
 policy `base_model_cache`, where the converted base model is cached (SmolLM2 is converted from its
@@ -30,7 +31,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from ml.config import PolicySettings
 from ml.policy.grounding import Grounding
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition, chat_text, grounded, render_prompt
-from ml.policy.sampling import generate_answers
+from ml.policy.sampling import decode_answers, generate_batches
 from ml.reward.model import TEXT_FIELDS, RewardModel
 
 # Fields a request may leave out: the reward text and the prompt write them "Unknown" (as `rlxf score`
@@ -40,7 +41,7 @@ REWARD_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", name, required=name not in OPTIONAL_FIELDS) for name in TEXT_FIELDS]),
     outputs=Schema([ColSpec("double", "p_met")]))
 POLICY_OUTPUT = Schema([ColSpec("long", "input_row"), ColSpec("long", "sample"), ColSpec("string", "proposal"),
-                        ColSpec("string", "answer")])
+                        ColSpec("string", "answer"), ColSpec("boolean", "complete")])
 
 
 def policy_signature(temperature: float) -> ModelSignature:
@@ -94,9 +95,12 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
         requests = model_input.reindex(columns=KEY_COLUMNS).astype(object)
         requests = requests.where(requests.notna(), None)  # a missing field is "Unknown" in the prompt
         texts = [chat_text(self.tokenizer, self.prompt(*row)) for row in requests.itertuples(index=False)]
-        answers = generate_answers(self.model, self.tokenizer, texts, self.settings.max_new_tokens,
-                                   temperature=temperature, num_return_sequences=n, seed=seed,
+        batches = generate_batches(self.model, self.tokenizer, texts, max_new_tokens=self.settings.max_new_tokens,
+                                   temperature=temperature, n_per_prompt=n, seed=seed,
                                    max_prompt_tokens=self.settings.max_prompt_tokens)
+        answers = decode_answers(self.tokenizer, batches)
+        complete = np.concatenate([b.answers.has_eos.cpu().numpy() for b in batches]) if batches else np.zeros(0, bool)
         return pd.DataFrame({"input_row": np.repeat(np.arange(len(texts)), n),
                              "sample": np.tile(np.arange(n), len(texts)),
-                             "proposal": [answer_to_condition(answer) for answer in answers], "answer": answers})
+                             "proposal": [answer_to_condition(answer) for answer in answers], "answer": answers,
+                             "complete": complete.astype(bool)})

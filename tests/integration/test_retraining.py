@@ -214,6 +214,7 @@ print(json.dumps(out))
     policy = pd.DataFrame(out["policy"])
     assert policy["input_row"].tolist() == [0, 0, 0, 1, 1, 1] and policy["sample"].tolist() == [0, 1, 2] * 2
     assert policy["proposal"].tolist() == [answer_to_condition(answer) for answer in policy["answer"]]
+    assert {type(complete) for complete in policy["complete"]} == {bool}  # ended before the token limit or not
     assert Path(out["ml"]).is_relative_to(world.home.root / "mlartifacts")  # the code logged with the model
 
     installed = packages_distributions()

@@ -100,12 +100,15 @@ def test_recommend_puts_new_proposals_before_copies_and_refuses_an_unknown_area(
 
     # The best-rewarded proposal copies a training condition: it goes after the new ones, which keep
     # their order by reward.
-    order = analyst_order(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]), np.zeros(4))
-    assert order.tolist() == [2, 1, 0, 3]
+    reward, copies = np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True])
+    assert analyst_order(reward, [copies]).tolist() == [2, 1, 0, 3]
     # Among the new ones, one naming a past year goes after the undated one, whatever its reward.
-    order = analyst_order(np.array([0.9, 0.5, 0.7, 0.8]), np.array([True, False, False, True]),
-                          np.array([False, False, True, False]))
-    assert order.tolist() == [1, 2, 0, 3]
+    dated = np.array([False, False, True, False])
+    assert analyst_order(reward, [copies, dated]).tolist() == [1, 2, 0, 3]
+    # An off-topic proposal goes after every on-topic one, copies included; one cut off at the token
+    # limit after all the others.
+    off_topic, cut_off = np.array([False, True, False, False]), np.array([False, False, True, False])
+    assert analyst_order(reward, [cut_off, off_topic, copies, dated]).tolist() == [0, 3, 1, 2]
     assert past_years("Submit a draft law on the fiscal framework for 2002, by end-June 2027", 2026) == [2002]
     assert past_years("Adopt the 2026 budget in line with 1999 rules and the 1,998 posts", 2026) == [1999]
     corpus = pd.DataFrame({"economic_area": ["1.2. Revenue administration, including customs",
