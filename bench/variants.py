@@ -20,7 +20,7 @@ from ml.config import PolicySettings
 from ml.evaluation.collect import model_answers, score_answers
 from ml.evaluation.metrics import NoveltyIndex, distinct_n, paired_bootstrap, tokens
 from ml.paths import DataHome
-from ml.policy.grounding import precedent_similarity
+from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
 from ml.policy.rl import train_rl
 from ml.reward.rl_reward import RLReward, on_topic
@@ -86,8 +86,8 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     out["words_median"] = float(np.median(words))
     out["distinct_2"] = distinct_n(answers["answer"], 2)
     out["copy_share"] = float(judges.novelty.nearest(answers["answer"])["is_copy"].mean())
-    out["quote_share"] = float(np.mean(precedent_similarity(answers["prompt"], answers["answer"])
-                                       >= judges.novelty.copy_threshold - 1e-9))
+    out["quote_share"] = float(np.mean(quotes_precedent(answers["prompt"], answers["answer"],
+                                                        judges.novelty.copy_threshold)))
     return out
 
 

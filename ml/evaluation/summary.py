@@ -31,7 +31,7 @@ from ml.evaluation.metrics import (
     tokens,
     welch_test,
 )
-from ml.policy.grounding import precedent_similarity
+from ml.policy.grounding import quotes_precedent
 from ml.reward.topic import AreaClassifier, area_key
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
@@ -157,7 +157,7 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             nearest_text=nearest["nearest"].to_numpy(),
                             is_copy=nearest["is_copy"].to_numpy(),
                             # A copy of a precedent the grounded prompt itself shows (a subset of the copies).
-                            quotes=precedent_similarity(answers["prompt"], answers["answer"]) >= copy_threshold - 1e-9)
+                            quotes=quotes_precedent(answers["prompt"], answers["answer"], copy_threshold))
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)

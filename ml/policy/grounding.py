@@ -77,7 +77,16 @@ def precedent_similarity(prompts: Sequence[str], answers: Sequence[str]) -> np.n
     if not texts:
         return similarity
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit(texts)
-    for i, (group, answer) in enumerate(zip(shown, answers)):
-        if group and isinstance(answer, str) and answer.strip():
-            similarity[i] = (vectorizer.transform([answer]) @ vectorizer.transform(group).T).toarray().max()
+    answer_vectors = vectorizer.transform([a if isinstance(a, str) else "" for a in answers])
+    precedent_vectors = vectorizer.transform(texts)  # rows L2-normalised: dot = cosine
+    first = np.cumsum([0, *map(len, shown)])  # answer i's precedents are rows first[i]:first[i + 1]
+    for i, group in enumerate(shown):
+        if group:
+            similarity[i] = (answer_vectors[i] @ precedent_vectors[first[i]:first[i + 1]].T).toarray().max()
     return similarity
+
+
+def quotes_precedent(prompts: Sequence[str], answers: Sequence[str], threshold: float) -> np.ndarray:
+    """Per answer: does it quote a precedent its prompt shows (`precedent_similarity` >= threshold, as
+    the copy measure's threshold is applied)?"""
+    return precedent_similarity(prompts, answers) >= threshold - 1e-9

@@ -20,7 +20,7 @@ and area, and A = P(asked area | answer) from the proxy side's area classifier, 
   ensemble, Coste et al., ICLR 2024), times A^w when w > 0.
 
 With `quote_threshold` > 0, an answer at least that similar to one of the precedents its grounded prompt
-shows (`ml.policy.grounding.precedent_similarity`) gets the lowest reward of its batch, whatever the
+shows (`ml.policy.grounding.quotes_precedent`) gets the lowest reward of its batch, whatever the
 design: the reward models rate real MET conditions highly, so a policy shown three of them learns to
 quote one back (29% of PPO's test answers in the 51c2d99 demo, 73% of its copies), which tells an analyst
 nothing the precedents beside the proposal do not.
@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from ml import distributed
-from ml.policy.grounding import precedent_similarity
+from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
@@ -130,7 +130,7 @@ class RLReward:
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does it quote a precedent its prompt shows (similarity >= quote_threshold)?"""
         prompts = [str(r.get("prompt_text") or r.get("prompt") or "") for r in records]
-        return precedent_similarity(prompts, conditions) >= self.spec.quote_threshold - 1e-9
+        return quotes_precedent(prompts, conditions, self.spec.quote_threshold)
 
     def _design_reward(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         spec = self.spec
