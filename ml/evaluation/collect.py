@@ -36,9 +36,11 @@ ANSWER_COLUMNS = ["policy", "prompt_id", "country", "arrangement_type", "economi
 
 
 def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                  prompts: pd.DataFrame, settings: PolicySettings, samples: int, seed: int) -> pd.DataFrame:
+                  prompts: pd.DataFrame, settings: PolicySettings, samples: int, seed: int,
+                  reference_is_base: bool = False) -> pd.DataFrame:
     """`samples` answers per prompt from `model`, with their KL to its RL reference (the same network
-    with its last adapter off, when it has one; else the base) and to `base`."""
+    with its last adapter off, when it has one; else the base) and to `base`. `reference_is_base`: that
+    network is the base (a single adapter on it, as SFT's), so its pass is the base's."""
     texts = [r["prompt_text"] for r in prompt_records(prompts, tokenizer)]
     temperature = settings.temperature
     batches = generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
@@ -48,7 +50,8 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
     policy_lp = answer_logprob_sums(model, batches, temperature)
     base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
-        reference_lp = answer_logprob_sums(model, batches, temperature) if isinstance(model, PeftModel) else base_lp
+        reference_lp = (answer_logprob_sums(model, batches, temperature)
+                        if isinstance(model, PeftModel) and not reference_is_base else base_lp)
     frame = prompts.loc[prompts.index.repeat(samples), ["prompt_id", *KEY_COLUMNS, "prompt"]].reset_index(drop=True)
     return frame.assign(policy=name, answer=[answer_to_condition(a) for a in raw],
                         kl_to_reference=policy_lp - reference_lp, kl_to_base=policy_lp - base_lp,
@@ -84,14 +87,16 @@ def score_answers(answers: pd.DataFrame, reward: RLReward) -> pd.DataFrame:
 def collect_answers(prompts: pd.DataFrame, corpus: pd.DataFrame,
                     policies: dict[str, Callable[[], PreTrainedModel] | None], settings: PolicySettings,
                     cache_dir: Path, reward: RLReward, samples: int = 2, seed: int = 0,
-                    progress: Progress = print) -> pd.DataFrame:
+                    progress: Progress = print, base_referenced: frozenset[str] = frozenset()) -> pd.DataFrame:
     """`policies` maps a name to a function that loads that policy (None = the base model itself); each
-    is loaded when its turn comes, so one tuned policy at a time is in memory."""
+    is loaded when its turn comes, so one tuned policy at a time is in memory. `base_referenced`: the
+    policies whose RL reference is the base model (one adapter on it)."""
     base, tokenizer = load_policy(None, settings, cache_dir)
     frames = [reference_answers(prompts, corpus, samples, seed)]
     for name, load in policies.items():
         model = base if load is None else load()
-        frames.append(model_answers(name, model, base, tokenizer, prompts, settings, samples, seed))
+        frames.append(model_answers(name, model, base, tokenizer, prompts, settings, samples, seed,
+                                    reference_is_base=name in base_referenced))
         progress(f"{name}: {len(prompts) * samples} answers generated")
     answers = pd.concat(frames, ignore_index=True)
     return score_answers(answers, reward)[ANSWER_COLUMNS]

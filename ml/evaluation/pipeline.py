@@ -100,7 +100,8 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
              f"x {samples} samples, judged by {reward.spec.gold['name']} v{reward.spec.gold['version']} "
              f"({RL_REWARD_NAME} v{reward_version})")
     answers = collect_answers(prompts, corpus, policies, settings, cache_dir, reward, samples=samples,
-                              seed=profile.data.seed, progress=progress)
+                              seed=profile.data.seed, progress=progress,
+                              base_referenced=frozenset({"sft"}))  # the SFT stack is one adapter on the base
     ceiling = attainable_ceiling(prompts, corpus, reward, per_area=judging.ceiling_candidates_per_area,
                                  seed=profile.data.seed)
     progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")

@@ -139,6 +139,11 @@ def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
     assert recorded == pytest.approx(expected, abs=1e-6)
     assert recorded == pytest.approx(candidate["judged_reward"].mean(), abs=1e-6)
     assert recorded < candidate["gold_reward"].mean()
+    # SFT's RL reference is the base model, so its two KL columns are one measurement; the RL policy's
+    # reference is SFT, so its KL to the base adds SFT's.
+    sft = answers[answers["policy"] == "sft"]
+    assert len(sft) and sft["kl_to_reference"].tolist() == sft["kl_to_base"].tolist()
+    assert candidate["kl_to_reference"].tolist() != candidate["kl_to_base"].tolist()
 
 
 def test_recommend_and_score_answer_as_the_pipeline_trained(world, capsys):
