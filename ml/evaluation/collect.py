@@ -45,9 +45,9 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
     temperature = settings.temperature
     batches = generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
                                temperature=temperature, n_per_prompt=samples, seed=seed,
-                               max_prompt_tokens=settings.max_prompt_tokens)
+                               max_prompt_tokens=settings.max_prompt_tokens, keep_prefill=True)
     raw = decode_answers(tokenizer, batches)
-    policy_lp = answer_logprob_sums(model, batches, temperature)
+    policy_lp = answer_logprob_sums(model, batches, temperature, sampled_here=True)
     base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
         reference_lp = (answer_logprob_sums(model, batches, temperature)

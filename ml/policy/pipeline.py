@@ -85,9 +85,10 @@ def validation_evaluator(reward: RLReward, records: list[dict], tokenizer: PreTr
 
     def evaluate(model: torch.nn.Module, step: int) -> dict:
         batches = generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
-                                   temperature=temperature, max_prompt_tokens=settings.max_prompt_tokens, seed=seed)
+                                   temperature=temperature, max_prompt_tokens=settings.max_prompt_tokens, seed=seed,
+                                   keep_prefill=True)
         answers = decode_answers(tokenizer, batches)
-        policy_logprob = answer_logprob_sums(model, batches, temperature)
+        policy_logprob = answer_logprob_sums(model, batches, temperature, sampled_here=True)
         with model.disable_adapter():
             reference_logprob = answer_logprob_sums(model, batches, temperature)
         conditions = [answer_to_condition(a) for a in answers]

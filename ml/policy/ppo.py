@@ -48,6 +48,8 @@ from ml import distributed
 from ml.config import PPOSettings
 from ml.io import atomic_folder
 from ml.policy.sampling import (
+    Answers,
+    Prefill,
     answer_mask,
     answer_token_stats,
     answer_uniforms,
@@ -316,13 +318,14 @@ class PolicyWithValueHead(nn.Module):
         self.value_head = (value_head or ValueHead(hidden_size)).to(device)
 
     def response_outputs(self, queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
-                         response_mask: torch.Tensor, temperature: float
+                         response_mask: torch.Tensor, temperature: float, prefill: Prefill | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log π(a_t|s_t), the entropy of π(·|s_t) and V(s_t) for every answer token: each (N, R).
 
-        `queries` (P, L) are the distinct prompts; answer row i answers prompt i // (N // P)."""
+        `queries` (P, L) are the distinct prompts; answer row i answers prompt i // (N // P). `prefill`:
+        the sampling's pass over these prompts, with the current weights (π_old in the rollout)."""
         stats = answer_token_stats(self.policy, queries, query_mask, responses, response_mask, temperature,
-                                   entropy=True, value_head=self.value_head)
+                                   entropy=True, value_head=self.value_head, prefill=prefill)
         return stats.logprobs, stats.entropy, stats.values
 
     @torch.no_grad()
@@ -439,10 +442,12 @@ class PPOTrainer:
         return [self.prompts[i] for i in indices.tolist()]
 
     def generate(self, prompts: list[dict], do_sample: bool = True, answers_per_prompt: int | None = None,
-                 uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded queries (P, L), their mask (P, L) and the generated tokens (P * n, R), n answers
-        per prompt (config.answers_per_prompt unless given; greedy answers when not do_sample; drawn
-        from `uniforms` (P * n, max_new_tokens) when given, else from the global RNG)."""
+                 uniforms: torch.Tensor | None = None, keep_prefill: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, Answers]:
+        """Left-padded queries (P, L), their mask (P, L) and the answers (P * n rows), n per prompt
+        (config.answers_per_prompt unless given; greedy answers when not do_sample; drawn from
+        `uniforms` (P * n, max_new_tokens) when given, else from the global RNG). `keep_prefill`: keep
+        the prompt pass, with the states the value head reads."""
         queries, query_mask = encode_prompts(self.tokenizer, [p["prompt_text"] for p in prompts],
                                              self.config.max_prompt_tokens, self.config.add_special_tokens,
                                              device=self.device)
@@ -450,8 +455,8 @@ class PPOTrainer:
                                  n_per_prompt=answers_per_prompt or self.config.answers_per_prompt,
                                  max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
                                  eos_ids=self.eos_token_ids, pad_token_id=self.pad_token_id, greedy=not do_sample,
-                                 uniforms=uniforms)
-        return queries, query_mask, answers.responses
+                                 uniforms=uniforms, keep_prefill=keep_prefill, keep_states=keep_prefill)
+        return queries, query_mask, answers
 
     def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
         ids = [row[mask.bool()].tolist() for row, mask in zip(responses, response_mask)]
@@ -463,7 +468,7 @@ class PPOTrainer:
         answers = []
         for i in range(0, len(prompts), self.config.batch_size):
             _, _, raw = self.generate(prompts[i:i + self.config.batch_size], do_sample=do_sample, answers_per_prompt=1)
-            responses, response_mask, _ = truncate_after_eos(raw, self.eos_token_ids, self.pad_token_id)
+            responses, response_mask, _ = truncate_after_eos(raw.responses, self.eos_token_ids, self.pad_token_id)
             answers.extend(self.decode(responses, response_mask))
         return answers
 
@@ -480,9 +485,10 @@ class PPOTrainer:
         n = config.answers_per_prompt
         uniforms = answer_uniforms(config.seed, self.step_count, first_prompt * n, len(prompts) * n,
                                    config.max_new_tokens)
-        queries, query_mask, raw_responses = self.generate(prompts, uniforms=uniforms)
+        queries, query_mask, sampled = self.generate(prompts, uniforms=uniforms, keep_prefill=True)
         generation_seconds = time.perf_counter() - start
-        responses, response_mask, has_eos = truncate_after_eos(raw_responses, self.eos_token_ids, self.pad_token_id)
+        responses, response_mask, has_eos = truncate_after_eos(sampled.responses, self.eos_token_ids,
+                                                               self.pad_token_id)
         responses, response_mask = trim_answers(responses, response_mask)
         answers = self.decode(responses, response_mask)
         prompts = [record for record in prompts for _ in range(n)]  # one record per answer
@@ -499,8 +505,9 @@ class PPOTrainer:
             self.reward_stats.update(self.dist.cat(scores))  # every rank's scores, in global order
             scores = self.reward_stats.normalize(scores).float()
 
-        # 3. Logprobs, entropies and values of the sampling policy, and reference logprobs (adapter
-        #    off), mini_batch_size prompts (with their answers) at a time to bound memory.
+        # 3. Logprobs, entropies and values of the sampling policy (from the prompt pass sampling
+        #    kept), and reference logprobs (adapter off), mini_batch_size prompts (with their answers)
+        #    at a time to bound memory.
         chunks = []
         R = responses.shape[1]
         for i in range(0, len(queries), config.mini_batch_size):
@@ -508,7 +515,8 @@ class PPOTrainer:
             width = max(int(response_mask[answer_part].sum(dim=1).max().item()), 1)  # this chunk's longest answer
             args = (queries[part], query_mask[part], responses[answer_part, :width],
                     response_mask[answer_part, :width], config.temperature)
-            outputs = (*self.model.response_outputs(*args), self.model.reference_logprobs(*args))
+            prefill = sampled.prefill.select(part) if sampled.prefill is not None else None
+            outputs = (*self.model.response_outputs(*args, prefill=prefill), self.model.reference_logprobs(*args))
             chunks.append([F.pad(x, (0, R - width)) for x in outputs])  # zeros where no answer reaches
         logprobs, entropy, values, ref_logprobs = (torch.cat(parts) for parts in zip(*chunks))
 

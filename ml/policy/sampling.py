@@ -17,11 +17,14 @@ answer tokens here, so the log-probabilities training optimises are the ones the
   optionally a value head's V(s_t) for every answer token, from the generated token ids (never from
   re-tokenized text). The prompt runs once per distinct prompt and its KV cache, gradients included,
   is shared by that prompt's answers: with n answers per prompt the prompt costs 1/n of a full
-  forward per answer.
+  forward per answer. Scoring answers with the network that sampled them (PPO's pi_old, the
+  evaluation's policy), it can start from the sampling's own prompt pass (`Answers.prefill`) instead
+  of running the prompts again: with grounded prompts that pass is about half of the scoring's cost.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +36,22 @@ from ml import distributed
 
 
 @dataclass
+class Prefill:
+    """The sampling network's pass over the prompts: their KV cache, the next-token logits (P, 1, V) and,
+    if kept, the last layer's state at the last prompt position (P, 1, H)."""
+
+    cache: DynamicCache
+    logits: torch.Tensor
+    states: torch.Tensor | None
+
+    def select(self, rows: slice) -> Prefill:
+        """A copy holding prompts `rows` only."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(torch.arange(self.logits.shape[0], device=self.logits.device)[rows])
+        return Prefill(cache, self.logits[rows], None if self.states is None else self.states[rows])
+
+
+@dataclass
 class Answers:
     """Sampled answers: row i answers prompt i // n_per_prompt."""
 
@@ -40,6 +59,7 @@ class Answers:
     response_mask: torch.Tensor  # (N, R) 1 up to and including the first EOS
     has_eos: torch.Tensor  # (N,) bool: the answer ended within the token budget
     n_per_prompt: int
+    prefill: Prefill | None = None  # the prompts' pass, when sampling was asked to keep it
 
 
 @dataclass
@@ -124,10 +144,12 @@ def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
 def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                    n_per_prompt: int, max_new_tokens: int, temperature: float, eos_ids: list[int],
                    pad_token_id: int, greedy: bool = False, generator: torch.Generator | None = None,
-                   uniforms: torch.Tensor | None = None) -> Answers:
+                   uniforms: torch.Tensor | None = None, keep_prefill: bool = False,
+                   keep_states: bool = False) -> Answers:
     """n_per_prompt answers per prompt, sampled from softmax(logits / temperature) (argmax when
     `greedy`), each cut after its first EOS. Draws by inverse CDF from `uniforms` (N, max_new_tokens)
-    when given, else from `generator` or torch's global RNG."""
+    when given, else from `generator` or torch's global RNG. `keep_prefill`: keep a copy of the prompt
+    pass in `Answers.prefill` (with the last layer's states if `keep_states`, for a value head)."""
     if n_per_prompt < 1 or max_new_tokens < 1:
         raise ValueError("n_per_prompt and max_new_tokens must be >= 1")
     if not greedy and temperature <= 0:
@@ -136,9 +158,11 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
     model.eval()
     try:
         # 1. Prefill each distinct prompt once, then give each of its answers a copy of the cache.
-        output = _prefill(model, prompt_ids, prompt_mask, hidden=False)
+        output = _prefill(model, prompt_ids, prompt_mask, hidden=keep_prefill and keep_states)
         cache = output.past_key_values
         logits = output.logits[:, -1]  # (P, V)
+        prefill = (Prefill(copy.deepcopy(cache), output.logits[:, -1:],
+                           output.hidden_states[-1][:, -1:] if keep_states else None) if keep_prefill else None)
         mask = prompt_mask
         next_position = mask.long().sum(-1)  # (P,) the first answer token's position
         if n_per_prompt > 1:
@@ -187,7 +211,8 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
     finally:
         model.train(was_training)
     response_mask, has_eos = answer_mask(responses, eos_ids)
-    return Answers(responses.masked_fill(response_mask == 0, pad_token_id), response_mask, has_eos, n_per_prompt)
+    return Answers(responses.masked_fill(response_mask == 0, pad_token_id), response_mask, has_eos, n_per_prompt,
+                   prefill)
 
 
 def trim_answers(responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,20 +224,22 @@ def trim_answers(responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[
 def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        responses: torch.Tensor, response_mask: torch.Tensor, temperature: float, *,
                        entropy: bool = False, value_head: torch.nn.Module | None = None,
-                       answers_per_prompt: torch.Tensor | None = None) -> TokenStats:
+                       answers_per_prompt: torch.Tensor | None = None, prefill: Prefill | None = None
+                       ) -> TokenStats:
     """log pi(a_t | s_t), optionally H(pi(. | s_t)) and V(s_t), for every answer token (N, R).
 
     Answers come grouped by prompt: N // P per prompt, or `answers_per_prompt[i]` for prompt i (SFT
     targets). Gradients flow when called outside no_grad (through the shared prompt cache too).
     Position t reads the state just before answer token t: the last prompt position for t = 0, answer
-    token t - 1 after that."""
+    token t - 1 after that. `prefill`: these prompts' pass by this same network (from sampling), used
+    instead of running them again; never for another network, such as the reference."""
     P, N, R = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
     if R == 1 and distributed.current().sharded:
         # FSDP: every rank must run the answer forward pass below, so a one-token batch gets a second,
         # masked column, cut off again.
         stats = answer_token_stats(model, prompt_ids, prompt_mask, F.pad(responses, (0, 1)),
                                    F.pad(response_mask, (0, 1)), temperature, entropy=entropy,
-                                   value_head=value_head, answers_per_prompt=answers_per_prompt)
+                                   value_head=value_head, answers_per_prompt=answers_per_prompt, prefill=prefill)
         return TokenStats(*(None if x is None else x[:, :1] for x in (stats.logprobs, stats.entropy, stats.values)))
     if answers_per_prompt is None:
         if N % P:
@@ -223,10 +250,18 @@ def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_
         if int(repeats.sum()) != N or len(repeats) != P:
             raise ValueError(f"answers_per_prompt {repeats.tolist()} does not match {P} prompts and {N} answers")
     hidden = value_head is not None
-    output = _prefill(model, prompt_ids, prompt_mask, hidden=hidden)
-    cache = output.past_key_values
-    logits = output.logits[:, -1:]  # (P, 1, V)
-    states = output.hidden_states[-1][:, -1:] if hidden else None  # (P, 1, H)
+    if prefill is None:
+        output = _prefill(model, prompt_ids, prompt_mask, hidden=hidden)
+        cache = output.past_key_values
+        logits = output.logits[:, -1:]  # (P, 1, V)
+        states = output.hidden_states[-1][:, -1:] if hidden else None  # (P, 1, H)
+    else:
+        if hidden and prefill.states is None:
+            raise ValueError("a value head needs the prompt states: sample with keep_states=True")
+        if prefill.logits.shape[0] != P:
+            raise ValueError(f"the prefill holds {prefill.logits.shape[0]} prompts, not {P}")
+        cache, logits = copy.deepcopy(prefill.cache), prefill.logits  # the copy is what the answers extend
+        states = prefill.states if hidden else None
     mask, next_position = prompt_mask, prompt_mask.long().sum(-1, keepdim=True)  # (P, L), (P, 1)
     if not (isinstance(repeats, int) and repeats == 1):
         cache.batch_repeat_interleave(repeats)  # each prompt's keys and values, once per answer
@@ -264,10 +299,11 @@ class SampledBatch:
 
 def generate_batches(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_texts: list[str], *,
                      max_new_tokens: int, temperature: float = 1.0, n_per_prompt: int = 1, greedy: bool = False,
-                     max_prompt_tokens: int = 0, seed: int | None = None, batch_size: int = 16
-                     ) -> list[SampledBatch]:
+                     max_prompt_tokens: int = 0, seed: int | None = None, batch_size: int = 16,
+                     keep_prefill: bool = False) -> list[SampledBatch]:
     """Answers to already-rendered prompts (`ml.policy.prompts.chat_text`), `batch_size` prompts at a
-    time; `seed` makes sampling reproducible without touching the caller's RNG."""
+    time; `seed` makes sampling reproducible without touching the caller's RNG. `keep_prefill`: keep
+    each batch's prompt pass, for `answer_logprob_sums(..., sampled_here=True)`."""
     device = next(model.parameters()).device
     eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     generator = None
@@ -281,7 +317,7 @@ def generate_batches(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                                        device=device)
             answers = sample_answers(model, ids, mask, n_per_prompt=n_per_prompt, max_new_tokens=max_new_tokens,
                                      temperature=temperature, eos_ids=eos_ids, pad_token_id=pad_id, greedy=greedy,
-                                     generator=generator)
+                                     generator=generator, keep_prefill=keep_prefill)
             batches.append(SampledBatch(ids, mask, answers))
     return batches
 
@@ -295,16 +331,21 @@ def decode_answers(tokenizer: PreTrainedTokenizerBase, batches: list[SampledBatc
     return texts
 
 
-def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float) -> np.ndarray:
+def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
+                        sampled_here: bool = False) -> np.ndarray:
     """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
-    per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
+    per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses.
+    `sampled_here`: `model` is the network that sampled the batches (unchanged since), so the prompt
+    passes kept by sampling are reused."""
     sums = []
     with no_grad():
         for batch in batches:
             answers = batch.answers
+            if sampled_here and answers.prefill is None:
+                raise ValueError("no prompt pass was kept: generate the batches with keep_prefill=True")
             responses, response_mask = trim_answers(answers.responses, answers.response_mask)
             stats = answer_token_stats(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask,
-                                       temperature)
+                                       temperature, prefill=answers.prefill if sampled_here else None)
             sums.append((stats.logprobs * response_mask).sum(-1).float().cpu().numpy())
     return np.concatenate(sums) if sums else np.zeros(0)
 

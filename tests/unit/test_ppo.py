@@ -4,6 +4,7 @@ head move, checkpoint/resume determinism, the KL controller and the answer penal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -200,6 +201,8 @@ def test_apply_answer_penalties_subtracts_each_configured_penalty():
 
 
 def test_rollout_penalises_empty_and_truncated_answers(tokenizer, monkeypatch):
+    from ml.policy.sampling import Answers
+
     trainer = make_trainer(tokenizer, steps=1, batch_size=3, mini_batch_size=3, max_new_tokens=4,
                            reward_fn=lambda records, answers: [0.5] * len(answers),
                            reward_normalization=False, empty_answer_penalty=1.0, truncated_answer_penalty=0.25)
@@ -208,10 +211,12 @@ def test_rollout_penalises_empty_and_truncated_answers(tokenizer, monkeypatch):
                               [tax, met, tax, met],  # no EOS within max_new_tokens: truncated
                               [met, eos, pad, pad]])  # a proper one-word answer
 
-    def fake_generate(prompts, do_sample=True, uniforms=None):
+    def fake_generate(prompts, do_sample=True, uniforms=None, keep_prefill=False):
         encoded = tokenizer([p["prompt_text"] for p in prompts], padding=True, padding_side="left",
                             return_tensors="pt")
-        return encoded["input_ids"], encoded["attention_mask"], generated
+        # No prompt pass kept: the rollout runs the prompts itself.
+        return encoded["input_ids"], encoded["attention_mask"], Answers(generated, torch.ones_like(generated),
+                                                                        torch.ones(3, dtype=torch.bool), 1)
 
     monkeypatch.setattr(trainer, "generate", fake_generate)
     rollout = trainer.rollout(PROMPTS[:3])
@@ -364,18 +369,34 @@ def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
     trainer.train()  # move the adapter away from the reference, so the KL is not zero
     texts = [p["prompt_text"] for p in PROMPTS[:4]]
     [batch] = generate_batches(trainer.policy, tokenizer, texts, max_new_tokens=6, temperature=0.7,
-                               n_per_prompt=2, seed=3, batch_size=4)
-    policy_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
+                               n_per_prompt=2, seed=3, batch_size=4, keep_prefill=True)
+    policy_lp = answer_logprob_sums(trainer.policy, [batch], 0.7, sampled_here=True)
+    # Starting from the prompt pass sampling kept is running the prompts again, without the cost.
+    np.testing.assert_allclose(policy_lp, answer_logprob_sums(trainer.policy, [batch], 0.7), atol=1e-5)
     with trainer.policy.disable_adapter():
         reference_lp = answer_logprob_sums(trainer.policy, [batch], 0.7)
     evaluation_kl = policy_lp - reference_lp
 
-    trainer.generate = lambda prompts, do_sample=True, uniforms=None: (batch.prompt_ids, batch.prompt_mask,
-                                                                       batch.answers.responses)
+    sample = trainer.generate
+
+    def same_answers(prompts, do_sample=True, uniforms=None, keep_prefill=False):
+        # The trainer's own prompt pass (with the states its value head reads), the evaluation's answers.
+        queries, query_mask, kept = sample(prompts, uniforms=uniforms, keep_prefill=keep_prefill)
+        assert torch.equal(queries, batch.prompt_ids) and keep_prefill
+        return queries, query_mask, dataclasses.replace(batch.answers, prefill=kept.prefill)
+
+    trainer.generate = same_answers
     rollout = trainer.rollout(PROMPTS[:4])
     trainer_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(dim=1)
     assert abs(trainer_kl).max() > 1e-3
     np.testing.assert_allclose(evaluation_kl, trainer_kl.numpy(), atol=1e-5)
+    # π_old and V_old from the rollout's kept prompt pass are those of a fresh pass over the prompts.
+    with torch.no_grad():
+        logprobs, _, values = trainer.model.response_outputs(rollout.queries, rollout.query_mask, rollout.responses,
+                                                             rollout.response_mask, 0.7)
+    mask = rollout.response_mask.bool()
+    torch.testing.assert_close(rollout.logprobs[mask], logprobs[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.values[mask], values[mask], atol=1e-5, rtol=0)
     assert isinstance(batch, SampledBatch)
 
 
