@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def past_years(text: str, current_year: int) -> list[int]:
     return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
 
 
-def analyst_order(reward: np.ndarray, demotions: list[np.ndarray]) -> np.ndarray:
+def analyst_order(reward: Sequence[float], demotions: list[Sequence[bool]]) -> np.ndarray:
     """Order of proposals: by the flags in `demotions` (boolean arrays, the most severe first: a proposal
     flagged by one comes after every proposal it does not flag, ties broken by the next), then by
     descending reward."""
@@ -205,20 +206,19 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     if conditions:
         parts = reward.components([request] * len(conditions), conditions)
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
+        candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
+                               copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
+                               float(row.proxy_p_area))
+                      for text, row, copy, cut in zip(conditions, parts.itertuples(index=False),
+                                                      copies.itertuples(index=False), cut_off)]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
-        dated = [past_years(text, current_year) for text in conditions]
-        off_topic = (parts["proxy_p_area"] < OFF_TOPIC_BELOW).to_numpy()
-        order = analyst_order((parts["proxy_p_met"] * parts["proxy_p_area"]).to_numpy(),
-                              [np.array(cut_off), off_topic, copies["is_copy"].to_numpy(),
-                               np.array([bool(years) for years in dated])])[:n]
-        ranked = [conditions[i] for i in order]
-        precedents = precedents_for(corpus, country, area, ranked)
-        for rank, index in enumerate(order):
-            row, copy = parts.iloc[index], copies.iloc[index]
-            items.append(Proposal(conditions[index], float(row["proxy_p_met"]), float(row["gold_p_met"]),
-                                  float(row["gold_p_area"]), copy["nearest"] if copy["is_copy"] else None,
-                                  precedents[rank], dated[index], cut_off[index], float(row["proxy_p_area"])))
+        order = analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],
+                              [[p.cut_off for p in candidates], [p.off_topic for p in candidates],
+                               [p.copy_of is not None for p in candidates], [bool(p.past_years) for p in candidates]])
+        items = [candidates[i] for i in order[:n]]
+        for item, precedents in zip(items, precedents_for(corpus, country, area, [p.text for p in items])):
+            item.precedents = precedents
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
     header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "

@@ -129,7 +129,7 @@ class RLReward:
 
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does it quote a precedent its prompt shows (similarity >= quote_threshold)?"""
-        prompts = [str(r.get("prompt_text") or r.get("prompt") or "") for r in records]
+        prompts = [str(r.get("prompt_text") or "") for r in records]
         return quotes_precedent(prompts, conditions, self.spec.quote_threshold)
 
     def _design_reward(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
