@@ -41,7 +41,6 @@ from variants import Judges, measure, paired_gain, summarise, train_variant
 from ml.config import get_profile
 from ml.data.splits import read_split
 from ml.evaluation.judges import EmbeddingAreaJudge
-from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
 from ml.policy.base import apply_lora
 from ml.policy.pipeline import load_policy, prompt_records
@@ -51,6 +50,7 @@ from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RLReward
 from ml.reward.train import split_train_halves, train_reward_model
+from ml.similarity import NoveltyIndex
 
 TARGETS = {"on_topic_tuned": 0.90, "on_topic_sft": 0.70, "p_value": 0.01, "copy_share": 0.05,
            "relative_gap": 0.30, "rollout_speedup": 5.0, "update_mfu": 0.35, "rl_minutes": 12.0,
@@ -155,16 +155,17 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     spec = reward.spec
     # The demo's gold model judges; with the designs' reward models also the same recipe without relevance negatives.
     gold_judges = {"gold": reward}
+    copy_corpus = reward.copy_rule.corpus if reward.copy_rule else None
     if extra:
         gold_judges["plain_gold"] = RLReward(spec, extra["proxy_plain"], extra["gold_plain"], reward.proxy_area,
-                                             reward.gold_area)
+                                             reward.gold_area, copy_corpus=copy_corpus)
     judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
                     NoveltyIndex(corpus["description"]), test, samples=2, seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
         return RLReward(replace(spec, design=design, ensemble=tuple({"name": "bench", "version": str(i)}
                                                                     for i, _ in enumerate(ensemble))),
-                        proxy, reward.gold, reward.proxy_area, reward.gold_area, list(ensemble))
+                        proxy, reward.gold, reward.proxy_area, reward.gold_area, list(ensemble), copy_corpus)
 
     default_label = f"relevance-trained RM, {spec.design} (demo default)"
     designs = {} if not extra else {
@@ -177,9 +178,10 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         "relevance-trained RM, p_met": variant_reward("p_met", reward.proxy),
     }
     designs[default_label] = variant_reward(spec.design, reward.proxy)
-    if spec.quote_threshold > 0:
-        designs["the default without the quote rule"] = RLReward(replace(spec, quote_threshold=0.0), reward.proxy,
-                                                                 reward.gold, reward.proxy_area, reward.gold_area)
+    if spec.quote_threshold > 0 or spec.copy_threshold > 0:
+        designs["the default without the quote and copy rules"] = RLReward(
+            replace(spec, quote_threshold=0.0, copy_threshold=0.0), reward.proxy, reward.gold, reward.proxy_area,
+            reward.gold_area)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}

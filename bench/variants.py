@@ -18,12 +18,13 @@ import pandas as pd
 
 from ml.config import PolicySettings
 from ml.evaluation.collect import model_answers, score_answers
-from ml.evaluation.metrics import NoveltyIndex, distinct_n, paired_bootstrap, tokens
+from ml.evaluation.metrics import distinct_n, paired_bootstrap, tokens
 from ml.paths import DataHome
 from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
 from ml.policy.rl import train_rl
 from ml.reward.rl_reward import RLReward, on_topic
+from ml.similarity import NoveltyIndex
 
 
 @dataclass

@@ -34,13 +34,13 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.data.splits import SPLITS, read_split
-from ml.evaluation.metrics import NoveltyIndex
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
+from ml.similarity import NoveltyIndex
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
 OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposal is taken for another area's

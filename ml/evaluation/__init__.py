@@ -11,7 +11,6 @@ from ml.evaluation.metrics import (
     ALPHA,
     BootstrapResult,
     MeanCI,
-    NoveltyIndex,
     OveroptimisationFlag,
     WelchResult,
     distinct_n,
@@ -32,6 +31,7 @@ from ml.evaluation.summary import (
 )
 from ml.evaluation.synthetic import EvaluationInputs, synthetic_inputs
 from ml.reward.topic import AreaClassifier
+from ml.similarity import NoveltyIndex
 
 __all__ = [
     "ALPHA",

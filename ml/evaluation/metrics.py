@@ -4,7 +4,7 @@ The paper compared expected reward under the tuned policy with a random policy b
 whether a gain is real, and not the policy exploiting its reward model, the report needs more:
 confidence intervals (`mean_ci`), Welch's t-test with an effect size (`welch_test`), a bootstrap
 interval and permutation test that pair policies on the same prompts (`paired_bootstrap`), diversity
-(`distinct_n`), whether it merely copies a training condition (`NoveltyIndex`), and the rule that
+(`distinct_n`; whether an answer copies a training condition is `ml.similarity.NoveltyIndex`), and the rule that
 calls a proxy gain without a gold gain over-optimisation (`overoptimisation_flag`); whether an answer
 is about the economic area it was asked for is `ml.reward.topic.AreaClassifier`, which the RL reward's
 topic term shares. Nothing here knows about policies or reports; `summary.py` combines them.
@@ -21,7 +21,6 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 ALPHA = 0.05  # significance level of every test and flag in the report
 _TOKEN = re.compile(r"\w+")
@@ -176,39 +175,6 @@ def _paired_result(data: tuple[np.ndarray, ...], statistic, observed: float, n_b
     p = stats.permutation_test(permuted, permute_statistic, permutation_type="samples", n_resamples=n_boot,
                                vectorized=True, rng=rng).pvalue
     return BootstrapResult(observed, float(interval.low), float(interval.high), float(p), len(data[0]), effect)
-
-
-class NoveltyIndex:
-    """Cosine similarity (TF-IDF, character 3-5 grams within words by default, so light edits of a
-    training condition still look like it) of each answer to its nearest training condition. A policy
-    tuned against a reward model learned from those very conditions can score well by reciting them;
-    `copy_threshold` marks such answers as copies.
-    """
-
-    def __init__(self, corpus_texts: Iterable[object], analyzer: str = "char_wb",
-                 ngram_range: tuple[int, int] = (3, 5), copy_threshold: float = 0.9, batch_size: int = 256):
-        texts = pd.Series([t for t in corpus_texts if isinstance(t, str) and t.strip()], dtype=object)
-        self.texts = texts.drop_duplicates().to_numpy(dtype=object)
-        if len(self.texts) == 0:
-            raise ValueError("NoveltyIndex needs at least one corpus text")
-        self.vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True)
-        self.matrix = self.vectorizer.fit_transform(self.texts)  # rows L2-normalised: dot = cosine
-        self.copy_threshold = copy_threshold
-        self.batch_size = batch_size
-
-    def nearest(self, texts: Iterable[object]) -> pd.DataFrame:
-        """One row per text: `similarity` to the nearest corpus text (0 for an empty answer), that
-        `nearest` text, and `is_copy` (similarity >= copy_threshold)."""
-        texts = [t if isinstance(t, str) else "" for t in texts]
-        similarity = np.zeros(len(texts))
-        index = np.zeros(len(texts), dtype=int)
-        # Batches bound the dense (batch, corpus) similarity block.
-        for start in range(0, len(texts), self.batch_size):
-            block = (self.vectorizer.transform(texts[start:start + self.batch_size]) @ self.matrix.T).toarray()
-            index[start:start + len(block)] = block.argmax(axis=1)
-            similarity[start:start + len(block)] = block.max(axis=1)
-        return pd.DataFrame({"similarity": similarity, "nearest": self.texts[index],
-                             "is_copy": similarity >= self.copy_threshold - 1e-9})
 
 
 @dataclass(frozen=True)

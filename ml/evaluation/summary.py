@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluation.metrics import (
-    NoveltyIndex,
     distinct_n,
     mean_ci,
     overoptimisation_flag,
@@ -33,6 +32,7 @@ from ml.evaluation.metrics import (
 )
 from ml.policy.grounding import quotes_precedent
 from ml.reward.topic import AreaClassifier, area_key
+from ml.similarity import NoveltyIndex
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")

@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.reward.topic import area_key
+from ml.similarity import at_least
 
 PRECEDENTS_PREFIX = "Precedents: "
 # One precedent as `context` writes it: "<description> (<country>, met)." or "(<country>, not met)."
@@ -89,4 +90,4 @@ def precedent_similarity(prompts: Sequence[str], answers: Sequence[str]) -> np.n
 def quotes_precedent(prompts: Sequence[str], answers: Sequence[str], threshold: float) -> np.ndarray:
     """Per answer: does it quote a precedent its prompt shows (`precedent_similarity` >= threshold, as
     the copy measure's threshold is applied)?"""
-    return precedent_similarity(prompts, answers) >= threshold - 1e-9
+    return at_least(precedent_similarity(prompts, answers), threshold)

@@ -152,10 +152,12 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
     spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
                       on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
+                      copy_threshold=settings.copy_threshold,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
-    return RLReward(spec, proxy[0], gold[0], proxy_area, gold_area, [model for model, _ in ensemble])
+    return RLReward(spec, proxy[0], gold[0], proxy_area, gold_area, [model for model, _ in ensemble],
+                    copy_corpus=half_a["description"].dropna().drop_duplicates().tolist())
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -182,7 +184,8 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
     with registry.run(RL_REWARD_EXPERIMENT, run_name=f"rl-reward-{profile}", tags=tags,
                       params={"design": spec.design, "topic_weight": spec.topic_weight,
                               "on_topic_target": spec.on_topic_target,
-                              "quote_threshold": spec.quote_threshold}) as run:
+                              "quote_threshold": spec.quote_threshold,
+                              "copy_threshold": spec.copy_threshold}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

@@ -23,7 +23,12 @@ With `quote_threshold` > 0, an answer at least that similar to one of the preced
 shows (`ml.policy.grounding.quotes_precedent`) gets the lowest reward of its batch, whatever the
 design: the reward models rate real MET conditions highly, so a policy shown three of them learns to
 quote one back (29% of PPO's test answers in the 51c2d99 demo, 73% of its copies), which tells an analyst
-nothing the precedents beside the proposal do not.
+nothing the precedents beside the proposal do not. With `copy_threshold` > 0 the same holds for an answer
+that recites a condition the proxy learned from (`CopyRule`): PPO raised the evaluation's copy share from
+SFT's 6% to 17% in the 320fe7a demo, since a real MET condition is what the reward models rate highest.
+The rule's detector is not the report's: it sees word uni- and bigrams over the proxy's half of the
+training split, while the report's copy share counts character n-grams over the whole split, so the
+report measures copies the training reward never looked at directly.
 
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
 side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
@@ -48,8 +53,10 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
+from ml.similarity import NoveltyIndex
 
 SPEC_FILE = "reward_spec.json"
+COPY_CORPUS_FILE = "copy_corpus.json"  # the conditions the copy rule compares answers with
 DESIGNS = ("p_met", "product", "constraint", "normalize_then_sum", "ensemble")
 RL_REWARD_NAME = "rlxf-rl-reward"
 ModelRef = dict  # {"name": registered model name, "version": "3"}
@@ -70,6 +77,8 @@ class RewardSpec:
     initial_multiplier: float = 0.0
     # > 0: an answer this similar to a precedent its prompt shows earns its batch's lowest reward.
     quote_threshold: float = 0.0
+    # > 0: an answer this similar to a condition of the proxy's training half earns its batch's lowest reward.
+    copy_threshold: float = 0.0
     info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
 
     def __post_init__(self) -> None:
@@ -82,15 +91,32 @@ class RewardSpec:
         return [self.proxy, self.gold, *self.ensemble]
 
 
+class CopyRule:
+    """Which answers recite a known condition: TF-IDF cosine of word uni- and bigrams to the nearest of
+    `corpus` (the proxy's training conditions) at least `threshold`."""
+
+    def __init__(self, corpus: Sequence[str], threshold: float):
+        self.corpus = list(corpus)
+        self.index = NoveltyIndex(self.corpus, analyzer="word", ngram_range=(1, 2), copy_threshold=threshold)
+
+    def copies(self, conditions: Sequence[str]) -> np.ndarray:
+        return self.index.nearest(conditions)["is_copy"].to_numpy(dtype=bool)
+
+
 class RLReward:
-    """A loaded `RewardSpec`: `train_reward` for RL, `judged` for selection and reports."""
+    """A loaded `RewardSpec`: `train_reward` for RL, `judged` for selection and reports. `copy_corpus`
+    (the proxy's training conditions) is needed when the spec's `copy_threshold` is set."""
 
     def __init__(self, spec: RewardSpec, proxy: RewardModel, gold: RewardModel, proxy_area: AreaClassifier,
-                 gold_area: AreaClassifier, ensemble: Sequence[RewardModel] = ()):
+                 gold_area: AreaClassifier, ensemble: Sequence[RewardModel] = (),
+                 copy_corpus: Sequence[str] | None = None):
         self.spec = spec
         self.proxy, self.gold, self.ensemble = proxy, gold, list(ensemble)
         self.proxy_area, self.gold_area = proxy_area, gold_area
         self.multiplier = spec.initial_multiplier
+        if spec.copy_threshold > 0 and not copy_corpus:
+            raise ValueError("a reward with copy_threshold > 0 needs the conditions it compares answers with")
+        self.copy_rule = CopyRule(copy_corpus, spec.copy_threshold) if spec.copy_threshold > 0 else None
 
     # ---- parts ---------------------------------------------------------------------------------
 
@@ -119,18 +145,25 @@ class RLReward:
 
     def train_reward(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
         """The design's reward per answer of one batch (batch statistics for the batch designs;
-        "constraint" also updates its multiplier from this batch), quoted precedents at the batch's
-        lowest. `records` carry each answer's rendered prompt (`prompt_text`) for the quote check."""
+        "constraint" also updates its multiplier from this batch), quoted precedents and recited
+        training conditions at the batch's lowest. `records` carry each answer's rendered prompt
+        (`prompt_text`) for the quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
-        if self.spec.quote_threshold > 0:  # every rank: the batch minimum is over all of them
-            reward = np.where(self.quotes(records, conditions), batch_min(reward), reward)
+        if self.spec.quote_threshold > 0 or self.copy_rule is not None:  # every rank: the minimum is over all
+            reward = np.where(self.quotes(records, conditions) | self.copies(conditions), batch_min(reward), reward)
         return reward
 
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does it quote a precedent its prompt shows (similarity >= quote_threshold)?"""
+        if self.spec.quote_threshold <= 0:
+            return np.zeros(len(conditions), dtype=bool)
         prompts = [str(r.get("prompt_text") or "") for r in records]
         return quotes_precedent(prompts, conditions, self.spec.quote_threshold)
+
+    def copies(self, conditions: Sequence[str]) -> np.ndarray:
+        """Per condition: does it recite a condition of the proxy's training half (the copy rule)?"""
+        return self.copy_rule.copies(conditions) if self.copy_rule else np.zeros(len(conditions), dtype=bool)
 
     def _design_reward(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         spec = self.spec
@@ -166,6 +199,8 @@ class RLReward:
         folder = Path(folder)
         self.proxy_area.save(folder / "proxy_area_classifier")
         self.gold_area.save(folder / "gold_area_classifier")
+        if self.copy_rule is not None:
+            (folder / COPY_CORPUS_FILE).write_text(json.dumps(self.copy_rule.corpus), encoding="utf-8")
         (folder / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, allow_nan=False), encoding="utf-8")
         return folder
 
@@ -175,10 +210,12 @@ class RLReward:
         """The reward saved in `folder`; `load_model` turns a model reference into a RewardModel (from
         the registry); `overrides` replace spec fields (the benchmark's design ablation)."""
         spec = read_spec(folder, **overrides)
+        corpus_file = Path(folder) / COPY_CORPUS_FILE
         return cls(spec, load_model(spec.proxy), load_model(spec.gold),
                    AreaClassifier.load(Path(folder) / "proxy_area_classifier"),
                    AreaClassifier.load(Path(folder) / "gold_area_classifier"),
-                   [load_model(member) for member in spec.ensemble])
+                   [load_model(member) for member in spec.ensemble],
+                   json.loads(corpus_file.read_text(encoding="utf-8")) if corpus_file.exists() else None)
 
 
 def read_spec(folder: Path, **overrides) -> RewardSpec:
@@ -226,5 +263,5 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return (values - mean) / std if std > 1e-8 and math.isfinite(std) else values - mean
 
 
-__all__ = ["DESIGNS", "RL_REWARD_NAME", "RLReward", "RewardSpec", "area_key", "fit_area_classifiers", "on_topic",
-           "read_spec"]
+__all__ = ["DESIGNS", "RL_REWARD_NAME", "CopyRule", "RLReward", "RewardSpec", "area_key", "fit_area_classifiers",
+           "on_topic", "read_spec"]

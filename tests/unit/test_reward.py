@@ -312,7 +312,7 @@ def test_auto_precision_resolves_to_what_the_hardware_has(reward):
         RewardModel(reward.model, reward.tokenizer, dtype="float8")
 
 
-def rl_reward_for(reward, design: str, **changes):
+def rl_reward_for(reward, design: str, copy_corpus=None, **changes):
     from ml.evaluation import synthetic_inputs
     from ml.reward.rl_reward import RewardSpec, RLReward
     from ml.reward.topic import AreaClassifier
@@ -321,7 +321,7 @@ def rl_reward_for(reward, design: str, **changes):
     ref = {"name": "toy", "version": "1"}
     spec = RewardSpec(design=design, proxy=ref, gold=ref, ensemble=(ref,) if design == "ensemble" else (),
                       topic_weight=1.0, **changes)
-    return RLReward(spec, reward, reward, topic, topic, [reward] if design == "ensemble" else [])
+    return RLReward(spec, reward, reward, topic, topic, [reward] if design == "ensemble" else [], copy_corpus)
 
 
 def test_reward_designs_combine_p_met_and_the_topic_term_as_documented(reward):
@@ -387,6 +387,27 @@ def test_an_answer_quoting_a_precedent_of_its_prompt_gets_the_batch_lowest_rewar
     # Without precedents in view (the paper's bare question) nothing is a quote.
     bare = [{**records[0], "prompt_text": "Question?"}] * 3
     np.testing.assert_allclose(strict(bare, answers), rl_reward_for(reward, "product")(bare, answers), rtol=1e-6)
+
+
+def test_an_answer_reciting_a_condition_the_proxy_learned_from_gets_the_batch_lowest_reward(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    learned = ["Submit the draft budget law to parliament", "Adopt a tax expenditure report",
+               "Publish the arrears stock on the website of the Ministry of Finance"]
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 4
+    answers = ["Submit the draft budget law to parliament.", "Adopt a medium-term revenue strategy",
+               "Publish the arrears stock on the Ministry of Finance website", "Adopt a public investment plan"]
+    free = rl_reward_for(reward, "product")(records, answers)
+    strict = rl_reward_for(reward, "product", copy_corpus=learned, copy_threshold=0.85)
+    # Verbatim and reordered recitals are copies; sharing a verb or an object is not.
+    assert strict.copies(answers).tolist() == [True, False, True, False]
+    np.testing.assert_allclose(strict(records, answers), [free.min(), free[1], free.min(), free[3]], rtol=1e-6)
+    # The compared conditions travel with the saved reward: loading it needs no training split.
+    strict.save(tmp_path)
+    loaded = RLReward.load(tmp_path, lambda ref: reward)
+    assert loaded.copies(answers).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="needs the conditions"):
+        rl_reward_for(reward, "product", copy_threshold=0.85)
 
 
 def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
