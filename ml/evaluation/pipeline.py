@@ -31,7 +31,7 @@ from ml.evaluation.report import ReportFiles, write_report
 from ml.evaluation.summary import PolicyEvaluation, evaluate_policies
 from ml.io import atomic_folder
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, load_policy
+from ml.policy.pipeline import POLICY_ADAPTER_NAME, STACK_FILE, PolicyStack, load_policy
 from ml.registry import Evidence, PromotionDecision, Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
@@ -89,8 +89,11 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
         return lambda: registry.load_model(POLICY_ADAPTER_NAME, version, config).unwrap_python_model().model
 
     policies: dict[str, Callable[[], PreTrainedModel] | None] = {"base": None}
+    base_referenced = set()  # policies whose RL reference (the last adapter off) is the base model itself
     if sft_dir is not None and (Path(sft_dir) / STACK_FILE).exists():
         policies["sft"] = lambda: load_policy(sft_dir, settings, cache_dir)[0]
+        if len(PolicyStack.load(sft_dir).adapters) == 1:
+            base_referenced.add("sft")
     policies[algorithm] = registered(candidate.version)
     champion = registry.champion_version(POLICY_ADAPTER_NAME)
     if champion is not None and champion.version != candidate.version:
@@ -101,7 +104,7 @@ def run_evaluation(home: DataHome, profile: Profile, registry: Registry, cache_d
              f"({RL_REWARD_NAME} v{reward_version})")
     answers = collect_answers(prompts, corpus, policies, settings, cache_dir, reward, samples=samples,
                               seed=profile.data.seed, progress=progress,
-                              base_referenced=frozenset({"sft"}))  # the SFT stack is one adapter on the base
+                              base_referenced=frozenset(base_referenced))
     ceiling = attainable_ceiling(prompts, corpus, reward, per_area=judging.ceiling_candidates_per_area,
                                  seed=profile.data.seed)
     progress(f"attainable judged reward (best real condition of the area, per prompt): {ceiling.mean():.3f}")
