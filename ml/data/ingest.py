@@ -33,6 +33,7 @@ import pandas as pd
 from ml.data.reader import SUPPORTED_SUFFIXES, MonaFile, MonaReadError, read_mona_file
 from ml.data.schema import CANONICAL_COLUMNS
 from ml.data.warehouse import (
+    LOCK_WAIT_SECONDS,
     RAW_CONDITIONS,
     RAW_FILES,
     RAW_QUARANTINED_FILES,
@@ -183,7 +184,7 @@ def landing_shas(files: list[Path], *known: dict[str, tuple[int, int, str]]) -> 
 
 def ingest_landing(landing: Path, warehouse: Path, quarantine: Path,
                    progress: Callable[[str], None] = log.info) -> IngestReport:
-    con = connect(warehouse)
+    con = connect(warehouse, wait_seconds=LOCK_WAIT_SECONDS)
     try:
         create_raw_tables(con)
         _remove_partial_writes(quarantine, manifest_path(warehouse))

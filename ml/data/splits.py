@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.data.warehouse import connect
+from ml.data.warehouse import LOCK_WAIT_SECONDS, connect
 from ml.io import atomic_folder
 
 SPLITS = ("train", "validation", "test")
@@ -37,7 +37,7 @@ class SplitSnapshot:
 
 def load_split_tables(warehouse: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mona_splits, int_mona__labeled) as DataFrames, read without taking the write lock."""
-    con = connect(warehouse, read_only=True)
+    con = connect(warehouse, read_only=True, wait_seconds=LOCK_WAIT_SECONDS)
     try:
         splits = con.execute(f"select * from {SPLITS_TABLE}").df()
         labeled = con.execute(f"select condition_id, label, label_reason from {LABELED_TABLE}").df()

@@ -11,6 +11,7 @@ data settings that the models read (split shares, temporal holdout), so the prof
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import duckdb
@@ -73,14 +74,26 @@ class WarehouseError(RuntimeError):
     """The DuckDB file cannot be opened (missing folder, locked by another process, corrupt)."""
 
 
-def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+# How long a pipeline step waits for another process's DuckDB lock. The concurrency pool lets one step
+# at a time open the warehouse, but the process of the step before (dbt's subprocess, say) can still be
+# closing its connection when the pool hands the slot on.
+LOCK_WAIT_SECONDS = 60.0
+
+
+def connect(path: Path, read_only: bool = False, wait_seconds: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse; while another process holds its lock, retry for up to `wait_seconds`."""
     path = Path(path)
     if read_only and not path.exists():
         raise WarehouseError(f"DuckDB warehouse {path} does not exist; run the ingestion first")
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as error:
-        raise WarehouseError(f"cannot open DuckDB warehouse {path}: {error}") from error
+    deadline, pause = time.monotonic() + wait_seconds, 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + pause > deadline:
+                raise WarehouseError(f"cannot open DuckDB warehouse {path}: {error}") from error
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def create_raw_tables(con: duckdb.DuckDBPyConnection) -> None:

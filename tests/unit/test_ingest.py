@@ -113,6 +113,27 @@ def test_warehouse_locked_by_another_process_names_the_path(tmp_path):
         holder.wait()
 
 
+def test_a_step_waits_for_a_lock_another_process_is_about_to_release(tmp_path):
+    # Regression: the concurrency pool handed the warehouse to the next run's ingestion while the process
+    # of the step before still held DuckDB's lock, and the ingestion failed.
+    import subprocess
+    import sys
+
+    path = tmp_path / "busy.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
+                               "print('locked', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WarehouseError, match="lock"):
+            connect(path, wait_seconds=0.2)  # still held: the wait is bounded
+        con = connect(path, wait_seconds=30)
+        assert holder.poll() is not None  # it opened only once the holder had gone
+        con.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # Issue #13: no file can stop the others; quarantine that is safe on read-only or full folders.
 
