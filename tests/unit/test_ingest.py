@@ -97,41 +97,39 @@ def test_locked_or_missing_warehouse_gives_clear_error(tmp_path):
         connect(tmp_path / "missing_dir" / "w.duckdb")
 
 
-def test_warehouse_locked_by_another_process_names_the_path(tmp_path):
-    import subprocess
+@contextlib.contextmanager
+def locked_by_another_process(path, seconds: float):
+    """Another process holds DuckDB's lock on `path` for `seconds`, then exits."""
     import sys
 
-    path = tmp_path / "locked.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
-                               "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+                               f"print('locked', flush=True); time.sleep({seconds})"], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(WarehouseError, match=f"cannot open DuckDB warehouse {path}"):
-            connect(path)
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_warehouse_locked_by_another_process_names_the_path(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    with locked_by_another_process(path, 60), pytest.raises(WarehouseError,
+                                                             match=f"cannot open DuckDB warehouse {path}"):
+        connect(path)
 
 
 def test_a_step_waits_for_a_lock_another_process_is_about_to_release(tmp_path):
     # Regression: the concurrency pool handed the warehouse to the next run's ingestion while the process
     # of the step before still held DuckDB's lock, and the ingestion failed.
-    import subprocess
-    import sys
-
     path = tmp_path / "busy.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
-                               "print('locked', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with locked_by_another_process(path, 1.5) as holder:
         with pytest.raises(WarehouseError, match="lock"):
             connect(path, wait_seconds=0.2)  # still held: the wait is bounded
         con = connect(path, wait_seconds=30)
         assert holder.poll() is not None  # it opened only once the holder had gone
         con.close()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # ---------------------------------------------------------------------------------------------
