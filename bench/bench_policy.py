@@ -155,17 +155,14 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     spec = reward.spec
     # The demo's gold model judges; with the designs' reward models also the same recipe without relevance negatives.
     gold_judges = {"gold": reward}
-    copy_corpus = reward.copy_rule.corpus if reward.copy_rule else None
     if extra:
-        gold_judges["plain_gold"] = RLReward(spec, extra["proxy_plain"], extra["gold_plain"], reward.proxy_area,
-                                             reward.gold_area, copy_corpus=copy_corpus)
+        gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
     judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
                     NoveltyIndex(corpus["description"]), test, samples=2, seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
-        return RLReward(replace(spec, design=design, ensemble=tuple({"name": "bench", "version": str(i)}
-                                                                    for i, _ in enumerate(ensemble))),
-                        proxy, reward.gold, reward.proxy_area, reward.gold_area, list(ensemble), copy_corpus)
+        return reward.variant(proxy=proxy, members=list(ensemble), design=design,
+                              ensemble=tuple({"name": "bench", "version": str(i)} for i, _ in enumerate(ensemble)))
 
     default_label = f"relevance-trained RM, {spec.design} (demo default)"
     designs = {} if not extra else {
@@ -179,9 +176,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     }
     designs[default_label] = variant_reward(spec.design, reward.proxy)
     if spec.quote_threshold > 0 or spec.copy_threshold > 0:
-        designs["the default without the quote and copy rules"] = RLReward(
-            replace(spec, quote_threshold=0.0, copy_threshold=0.0), reward.proxy, reward.gold, reward.proxy_area,
-            reward.gold_area)
+        designs["the default without the quote and copy rules"] = reward.variant(quote_threshold=0.0,
+                                                                                 copy_threshold=0.0)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}

@@ -118,6 +118,14 @@ class RLReward:
             raise ValueError("a reward with copy_threshold > 0 needs the conditions it compares answers with")
         self.copy_rule = CopyRule(copy_corpus, spec.copy_threshold) if spec.copy_threshold > 0 else None
 
+    def variant(self, proxy: RewardModel | None = None, gold: RewardModel | None = None,
+                members: Sequence[RewardModel] | None = None, **spec_changes) -> RLReward:
+        """This reward with other spec fields or reward models (the benchmark's ablations); the area
+        classifiers and the copy rule's conditions stay; `members` replace the ensemble's models."""
+        return RLReward(replace(self.spec, **spec_changes), proxy or self.proxy, gold or self.gold,
+                        self.proxy_area, self.gold_area, self.ensemble if members is None else members,
+                        self.copy_rule.corpus if self.copy_rule else None)
+
     # ---- parts ---------------------------------------------------------------------------------
 
     @staticmethod

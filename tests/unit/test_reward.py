@@ -406,6 +406,8 @@ def test_an_answer_reciting_a_condition_the_proxy_learned_from_gets_the_batch_lo
     strict.save(tmp_path)
     loaded = RLReward.load(tmp_path, lambda ref: reward)
     assert loaded.copies(answers).tolist() == [True, False, True, False]
+    # A benchmark variant of the reward keeps the rule's conditions.
+    assert strict.variant(design="p_met").copies(answers).tolist() == [True, False, True, False]
     with pytest.raises(ValueError, match="needs the conditions"):
         rl_reward_for(reward, "product", copy_threshold=0.85)
 
