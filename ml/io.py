@@ -5,22 +5,25 @@ landing files, ingestion's manifest and quarantine, the split snapshot, reward m
 policy stacks, PPO checkpoints, best adapters, the converted SmolLM2 cache, and the evaluation report's
 files.
 
-Files: `atomic_write(path, write)` lets `write` fill a hidden `.<name>.partial` sibling, flushes it to
-disk, and renames it over `path` (rename(2) is atomic). A writer killed before the rename leaves `path`
-as it was; its `.partial` is overwritten by the next write of the same path, and the landing sensor
-and the manifest readers skip `.partial` names.
+Every writer stages under a name of its own, `.<name>.<pid>-<id>.partial` beside the target, so two
+processes (or threads) writing the same path at once, as two runs seeding the same landing folder do,
+never take each other's staging away: the last rename wins, whole. The landing sensor and the manifest
+readers skip `.partial` names.
 
-Folders: `atomic_folder(folder, write)` lets `write` fill a hidden staging folder
-`.<name>.<pid>-<id>.partial` beside `folder`, flushes every file in it, and then swaps the two paths
-in one `renameat2(RENAME_EXCHANGE)` call (Linux >= 3.15 on ext4, xfs, btrfs, tmpfs, overlayfs): at
-every instant `folder` is either the complete old version or the complete new one, never missing and
-never partial. The staging name then holds the old version, which is removed. A folder that does not
-exist yet appears with one plain rename. There are no symlinks, so every consumer (MLflow
-`log_artifacts`, `shutil.copytree`, `from_pretrained`, `rglob`) sees the real directory it always saw,
-and folders written before this module need no migration.
+Files: `atomic_write(path, write)` lets `write` fill the staging file, flushes it to disk, and renames
+it over `path` (rename(2) is atomic). A writer killed before the rename leaves `path` as it was; the
+next write of the same path removes its staging file.
 
-A killed writer leaves its staging folder behind (a partial new version, or the complete old one after
-the swap); the next write of the same folder removes it, leaving alone the stagings of writers that are
+Folders: `atomic_folder(folder, write)` lets `write` fill a staging folder, flushes every file in it,
+and then swaps the two paths in one `renameat2(RENAME_EXCHANGE)` call (Linux >= 3.15 on ext4, xfs,
+btrfs, tmpfs, overlayfs): at every instant `folder` is either the complete old version or the complete
+new one, never missing and never partial. The staging name then holds the old version, which is
+removed. A folder that does not exist yet appears with one plain rename. There are no symlinks, so
+every consumer (MLflow `log_artifacts`, `shutil.copytree`, `from_pretrained`, `rglob`) sees the real
+directory it always saw, and folders written before this module need no migration.
+
+A killed writer leaves its staging behind (a partial new version, or the complete old one after
+the swap); the next write of the same path removes it, leaving alone the stagings of writers that are
 still running. Where the exchange is not available (another OS, NFS) the swap is two renames: the old
 version first moves to `.<name>.<pid>-<id>.old`, and a writer killed between the two renames leaves
 `folder` missing until the next write of it puts that old version back.
@@ -35,7 +38,8 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -46,14 +50,12 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` writes the content to a temporary path, which then replaces `path` in one rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    _remove_leftovers(path)
+    with _staging(path) as tmp:
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)  # the rename itself survives a power cut
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -69,18 +71,30 @@ def atomic_folder(folder: Path, write: Callable[[Path], object]) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(folder)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-    staging.mkdir()
-    try:
+    # After a swap the staging name holds the old version; after a failed write, the partial new one.
+    with _staging(folder) as staging:
+        staging.mkdir()
         write(staging)
         _fsync_tree(staging)
         if not _swap_in(staging, folder):
             _replace_in_two_renames(staging, folder)
         _fsync(folder.parent)
-    finally:
-        # After a swap the staging name holds the old version; after a failed write, the partial new one.
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+_IN_FLIGHT: set[str] = set()  # names of this process's stagings still being written, by any of its threads
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden sibling name of this writer's own, removed (file or folder) however the write ends."""
+    staging = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    _IN_FLIGHT.add(staging.name)  # unique: it holds the pid and a random id
+    try:
+        yield staging
+    finally:
+        _remove(staging)
+        _IN_FLIGHT.discard(staging.name)
 
 
 def _swap_in(staging: Path, folder: Path) -> bool:
@@ -115,23 +129,32 @@ def _replace_in_two_renames(staging: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_leftovers(folder: Path) -> None:
-    """Remove what killed writers of `folder` left (restoring a set-aside old version first, if
-    `folder` went missing between the fallback's two renames); writers still running keep theirs."""
-    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(\d+)-[0-9a-f]{{8}}\.(partial|old)")
-    for entry in sorted(folder.parent.iterdir()):
+def _remove_leftovers(target: Path) -> None:
+    """Remove what killed writers of `target` left (restoring a set-aside old folder first, if
+    `target` went missing between the fallback's two renames); writers still running keep theirs."""
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)-[0-9a-f]{{8}}\.(partial|old)")
+    for entry in sorted(target.parent.iterdir()):
         match = pattern.fullmatch(entry.name)
-        if match is None or _is_running(int(match.group(1))):
+        if match is None or entry.name in _IN_FLIGHT or _is_running(int(match.group(1))):
             continue
-        if match.group(2) == "old" and not folder.exists():
-            os.rename(entry, folder)
+        if match.group(2) == "old" and not target.exists():
+            os.rename(entry, target)
         else:
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _is_running(pid: int) -> bool:
     if pid == os.getpid():
-        return False  # an earlier, failed write of this process
+        return False  # a killed process's pid, now ours: its stagings are not in _IN_FLIGHT
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -187,7 +187,7 @@ def ingest_landing(landing: Path, warehouse: Path, quarantine: Path,
     con = connect(warehouse, wait_seconds=LOCK_WAIT_SECONDS)
     try:
         create_raw_tables(con)
-        _remove_partial_writes(quarantine, manifest_path(warehouse))
+        _remove_partial_copies(quarantine)
         files = landing_files(landing)
         previous = read_manifest(warehouse)
         stats = landing_shas(files, previous.landing if previous else {})
@@ -209,10 +209,10 @@ def ingest_landing(landing: Path, warehouse: Path, quarantine: Path,
         con.close()
 
 
-def _remove_partial_writes(quarantine: Path, manifest: Path) -> None:
-    """Temporary files of a run killed while writing a quarantine copy or the manifest."""
-    partials = [*quarantine.glob(".*.partial")] if quarantine.exists() else []
-    for partial in [*partials, manifest.with_name(f".{manifest.name}.partial")]:
+def _remove_partial_copies(quarantine: Path) -> None:
+    """Staging files of a run killed while copying into quarantine: under the warehouse lock, no other
+    run is writing there. (The manifest's own write removes a killed writer's staging.)"""
+    for partial in quarantine.glob(".*.partial") if quarantine.exists() else []:
         partial.unlink(missing_ok=True)
 
 

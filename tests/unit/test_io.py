@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from ml.io import atomic_folder, atomic_write_text
+from ml.io import atomic_folder, atomic_write, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,4 +185,27 @@ def test_a_running_writers_staging_folder_is_left_alone(tmp_path):
         running.kill()
         running.wait()
     atomic_folder(folder, write_folder("next"))
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+
+
+def test_writers_of_the_same_file_at_once_never_take_each_others_staging(tmp_path):
+    # As two runs seeding the same landing folder do: each stages under its own name; the last rename wins.
+    path, errors = tmp_path / "target", []
+
+    def writer(version: str) -> None:
+        def slow_write(tmp: Path) -> None:
+            tmp.write_text(version)
+            time.sleep(0.001)  # another writer's replace lands in between
+        try:
+            for _ in range(100):
+                atomic_write(path, slow_write)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(version,)) for version in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and path.read_text() in ("one", "two")
     assert [p.name for p in tmp_path.iterdir()] == ["target"]
