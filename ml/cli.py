@@ -214,6 +214,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if proposal.past_years:
             years = ", ".join(map(str, proposal.past_years))
             print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")
+        if proposal.repeats:
+            print("   repeats itself (a stuttered word or a phrase said twice): edit before use")
+        if proposal.rewords:
+            print(f"   rewords proposal {proposal.rewords}: the policy gave fewer different proposals than asked")
         if proposal.precedents:
             print("   closest precedents in this area:")
         for precedent in proposal.precedents:

@@ -118,3 +118,43 @@ def test_recommend_puts_new_proposals_before_copies_and_refuses_an_unknown_area(
         known_area(corpus, "Budget preparations")
     with pytest.raises(InputError, match="'Space programme' does not occur"):
         known_area(corpus, "Space programme")
+
+
+def test_recommend_offers_different_proposals_before_rewordings_and_ranks_stutters_lower():
+    import pandas as pd
+
+    from ml.recommend import AreaRecord, Proposal, different_first, repeats_itself
+
+    area = "Revenue administration, including customs"
+    corpus = pd.DataFrame({
+        "economic_area": [area] * 5 + ["Debt management"],
+        "country": ["Ghana"] * 6, "test_year": [2020] * 6, "is_met": [1, 0, 1, 1, 0, 1],
+        "description": ["Adopt a decree on the customs clearance process", "Establish a large taxpayer unit",
+                        "Submit to Parliament amendments to the VAT law", "Publish a report on customs valuation",
+                        "Strengthen the revenue authority", "Publish the debt strategy"]})
+    record = AreaRecord(corpus, area)
+    ranked = ["Finalize a strategy for the customs clearance process",
+              "Finalize on a strategy for the customs clearance process, with Fund staff",  # rewords the first
+              "Submit to Parliament amendments to the VAT law on imports",
+              "Submit to Parliament amendments to the VAT law, with the customs code"]  # rewords the third
+    assert record.variants(ranked) == [None, 0, None, 2]
+    # n different proposals first: a rewording goes after the other proposals that carry no worse flag,
+    # marked with the number of the one it rewords.
+    shown = different_first([Proposal(text, 0.8, 0.8, 0.9, None) for text in ranked], record)
+    assert [p.text for p in shown] == [ranked[0], ranked[2], ranked[1], ranked[3]]
+    assert [p.rewords for p in shown] == [None, None, 1, 2]
+    # A flagged proposal (a past year) still goes after an unflagged rewording.
+    dated = "Establish a large taxpayer unit by end-June 2002"
+    proposals = [Proposal(text, 0.8, 0.8, 0.9, None) for text in ranked[:3]] + [
+        Proposal(dated, 0.8, 0.8, 0.9, None, past_years=[2002])]
+    assert [p.text for p in different_first(proposals, record)] == [ranked[0], ranked[2], ranked[1], dated]
+    # The precedents are the area's own conditions, never another area's.
+    assert all("debt" not in line for lines in record.precedents("Ghana", ranked) for line in lines)
+
+    assert repeats_itself("Finalize the framework for revenue measures in line with staff staff recommendations.")
+    assert repeats_itself("Complete a review of banking supervision, in line with staff recommendations in line "
+                          "with staff")
+    # Real conditions name an institution twice without repeating themselves.
+    assert not repeats_itself("Prepare and submit to Fund staff a roadmap for the state telecommunications "
+                              "operator, in consultation with Fund staff.")
+    assert not repeats_itself("Publish on the Ministry of Finance website a report on the accounts of the Treasury")
