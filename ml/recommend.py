@@ -44,7 +44,7 @@ from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
-from ml.similarity import NoveltyIndex, at_least
+from ml.similarity import NoveltyIndex, at_least, repeats_itself
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
 OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposal is taken for another area's
@@ -146,18 +146,6 @@ def analyst_order(reward: Sequence[float], demotions: list[Sequence[bool]]) -> n
     descending reward."""
     keys = [-np.asarray(reward, dtype=float), *(np.asarray(flags, dtype=bool) for flags in reversed(demotions))]
     return np.lexsort(keys)
-
-
-STUTTER = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
-
-
-def repeats_itself(text: str) -> bool:
-    """A stuttered word ("in line with staff staff recommendations") or a three-word phrase said twice
-    ("... in line with staff recommendations in line with staff"): slips of the sampler. In the demo's
-    evaluation, 8% of the PPO and SFT answers and under 1% of real conditions repeat themselves so."""
-    words = re.findall(r"\w+", text.casefold())
-    trigrams = list(zip(words, words[1:], words[2:]))
-    return bool(STUTTER.search(text)) or len(set(trigrams)) < len(trigrams)
 
 
 class AreaRecord:

@@ -188,6 +188,7 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "nearest-train similarity": table["nearest_similarity"].map(_num),
         "copies": table["copy_share"].map(_share),
         "quotes a precedent shown": table["quote_share"].map(_share),
+        "repeats itself": table["repeat_share"].map(_share),
     })
 
 
@@ -362,7 +363,9 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
             "conditions by MiniLM sentence embeddings mostly belong to that area. Distinct-2: unique word pairs "
             "over all word pairs of the policy's answers. Nearest-train similarity: TF-IDF cosine to the closest "
             "training condition (lower is more novel); copies: share at or above "
-            f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction.")
+            f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction. "
+            "Repeats itself: share of answers with a stuttered word (\"staff staff\") or a three-word phrase said "
+            "twice.")
 
 
 def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:

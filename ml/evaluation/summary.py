@@ -32,7 +32,7 @@ from ml.evaluation.metrics import (
 )
 from ml.policy.grounding import quotes_precedent
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex
+from ml.similarity import NoveltyIndex, repeats_itself
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")
@@ -56,7 +56,8 @@ OTHER_SCENARIO = "other"
 TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "proxy_ci_high", "gold_mean",
                  "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
-                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share", "quote_share"]
+                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share", "quote_share",
+                 "repeat_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -73,7 +74,7 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "distinct_1": "distinct_1", "distinct_2": "distinct_2",
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
                             "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
-                            "quote_share": "quote_share"}
+                            "quote_share": "quote_share", "repeat_share": "repeat_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
                           "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -102,7 +103,8 @@ class PolicyEvaluation:
         Per policy: `<policy>_judged_reward`, `<policy>_proxy_p_met`, `<policy>_gold_p_met` (each + `_ci_low`,
         `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
         `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_on_topic_rate`,
-        `_nearest_similarity`, `_copy_share`, `_n`; tuned ones also `_overoptimised` (1 or 0).
+        `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_n`; tuned ones also
+        `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference
         of means), and test statistics `welch_t`, `welch_p`, `hedges_g`, `bootstrap_diff`,
         `bootstrap_ci_low`, `bootstrap_ci_high`, `bootstrap_p`: unqualified (`ppo_vs_random_welch_p`)
@@ -259,7 +261,8 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "on_topic_rate": _nanmean(rows["on_topic"]), "on_topic_rate_knn": _nanmean(rows["on_topic_knn"]),
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
             "copy_share": float(rows["is_copy"].astype(bool).mean()),
-            "quote_share": float(rows["quotes"].astype(bool).mean())}
+            "quote_share": float(rows["quotes"].astype(bool).mean()),
+            "repeat_share": float(rows["answer"].map(repeats_itself).mean()) if len(rows) else math.nan}
 
 
 def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, seed: int) -> list[dict]:

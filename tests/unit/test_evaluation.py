@@ -152,6 +152,16 @@ def test_evaluation_recovers_the_known_gains(confirmed):
     assert evaluation.overoptimised() == []
 
 
+def test_the_table_counts_the_answers_that_repeat_themselves(confirmed):
+    inputs, evaluation = confirmed
+    assert evaluation.table.set_index("policy").loc["sft", "repeat_share"] < 0.05
+    answers = inputs.answers.copy()
+    sft = answers["policy"] == "sft"
+    answers.loc[sft, "answer"] = answers.loc[sft, "answer"].str.replace(" the ", " the the ", n=1, regex=False)
+    table = evaluate_policies(answers, inputs.corpus, seed=0).table.set_index("policy")
+    assert table.loc["sft", "repeat_share"] == 1.0 and table.loc["ppo", "repeat_share"] == 0.0
+
+
 def test_evaluation_flags_a_proxy_gain_the_gold_reward_denies(hacked):
     _, evaluation = hacked
     assert "ppo" in evaluation.overoptimised()
