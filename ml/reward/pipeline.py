@@ -152,7 +152,7 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
     spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
                       on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
-                      copy_threshold=settings.copy_threshold,
+                      copy_threshold=settings.copy_threshold, floor_repeats=settings.floor_repeats,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
@@ -185,7 +185,8 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
                       params={"design": spec.design, "topic_weight": spec.topic_weight,
                               "on_topic_target": spec.on_topic_target,
                               "quote_threshold": spec.quote_threshold,
-                              "copy_threshold": spec.copy_threshold}) as run:
+                              "copy_threshold": spec.copy_threshold,
+                              "floor_repeats": spec.floor_repeats}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

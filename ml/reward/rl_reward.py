@@ -28,7 +28,11 @@ that recites a condition the proxy learned from (`CopyRule`): PPO raised the eva
 SFT's 6% to 17% in the 320fe7a demo, since a real MET condition is what the reward models rate highest.
 The rule's detector is not the report's: it sees word uni- and bigrams over the proxy's half of the
 training split, while the report's copy share counts character n-grams over the whole split, so the
-report measures copies the training reward never looked at directly.
+report measures copies the training reward never looked at directly. With `floor_repeats`, an answer
+that repeats itself (`ml.similarity.repeats_itself`: a stuttered word or a three-word phrase said twice,
+as 8.6% of PPO's test answers in the 9156f49 demo did and no historical condition does) earns its
+batch's lowest reward too: the reward models read "in line with staff staff recommendations" as they
+read the phrase once, so nothing else tells the policy that it is a slip.
 
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
 side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
@@ -53,7 +57,7 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex
+from ml.similarity import NoveltyIndex, repeats_itself
 
 SPEC_FILE = "reward_spec.json"
 COPY_CORPUS_FILE = "copy_corpus.json"  # the conditions the copy rule compares answers with
@@ -79,6 +83,7 @@ class RewardSpec:
     quote_threshold: float = 0.0
     # > 0: an answer this similar to a condition of the proxy's training half earns its batch's lowest reward.
     copy_threshold: float = 0.0
+    floor_repeats: bool = False  # an answer that repeats itself earns its batch's lowest reward
     info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
 
     def __post_init__(self) -> None:
@@ -153,14 +158,20 @@ class RLReward:
 
     def train_reward(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
         """The design's reward per answer of one batch (batch statistics for the batch designs;
-        "constraint" also updates its multiplier from this batch), quoted precedents and recited
-        training conditions at the batch's lowest. `records` carry each answer's rendered prompt
-        (`prompt_text`) for the quote check."""
+        "constraint" also updates its multiplier from this batch), quoted precedents, recited
+        training conditions and answers that repeat themselves at the batch's lowest. `records` carry
+        each answer's rendered prompt (`prompt_text`) for the quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
-        if self.spec.quote_threshold > 0 or self.copy_rule is not None:  # every rank: the minimum is over all
-            reward = np.where(self.quotes(records, conditions) | self.copies(conditions), batch_min(reward), reward)
+        spec = self.spec
+        if spec.quote_threshold > 0 or self.copy_rule is not None or spec.floor_repeats:  # every rank: a collective
+            reward = np.where(self.floored(records, conditions), batch_min(reward), reward)
         return reward
+
+    def floored(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
+        """Per condition: does a rule put it at its batch's lowest reward (a quote, a copy, a repeat)?"""
+        repeats = np.array([self.spec.floor_repeats and repeats_itself(c) for c in conditions], dtype=bool)
+        return self.quotes(records, conditions) | self.copies(conditions) | repeats
 
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does it quote a precedent its prompt shows (similarity >= quote_threshold)?"""

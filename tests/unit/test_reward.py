@@ -412,6 +412,23 @@ def test_an_answer_reciting_a_condition_the_proxy_learned_from_gets_the_batch_lo
         rl_reward_for(reward, "product", copy_threshold=0.85)
 
 
+def test_an_answer_that_repeats_itself_gets_the_batch_lowest_reward(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 4
+    answers = ["Adopt a tax expenditure report, in line with staff staff recommendations",
+               "Adopt a tax expenditure report, in line with staff recommendations",
+               "Publish the arrears stock in line with staff recommendations in line with staff",
+               "Publish the arrears stock, in consultation with Fund staff and with staff"]
+    free = rl_reward_for(reward, "product")(records, answers)
+    strict = rl_reward_for(reward, "product", floor_repeats=True)
+    assert strict.floored(records, answers).tolist() == [True, False, True, False]
+    np.testing.assert_allclose(strict(records, answers), [free.min(), free[1], free.min(), free[3]], rtol=1e-6)
+    strict.save(tmp_path)
+    assert RLReward.load(tmp_path, lambda ref: reward).floored(records, answers).tolist() == [True, False, True, False]
+    assert not rl_reward_for(reward, "product").floored(records, answers).any()  # off by default
+
+
 def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
     from ml.reward.rl_reward import RLReward
 
