@@ -216,9 +216,9 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
 
 def table(rows: dict[str, dict]) -> str:
     columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
-               "kl_to_reference", "copy_share", "quote_share", "words_median"]
+               "kl_to_reference", "copy_share", "quote_share", "repeat_share", "words_median"]
     frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
-    return frame.round(3).to_markdown()
+    return frame.dropna(axis=1, how="all").round(3).to_markdown()  # a judge this run did not train: no column
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
 from ml.policy.rl import train_rl
 from ml.reward.rl_reward import RLReward, on_topic
-from ml.similarity import NoveltyIndex
+from ml.similarity import NoveltyIndex, repeats_itself
 
 
 @dataclass
@@ -72,7 +72,7 @@ def measure(name: str, home: DataHome, settings: PolicySettings, stack: Path | N
 
 
 def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
-    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity and copies."""
+    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity, copies and repeats."""
     out: dict = {"n": len(answers)}
     areas = answers["economic_area"].tolist()
     for judge, reward in judges.rewards.items():
@@ -89,6 +89,7 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     out["copy_share"] = float(judges.novelty.nearest(answers["answer"])["is_copy"].mean())
     out["quote_share"] = float(np.mean(quotes_precedent(answers["prompt"], answers["answer"],
                                                         judges.novelty.copy_threshold)))
+    out["repeat_share"] = float(answers["answer"].map(repeats_itself).mean())
     return out
 
 
