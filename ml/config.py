@@ -258,7 +258,7 @@ PROFILES: dict[str, Profile] = {
         policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=192, max_new_tokens=12,
                               n_eval_prompts=8, n_test_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
                               reward_design="product", topic_weight=1.0, grounding_precedents=2, quote_threshold=0.9,
-                              copy_threshold=0.85, floor_repeats=True,
+                              copy_threshold=0.85, floor_repeats=True,  # off in demo; on here to test its path
                               ppo=PPOSettings(steps=4, batch_size=4, answers_per_prompt=2, mini_batch_size=2,
                                               ppo_epochs=1, learning_rate=1e-3, eval_every=2, checkpoint_every=2),
                               group_rl=GroupRLSettings(steps=4, prompts_per_step=2, num_generations=2,
@@ -284,9 +284,10 @@ PROFILES: dict[str, Profile] = {
                               grounding_precedents=3, sft_max_examples=256, sft_epochs=2.0, sft_learning_rate=1e-3,
                               reward_design="product", topic_weight=1.0,
                               # PPO quoted a precedent of its prompt in 29% of its answers without it,
-                              # and copied a training condition in 17% (SFT 6%) with only the quote rule;
-                              # 8.6% of its answers repeated themselves ("staff staff") without the repeat rule.
-                              quote_threshold=0.9, copy_threshold=0.85, floor_repeats=True,
+                              # and copied a training condition in 17% (SFT 6%) with only the quote rule.
+                              # The repeat rule is off: in three runs it took answers that repeat themselves
+                              # from 8.6% to 3-5.5%, but copies rose to 11.7-12.5% (4.7-10.9% without it).
+                              quote_threshold=0.9, copy_threshold=0.85,
                               # Eight answers per prompt share each prompt's forward pass; one PPO epoch
                               # over minibatches of two prompts (16 answers); a 10-minute training budget.
                               ppo=PPOSettings(steps=40, batch_size=8, answers_per_prompt=8, mini_batch_size=2,
