@@ -86,7 +86,8 @@ class PolicyEvaluation:
     tests: pd.DataFrame  # TEST_COLUMNS, one row per (comparison, metric in "proxy", "gold")
     flags: pd.DataFrame  # FLAG_COLUMNS, one row per tuned policy compared with base
     scenarios: pd.DataFrame  # SAMPLE_COLUMNS: `scenario_samples` of the answers
-    scored: pd.DataFrame  # the answers plus words, on_topic, nearest_similarity, nearest_text, is_copy
+    scored: pd.DataFrame  # the answers plus words, on_topic, nearest_similarity, nearest_text, is_copy, quotes,
+                          # repeats
     area_classifier_accuracy: float  # the on-topic classifier on held-out corpus rows; NaN if too few
     copy_threshold: float
     n_prompts: int
@@ -159,7 +160,8 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             nearest_text=nearest["nearest"].to_numpy(),
                             is_copy=nearest["is_copy"].to_numpy(),
                             # A copy of a precedent the grounded prompt itself shows (a subset of the copies).
-                            quotes=quotes_precedent(answers["prompt"], answers["answer"], copy_threshold))
+                            quotes=quotes_precedent(answers["prompt"], answers["answer"], copy_threshold),
+                            repeats=answers["answer"].map(repeats_itself).astype(bool))
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)
@@ -262,7 +264,7 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
             "copy_share": float(rows["is_copy"].astype(bool).mean()),
             "quote_share": float(rows["quotes"].astype(bool).mean()),
-            "repeat_share": float(rows["answer"].map(repeats_itself).mean()) if len(rows) else math.nan}
+            "repeat_share": float(rows["repeats"].mean()) if len(rows) else math.nan}
 
 
 def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, seed: int) -> list[dict]:

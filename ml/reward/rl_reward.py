@@ -163,10 +163,13 @@ class RLReward:
         each answer's rendered prompt (`prompt_text`) for the quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
-        spec = self.spec
-        if spec.quote_threshold > 0 or self.copy_rule is not None or spec.floor_repeats:  # every rank: a collective
+        if self.has_floor_rules:  # the same on every rank: batch_min is a collective
             reward = np.where(self.floored(records, conditions), batch_min(reward), reward)
         return reward
+
+    @property
+    def has_floor_rules(self) -> bool:
+        return self.spec.quote_threshold > 0 or self.copy_rule is not None or self.spec.floor_repeats
 
     def floored(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does a rule put it at its batch's lowest reward (a quote, a copy, a repeat)?"""
