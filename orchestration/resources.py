@@ -30,6 +30,8 @@ from orchestration.training_launch import open_registry
 # write a database file at a time (and none read it meanwhile), so a sensor-started run and a manual
 # materialization take turns instead of one failing on the file lock. Its limit (1) is the instance's
 # `concurrency: pools: default_limit` in orchestration/dagster.yaml, which `make ui` and `make demo` use.
+# The pool shows the turns in the UI; the warehouse's lock file (ml.data.warehouse.take_turn), which each of
+# those steps also holds, guarantees them where the SQLite instance lets two claims through at once.
 DUCKDB_POOL = "duckdb_warehouse"
 
 

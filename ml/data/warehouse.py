@@ -12,9 +12,12 @@ data settings that the models read (split shares, temporal holdout), so the prof
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+from filelock import FileLock, Timeout
 
 from ml.config import DataSettings
 from ml.data.schema import CANONICAL_COLUMNS
@@ -94,6 +97,32 @@ def connect(path: Path, read_only: bool = False, wait_seconds: float = 0.0) -> d
                 raise WarehouseError(f"cannot open DuckDB warehouse {path}: {error}") from error
         time.sleep(pause)
         pause = min(2 * pause, 1.0)
+
+
+@contextmanager
+def take_turn(path: Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the warehouse for one pipeline step: other processes' steps wait until it is released.
+
+    The Dagster pool `duckdb_warehouse` is meant to give steps turns, but on the default SQLite instance
+    two steps that claim its one slot at the same moment can both get it (the claim reads the free slot,
+    then writes it, with no row lock), and a dbt build would then fail on DuckDB's file lock. This lock
+    file is the guarantee; the OS releases it when the holding process dies.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.with_name(path.name + ".lock"))
+    started = time.monotonic()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"DuckDB warehouse {path.name}: waiting for a step of another run to finish with it")
+        lock.acquire()
+    try:
+        log(f"DuckDB warehouse {path.name}: this step's turn (waited {time.monotonic() - started:.1f} s)")
+        yield
+    finally:
+        log(f"DuckDB warehouse {path.name}: turn over")
+        lock.release()
 
 
 def create_raw_tables(con: duckdb.DuckDBPyConnection) -> None:

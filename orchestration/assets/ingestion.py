@@ -5,6 +5,7 @@ import dagster as dg
 
 from ml.data.ingest import ingest_landing, landing_files
 from ml.data.landing import seed_landing
+from ml.data.warehouse import take_turn
 from orchestration.resources import DUCKDB_POOL, RlxfSettings
 
 
@@ -19,18 +20,19 @@ from orchestration.resources import DUCKDB_POOL, RlxfSettings
 )
 def raw_mona_conditions(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.MaterializeResult:
     home = rlxf.data_home()
-    seeded = seed_landing(home, rlxf.get_profile().data) if rlxf.seeds_synthetic_data() else []
-    for path in seeded:
-        context.log.warning(f"landing folder {home.landing} was empty: seeded with {path.name} (synthetic data "
-                            f"of profile {rlxf.profile})")
-    if not landing_files(home.landing):
-        context.log.warning(f"landing folder {home.landing} holds no MONA export (.xlsx, .csv)")
-    report = ingest_landing(home.landing, home.warehouse, home.quarantine, progress=context.log.info)
-    for outcome in report.outcomes:
-        for warning in outcome.warnings:
-            context.log.warning(f"{outcome.file}: {warning}")
-        if outcome.status in ("quarantined", "unreadable"):
-            context.log.warning(f"{outcome.status} {outcome.file}: {outcome.reason}")
+    with take_turn(home.warehouse, log=context.log.info):
+        seeded = seed_landing(home, rlxf.get_profile().data) if rlxf.seeds_synthetic_data() else []
+        for path in seeded:
+            context.log.warning(f"landing folder {home.landing} was empty: seeded with {path.name} (synthetic data "
+                                f"of profile {rlxf.profile})")
+        if not landing_files(home.landing):
+            context.log.warning(f"landing folder {home.landing} holds no MONA export (.xlsx, .csv)")
+        report = ingest_landing(home.landing, home.warehouse, home.quarantine, progress=context.log.info)
+        for outcome in report.outcomes:
+            for warning in outcome.warnings:
+                context.log.warning(f"{outcome.file}: {warning}")
+            if outcome.status in ("quarantined", "unreadable"):
+                context.log.warning(f"{outcome.status} {outcome.file}: {outcome.reason}")
     files = report.to_frame()
     return dg.MaterializeResult(metadata={
         "rows_loaded": report.rows_loaded,

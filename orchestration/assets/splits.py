@@ -4,6 +4,7 @@
 import dagster as dg
 
 from ml.data.splits import export_splits, load_split_tables
+from ml.data.warehouse import take_turn
 from orchestration.resources import DUCKDB_POOL, RlxfSettings
 
 
@@ -18,7 +19,8 @@ from orchestration.resources import DUCKDB_POOL, RlxfSettings
 )
 def validated_splits(context: dg.AssetExecutionContext, rlxf: RlxfSettings) -> dg.MaterializeResult:
     home = rlxf.data_home()
-    splits, _labeled = load_split_tables(home.warehouse)
+    with take_turn(home.warehouse, log=context.log.info):
+        splits, _labeled = load_split_tables(home.warehouse)
     snapshot = export_splits(splits, home.exports / "splits")
     context.log.info(f"exported {snapshot.total} examples: {snapshot.rows}")
     counts = splits.groupby(["split", "label"]).size().unstack(fill_value=0)

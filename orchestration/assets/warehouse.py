@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from ml.data.warehouse import dbt_vars
+from ml.data.warehouse import dbt_vars, take_turn
 from orchestration.resources import DUCKDB_POOL, RlxfSettings, dbt_project
 
 
@@ -28,5 +28,7 @@ class MonaDbtTranslator(DagsterDbtTranslator):
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project,
             dagster_dbt_translator=MonaDbtTranslator(), pool=DUCKDB_POOL)
 def mona_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, rlxf: RlxfSettings):
-    variables = dbt_vars(rlxf.get_profile().data, rlxf.data_home().warehouse)
-    yield from dbt.cli(["build", "--vars", json.dumps(variables)], context=context).stream()
+    warehouse = rlxf.data_home().warehouse
+    with take_turn(warehouse, log=context.log.info):
+        yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars(rlxf.get_profile().data, warehouse))],
+                           context=context).stream()

@@ -5,6 +5,7 @@ import dagster as dg
 
 from ml.data.splits import load_split_tables
 from ml.data.validation import validate_splits
+from ml.data.warehouse import take_turn
 from orchestration.resources import DUCKDB_POOL, RlxfSettings
 
 
@@ -17,8 +18,10 @@ from orchestration.resources import DUCKDB_POOL, RlxfSettings
                 "balance, split shares, share of unknown statuses (the structural rules are dbt tests). A "
                 "failure stops `validated_splits` and everything downstream.",
 )
-def great_expectations_suite(rlxf: RlxfSettings) -> dg.AssetCheckResult:
-    splits, labeled = load_split_tables(rlxf.data_home().warehouse)
+def great_expectations_suite(context: dg.AssetCheckExecutionContext, rlxf: RlxfSettings) -> dg.AssetCheckResult:
+    warehouse = rlxf.data_home().warehouse
+    with take_turn(warehouse, log=context.log.info):
+        splits, labeled = load_split_tables(warehouse)
     validation = validate_splits(splits, labeled, rlxf.get_profile().data)
     return dg.AssetCheckResult(
         passed=validation.success,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import zipfile
 
 import duckdb
@@ -14,7 +17,7 @@ import pytest
 from openpyxl import Workbook
 
 from ml.data.ingest import _handled_in_warehouse, file_sha256, ingest_landing, read_manifest
-from ml.data.warehouse import WarehouseError, connect
+from ml.data.warehouse import WarehouseError, connect, take_turn
 
 
 @pytest.fixture()
@@ -100,8 +103,6 @@ def test_locked_or_missing_warehouse_gives_clear_error(tmp_path):
 @contextlib.contextmanager
 def locked_by_another_process(path, seconds: float):
     """Another process holds DuckDB's lock on `path` for `seconds`, then exits."""
-    import sys
-
     holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
                                f"print('locked', flush=True); time.sleep({seconds})"], stdout=subprocess.PIPE,
                               text=True)
@@ -130,6 +131,37 @@ def test_a_step_waits_for_a_lock_another_process_is_about_to_release(tmp_path):
         con = connect(path, wait_seconds=30)
         assert holder.poll() is not None  # it opened only once the holder had gone
         con.close()
+
+
+
+def test_a_step_waits_for_the_turn_another_process_holds_and_gets_it_when_that_process_is_killed(tmp_path):
+    # Regression: two runs' steps claimed the pool's one slot at the same moment, both got it on the
+    # SQLite instance, and both used the warehouse at once.
+    path = tmp_path / "w.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from ml.data.warehouse import take_turn\n"
+                               f"with take_turn({str(path)!r}, log=lambda line: print(line, flush=True)):\n"
+                               "    time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "this step's turn" in holder.stdout.readline()
+        lines = []  # this thread is the other run's step
+
+        def take():
+            with take_turn(path, log=lines.append):
+                lines.append("used the warehouse")
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and lines == ["DuckDB warehouse w.duckdb: waiting for a step of another run to "
+                                               "finish with it"]
+        holder.send_signal(signal.SIGKILL)  # killed outright: the OS releases its lock
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert lines[1].startswith("DuckDB warehouse w.duckdb: this step's turn (waited ")
+        assert lines[2:] == ["used the warehouse", "DuckDB warehouse w.duckdb: turn over"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------------------------------------
