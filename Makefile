@@ -122,6 +122,7 @@ bench-reward: venv
 bench-policy: venv
 	$(BIN)/python bench/bench_policy.py
 	$(BIN)/python bench/bench_evaluation.py
+	$(BIN)/python bench/bench_recommend.py
 
 bench-retraining: venv
 	$(BIN)/python bench/bench_retraining.py --profile smoke

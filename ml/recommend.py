@@ -2,7 +2,9 @@
 
 The paper's intended use: benchmark new proposals against past experience and peer examples. A
 recommendation samples several answers from the champion policy (the registered MLflow Model, which
-prompts as the policy was trained), drops empty proposals and repeats, ranks the rest by the RL reward
+prompts as the policy was trained; a grounded policy's answers are split over three draws of the
+precedents its prompt shows, so that they do not all build on the same one), drops empty proposals and
+repeats, ranks the rest by the RL reward
 the policy was trained on (proxy P(MET) x
 P(asked area)), and shows for each its proxy and gold P(MET), the probability that it is about the
 area asked, whether it copies a training condition, and the closest historical conditions of the
@@ -47,6 +49,10 @@ from ml.reward.topic import area_key
 from ml.similarity import NoveltyIndex, at_least, repeats_itself
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
+# Prompts with different draws of the precedents the answers are sampled under (a grounded policy
+# builds its answer on one precedent it is shown): on ten held-out queries of the demo, three draws
+# gave three proposals about different things where one draw gave three about the same precedent.
+PRECEDENT_DRAWS = 3
 OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposal is taken for another area's
 # TF-IDF cosine (the area's words) at which a proposal only rewords a better-ranked one. Ghana's demo
 # samples for customs: "Finalize a strategy for the customs clearance process, including the approval of
@@ -207,6 +213,12 @@ def different_first(ranked: list[Proposal], record: AreaRecord) -> list[Proposal
     return [ranked[i] for i in order]
 
 
+def declares_precedent_draws(policy) -> bool:
+    """Whether a loaded policy model takes the `precedent_draws` parameter (those registered before it
+    existed do not: MLflow would drop it with a warning)."""
+    return "precedent_draws" in {spec.name for spec in getattr(policy.metadata.get_params_schema(), "params", [])}
+
+
 def score(home: DataHome, country: str, arrangement: str | None, area: str | None, condition: str) -> Scored:
     if not condition or not condition.strip():
         raise InputError("the condition is empty: there is nothing to score")
@@ -225,9 +237,11 @@ def score(home: DataHome, country: str, arrangement: str | None, area: str | Non
 
 
 def recommend(home: DataHome, country: str, arrangement: str | None, area: str, n: int = 3, seed: int = 0,
-              cache_dir: Path | None = None, current_year: int | None = None) -> Proposals:
+              cache_dir: Path | None = None, current_year: int | None = None,
+              precedent_draws: int = PRECEDENT_DRAWS) -> Proposals:
     """`cache_dir`: where the policy's base model is cached (default: where it was when it was trained);
-    `current_year` (default: this year): a proposal naming an earlier year is flagged and ranked lower."""
+    `current_year` (default: this year): a proposal naming an earlier year is flagged and ranked lower;
+    `precedent_draws`: how many draws of the precedents the answers are split over (1: the trained prompt)."""
     current_year = current_year or datetime.date.today().year
     corpus = corpus_of(home)
     known_area(corpus, area)  # refuses an unknown area before any model loads
@@ -240,9 +254,13 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         policy = registry.load_model(POLICY_ADAPTER_NAME, champion.version,
                                      {"base_model_cache": str(cache_dir)} if cache_dir else None)
     request = {"country": country, "arrangement_type": arrangement, "economic_area": area}
-    # Sampled at the policy's own temperature, from the prompt it was trained on (grounded or not).
-    answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]),
-                             params={"n": n * OVERSAMPLE, "seed": seed})
+    # Sampled at the policy's own temperature, from the prompt it was trained on (grounded or not) and,
+    # grounded, from the same prompt with other draws of the precedents (a policy registered before that
+    # parameter existed does not declare it: it samples all its answers under the trained prompt).
+    params = {"n": n * OVERSAMPLE, "seed": seed}
+    if declares_precedent_draws(policy):
+        params["precedent_draws"] = precedent_draws
+    answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]), params=params)
     prompt = policy.unwrap_python_model().prompt(country, arrangement, area)
     if "complete" not in answers:  # a policy registered before its output said so
         answers = answers.assign(complete=True)

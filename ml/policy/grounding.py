@@ -36,9 +36,10 @@ class Grounding:
         self.n_precedents = n_precedents
         self.seed = seed
 
-    def context(self, country: str | None, area: str | None, exclude: Iterable[str] = ()) -> str:
+    def context(self, country: str | None, area: str | None, exclude: Iterable[str] = (), draw: int = 0) -> str:
         """The lines added under the question. `exclude` drops conditions with these descriptions (the
-        targets an SFT prompt is trained on)."""
+        targets an SFT prompt is trained on). `draw` > 0: another seeded choice of the precedents, by the
+        same rule (the country's own first); draw 0 is the one every prompt was trained with."""
         key, who = area_key(area), (country or "").casefold()
         in_area = self.corpus[self.corpus["_area"] == key]
         excluded = set(exclude)
@@ -47,7 +48,7 @@ class Grounding:
         own = in_area[in_area["_country"] == who]
         lines = [f"Record of {country or 'the country'} in this area: {len(own)} conditions, "
                  f"{int(own['is_met'].sum())} met."]
-        rng = np.random.default_rng([self.seed, len(in_area)])
+        rng = np.random.default_rng([self.seed, len(in_area), *([draw] if draw else [])])
         # The country's own conditions first, then the area's others; distinct texts only.
         ordered = pd.concat([own.iloc[rng.permutation(len(own))], in_area[in_area["_country"] != who]
                              .iloc[rng.permutation(int((in_area["_country"] != who).sum()))]])

@@ -104,11 +104,11 @@ def build_sft_examples(splits: pd.DataFrame, split: str = "train", max_examples:
 
 
 def grounded(question: str, country: str | None, area: str | None, grounding: Grounding | None,
-             exclude: tuple[str, ...] | list[str] = ()) -> str:
-    """The question, followed by the grounding context when there is one."""
+             exclude: tuple[str, ...] | list[str] = (), draw: int = 0) -> str:
+    """The question, followed by the grounding context (its precedent draw `draw`) when there is one."""
     if grounding is None:
         return question
-    return question + "\n" + grounding.context(country, area, exclude=exclude)
+    return question + "\n" + grounding.context(country, area, exclude=exclude, draw=draw)
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

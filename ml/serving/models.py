@@ -50,7 +50,8 @@ def policy_signature(temperature: float) -> ModelSignature:
         inputs=Schema([ColSpec("string", name, required=name != "arrangement_type") for name in KEY_COLUMNS]),
         outputs=POLICY_OUTPUT,
         params=ParamSchema([ParamSpec("n", "long", 1), ParamSpec("seed", "long", 0),
-                            ParamSpec("temperature", "double", float(temperature))]))
+                            ParamSpec("temperature", "double", float(temperature)),
+                            ParamSpec("precedent_draws", "long", 1)]))
 
 
 class RewardPyfunc(mlflow.pyfunc.PythonModel):
@@ -82,25 +83,36 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
         self.grounding = (Grounding(pd.read_parquet(precedents), n_precedents=self.settings.grounding_precedents,
                                     seed=generation["grounding_seed"]) if precedents else None)
 
-    def prompt(self, country: str | None, arrangement_type: str | None, economic_area: str | None) -> str:
-        """The question as the policy was trained on it (with the record and precedents if grounded)."""
+    def prompt(self, country: str | None, arrangement_type: str | None, economic_area: str | None,
+               draw: int = 0) -> str:
+        """The question as the policy was trained on it (with the record and precedents if grounded;
+        `draw` > 0 shows another draw of the precedents)."""
         return grounded(render_prompt(country, arrangement_type, economic_area), country, economic_area,
-                        self.grounding)
+                        self.grounding, draw=draw)
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict | None = None) -> pd.DataFrame:
+        """`n` answers per row. With `precedent_draws` d > 1 (grounded policies), the n answers of a row
+        are split over d prompts that show different draws of the precedents (the first the trained one),
+        so that they start from different parts of the record instead of all from the same precedent."""
         params = params or {}
         n, seed = int(params.get("n", 1)), int(params.get("seed", 0))
         temperature = float(params.get("temperature", self.settings.temperature))
+        draws = max(1, min(int(params.get("precedent_draws", 1)), n)) if self.grounding is not None else 1
         requests = model_input.reindex(columns=KEY_COLUMNS).astype(object)
         requests = requests.where(requests.notna(), None)  # a missing field is "Unknown" in the prompt
-        texts = [chat_text(self.tokenizer, self.prompt(*row)) for row in requests.itertuples(index=False)]
-        batches = generate_batches(self.model, self.tokenizer, texts, max_new_tokens=self.settings.max_new_tokens,
-                                   temperature=temperature, n_per_prompt=n, seed=seed,
-                                   max_prompt_tokens=self.settings.max_prompt_tokens)
-        answers = decode_answers(self.tokenizer, batches)
-        complete = np.concatenate([b.answers.has_eos.cpu().numpy() for b in batches]) if batches else np.zeros(0, bool)
-        return pd.DataFrame({"input_row": np.repeat(np.arange(len(texts)), n),
-                             "sample": np.tile(np.arange(n), len(texts)),
-                             "proposal": [answer_to_condition(answer) for answer in answers], "answer": answers,
-                             "complete": complete.astype(bool)})
+        frames = []
+        for draw, samples in enumerate(np.array_split(np.arange(n), draws)):
+            texts = [chat_text(self.tokenizer, self.prompt(*row, draw=draw))
+                     for row in requests.itertuples(index=False)]
+            batches = generate_batches(self.model, self.tokenizer, texts, max_new_tokens=self.settings.max_new_tokens,
+                                       temperature=temperature, n_per_prompt=len(samples), seed=seed + draw,
+                                       max_prompt_tokens=self.settings.max_prompt_tokens)
+            answers = decode_answers(self.tokenizer, batches)
+            complete = (np.concatenate([b.answers.has_eos.cpu().numpy() for b in batches]) if batches
+                        else np.zeros(0, bool))
+            frames.append(pd.DataFrame({"input_row": np.repeat(np.arange(len(texts)), len(samples)),
+                                        "sample": np.tile(samples, len(texts)),
+                                        "proposal": [answer_to_condition(answer) for answer in answers],
+                                        "answer": answers, "complete": complete.astype(bool)}))
+        return pd.concat(frames).sort_values(["input_row", "sample"], kind="stable").reset_index(drop=True)

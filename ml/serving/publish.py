@@ -184,8 +184,10 @@ def policy_card(name: str, settings: PolicySettings, seed: int, split_hash: str,
         f"program given a country, an arrangement type and an economic area; data snapshot `{split_hash[:12]}`.", "",
         "## Input and output", "",
         "A table with the columns `country`, `arrangement_type` (may be missing) and `economic_area`; params `n` "
-        f"(answers per row, default 1), `seed` (default 0) and `temperature` (default {settings.temperature}, the "
-        "one it was trained and evaluated at). Output: one row per answer with `input_row`, `sample`, `answer` "
+        f"(answers per row, default 1), `seed` (default 0), `temperature` (default {settings.temperature}, the "
+        "one it was trained and evaluated at) and `precedent_draws` (default 1: with d > 1 a grounded policy's n "
+        "answers are split over d prompts showing different draws of the precedents, the first the trained one). "
+        "Output: one row per answer with `input_row`, `sample`, `answer` "
         f"(the generated text, at most {settings.max_new_tokens} tokens) and `proposal` (the condition cut out of "
         "it, as the reward scored answers in training). Sampling is plain temperature sampling; the same seed "
         "gives the same answers on the same machine.", "",

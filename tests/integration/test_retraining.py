@@ -268,6 +268,12 @@ def test_the_policy_model_prompts_as_the_policy_was_trained(world):
     request = test_prompts[list(KEY_COLUMNS)].head(2)
     first = policy.predict(request, params={"n": 2, "seed": 3})
     assert first.equals(policy.predict(request, params={"n": 2, "seed": 3}))  # a seed gives the same answers
+    # Answers split over two draws of the precedents: the first draw's are those of the trained prompt.
+    drawn = policy.predict(request, params={"n": 4, "seed": 3, "precedent_draws": 2})
+    assert list(drawn["input_row"]) == [0] * 4 + [1] * 4 and list(drawn["sample"]) == [0, 1, 2, 3] * 2
+    assert drawn[drawn["sample"] < 2].reset_index(drop=True).equals(first)
+    assert any(python_model.prompt(*row, draw=1) != python_model.prompt(*row)
+               for row in test_prompts[list(KEY_COLUMNS)].itertuples(index=False))
 
 
 def test_the_served_reward_model_answers_as_rlxf_score(world, tmp_path):

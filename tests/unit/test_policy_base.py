@@ -163,6 +163,24 @@ def test_grounded_prompts_carry_the_record_and_precedents_but_never_their_own_ta
     assert examples.groupby("prompt")["description"].count().max() == 2  # Ghana's two MET conditions share one
 
 
+
+def test_another_precedent_draw_shows_other_precedents_by_the_same_rule():
+    from ml.policy.grounding import Grounding, precedents_in
+
+    rows = [(f"g{i}", "Ghana", "ECF", "Tax policy", f"Ghana tax condition {i}.", 1, "train", "MET") for i in range(2)]
+    rows += [(f"k{i}", "Kenya", "ECF", "Tax policy", f"Kenya tax condition {i}.", i % 2, "train", "MET")
+             for i in range(12)]
+    corpus = pd.DataFrame(rows, columns=["condition_id", "country", "arrangement_type", "economic_area",
+                                         "description", "is_met", "split", "status"])
+    grounding = Grounding(corpus, n_precedents=3, seed=5)
+    trained = grounding.context("Ghana", "Tax policy")
+    assert grounding.context("Ghana", "Tax policy", draw=0) == trained  # draw 0 is the prompt trained on
+    draws = [precedents_in("\n" + grounding.context("Ghana", "Tax policy", draw=d)) for d in range(4)]
+    for shown in draws:  # every draw: Ghana's own two first, then one of Kenya's
+        assert sorted(shown[:2]) == ["Ghana tax condition 0", "Ghana tax condition 1"]
+        assert shown[2].startswith("Kenya tax condition")
+    assert len({shown[2] for shown in draws}) > 1
+
 def test_chat_text_uses_the_chat_template_when_present(tiny):
     _, tokenizer = tiny
     prompt = render_prompt("Ghana", "ECF", "Tax policy")
