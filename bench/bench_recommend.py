@@ -22,7 +22,7 @@ from common import REPO, write_result
 from ml.evaluation.judges import EmbeddingAreaJudge, embed
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
-from ml.recommend import PRECEDENT_DRAWS, AreaRecord, corpus_of, declares_precedent_draws, recommend
+from ml.recommend import PRECEDENT_DRAWS, AreaRecord, analyst_flags, corpus_of, declares_precedent_draws, recommend
 from ml.registry import Registry
 
 
@@ -68,8 +68,8 @@ def main() -> None:
                         AreaRecord(corpus, query.economic_area).vectorizer.transform(texts).toarray()),
                     "minilm_most_similar_pair": most_similar_pair(embed(texts, minilm.model, minilm.tokenizer)),
                     "judged_reward": float(np.mean([p.gold_p_met * p.p_area for p in result.items])),
-                    "flagged_share": float(np.mean([bool(p.cut_off or p.off_topic or p.copy_of or p.past_years
-                                                         or p.repeats or p.rewords) for p in result.items])),
+                    "flagged_share": float(np.mean([any(flags) or p.rewords is not None for p, flags in
+                                                    zip(result.items, zip(*analyst_flags(result.items)))])),
                 })
     table = pd.DataFrame(rows)
     summary = table.groupby("draws")[["tfidf_most_similar_pair", "minilm_most_similar_pair", "judged_reward",

@@ -4,11 +4,10 @@ The paper's intended use: benchmark new proposals against past experience and pe
 recommendation samples several answers from the champion policy (the registered MLflow Model, which
 prompts as the policy was trained; a grounded policy's answers are split over three draws of the
 precedents its prompt shows, so that they do not all build on the same one), drops empty proposals and
-repeats, ranks the rest by the RL reward
-the policy was trained on (proxy P(MET) x
-P(asked area)), and shows for each its proxy and gold P(MET), the probability that it is about the
-area asked, whether it copies a training condition, and the closest historical conditions of the
-same area (the same country's first) with their year and outcome.
+repeats, ranks the rest by the RL reward the policy was trained on (proxy P(MET) x P(asked area)), and
+shows for each its proxy and gold P(MET), the probability that it is about the area asked, whether it
+copies a training condition, and the closest historical conditions of the same area (the same country's
+first) with their year and outcome.
 
 Both commands read the inputs against the record: an empty condition is refused, and a country,
 arrangement or area the data has never seen is accepted with a warning naming the closest known
