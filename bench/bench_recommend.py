@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from common import REPO, write_result
 
-from ml.evaluation.judges import EmbeddingAreaJudge, embed
+from ml.evaluation.judges import embed, minilm_encoder
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.recommend import PRECEDENT_DRAWS, AreaRecord, analyst_flags, corpus_of, declares_precedent_draws, recommend
@@ -47,7 +47,7 @@ def main() -> None:
         if not declares_precedent_draws(registry.load_model(POLICY_ADAPTER_NAME, champion.version)):
             raise SystemExit("the champion was registered before `precedent_draws` existed: retrain (make demo)")
     corpus = corpus_of(home)
-    minilm = EmbeddingAreaJudge(corpus.head(100))  # only its encoder is used
+    encoder, tokenizer = minilm_encoder()
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     queries = (prompts[prompts["split"] == "test"].drop_duplicates("country").sort_values("country")
                .head(args.queries))
@@ -66,7 +66,7 @@ def main() -> None:
                     "draws": draws, "seed": seed, "country": query.country,
                     "tfidf_most_similar_pair": most_similar_pair(
                         AreaRecord(corpus, query.economic_area).vectorizer.transform(texts).toarray()),
-                    "minilm_most_similar_pair": most_similar_pair(embed(texts, minilm.model, minilm.tokenizer)),
+                    "minilm_most_similar_pair": most_similar_pair(embed(texts, encoder, tokenizer)),
                     "judged_reward": float(np.mean([p.gold_p_met * p.p_area for p in result.items])),
                     "flagged_share": float(np.mean([any(flags) or p.rewords is not None for p, flags in
                                                     zip(result.items, zip(*analyst_flags(result.items)))])),

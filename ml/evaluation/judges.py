@@ -37,6 +37,12 @@ def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int =
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 
+def minilm_encoder() -> tuple[torch.nn.Module, object]:
+    """The packaged MiniLM sentence encoder and its tokenizer, for `embed`."""
+    folder = packaged_minilm_dir()
+    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
 class EmbeddingAreaJudge:
     """k-nearest-neighbour vote over sentence embeddings of the training conditions."""
 
@@ -48,9 +54,7 @@ class EmbeddingAreaJudge:
             usable = usable.groupby("_key", group_keys=False).sample(frac=max_corpus / len(usable), random_state=seed)
         if usable.empty:
             raise ValueError("EmbeddingAreaJudge needs corpus rows with a description and an economic area")
-        folder = packaged_minilm_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.model, self.tokenizer = minilm_encoder()
         self.k = min(k, len(usable))
         self.keys = usable["_key"].to_numpy(dtype=object)
         self.matrix = embed(usable["description"].astype(str).tolist(), self.model, self.tokenizer)
