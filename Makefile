@@ -123,6 +123,7 @@ bench-policy: venv
 	$(BIN)/python bench/bench_policy.py
 	$(BIN)/python bench/bench_evaluation.py
 	$(BIN)/python bench/bench_recommend.py
+	$(BIN)/python bench/bench_copies.py
 
 bench-retraining: venv
 	$(BIN)/python bench/bench_retraining.py --profile smoke
