@@ -44,9 +44,8 @@ def main() -> None:
         reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"))
         tuned = registry.load_model(POLICY_ADAPTER_NAME, champion.version,
                                     {"device": settings.device, "base_model_cache": str(cache)})
-    policies = {"sft": load_policy(home.models / "policy" / "sft", settings, cache)[0],
-                "champion": tuned.unwrap_python_model().model}
-    tokenizer = load_policy(None, settings, cache)[1]
+    sft, tokenizer = load_policy(home.models / "policy" / "sft", settings, cache)
+    policies = {"sft": sft, "champion": tuned.unwrap_python_model().model}
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
     rows = []
     for split in ("train", "test"):
