@@ -20,11 +20,11 @@ from common import REPO, write_result
 
 from ml.config import get_profile
 from ml.paths import DataHome
-from ml.policy.pipeline import POLICY_ADAPTER_NAME, load_policy, prompt_records
+from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.prompts import answer_to_condition
 from ml.policy.sampling import decode_answers, generate_batches
+from ml.recommend import load_champion
 from ml.registry import Registry
-from ml.reward.pipeline import load_rl_reward
 
 
 def main() -> None:
@@ -38,12 +38,11 @@ def main() -> None:
     home, settings = DataHome(Path(args.home)), get_profile(args.profile).policy
     cache = home.models / "base_policy"
     with Registry.for_home(home.root) as registry:
-        champion = registry.champion_version(POLICY_ADAPTER_NAME)
-        if champion is None:
-            raise SystemExit(f"{home.root} has no champion policy: run `make demo` first")
-        reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"))
-        tuned = registry.load_model(POLICY_ADAPTER_NAME, champion.version,
-                                    {"device": settings.device, "base_model_cache": str(cache)})
+        try:
+            champion, tuned, reward, reward_version = load_champion(
+                registry, {"device": settings.device, "base_model_cache": str(cache)})
+        except LookupError as exc:
+            raise SystemExit(f"{home.root}: {exc}") from None
     sft, tokenizer = load_policy(home.models / "policy" / "sft", settings, cache)
     policies = {"sft": sft, "champion": tuned.unwrap_python_model().model}
     prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")

@@ -235,6 +235,16 @@ def score(home: DataHome, country: str, arrangement: str | None, area: str | Non
                   float(parts["gold_p_met"]), float(parts["gold_p_area"]))
 
 
+def load_champion(registry: Registry, model_config: dict | None = None):
+    """The champion policy (its registry version and the loaded MLflow Model, `model_config` passed to it)
+    and the RL reward it was trained on (`RLReward`, its version). LookupError when there is no champion."""
+    champion = registry.champion_version(POLICY_ADAPTER_NAME)
+    if champion is None:
+        raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
+    reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"))
+    return champion, registry.load_model(POLICY_ADAPTER_NAME, champion.version, model_config), reward, reward_version
+
+
 def recommend(home: DataHome, country: str, arrangement: str | None, area: str, n: int = 3, seed: int = 0,
               cache_dir: Path | None = None, current_year: int | None = None,
               precedent_draws: int = PRECEDENT_DRAWS) -> Proposals:
@@ -246,12 +256,8 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     known_area(corpus, area)  # refuses an unknown area before any model loads
     warnings = input_warnings(corpus, country, arrangement, area)
     with Registry.for_home(home.root) as registry:
-        champion = registry.champion_version(POLICY_ADAPTER_NAME)
-        if champion is None:
-            raise LookupError(f"{POLICY_ADAPTER_NAME} has no champion yet: run the pipeline first (make demo)")
-        reward, reward_version = load_rl_reward(registry, champion.tags.get("rl_reward_version"))
-        policy = registry.load_model(POLICY_ADAPTER_NAME, champion.version,
-                                     {"base_model_cache": str(cache_dir)} if cache_dir else None)
+        champion, policy, reward, reward_version = load_champion(
+            registry, {"base_model_cache": str(cache_dir)} if cache_dir else None)
     request = {"country": country, "arrangement_type": arrangement, "economic_area": area}
     # Sampled at the policy's own temperature, from the prompt it was trained on (grounded or not) and,
     # grounded, from the same prompt with other draws of the precedents (a policy registered before that
