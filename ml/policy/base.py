@@ -29,7 +29,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.config import PolicySettings
-from ml.device import resolve_device
+from ml.device import resolve_device, resolve_dtype
 from ml.io import atomic_folder
 from ml.policy.tiny import TINY_LLAMA, build_tiny_llama
 
@@ -68,7 +68,9 @@ def smollm2_tokenizer_folder(cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{PACKAGED_SMOLLM2}-tokenizer-{metadata.version(SMOLLM2_PACKAGE)}"
 
 
-def torch_dtype(dtype: str) -> torch.dtype:
+def torch_dtype(dtype: str, device: str = "auto") -> torch.dtype:
+    """The policy's weight dtype; "auto" = bfloat16 where `device` computes it natively, else float32."""
+    dtype = resolve_dtype(dtype, resolve_device(device))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
@@ -82,7 +84,7 @@ def load_base_policy(name: str, cache_dir: Path, dtype: str = "float32", device:
     matters for tiny-llama, whose weights are drawn from it.
     """
     cache_dir = Path(cache_dir)
-    target_dtype = torch_dtype(dtype)
+    target_dtype = torch_dtype(dtype, device)
     if name == TINY_LLAMA:
         tokenizer = ensure_padding(load_smollm2_tokenizer(cache_dir))
         model = build_tiny_llama(tokenizer, seed=seed).to(dtype=target_dtype, device=resolve_device(device))
@@ -171,13 +173,14 @@ def trainer_runtime_args(settings: PolicySettings) -> dict:
     TRL defaults bf16 and gradient checkpointing to on; on a CPU both only slow a small model down,
     so they follow the device (and the profile's dtype) instead. Nothing is reported or pushed anywhere:
     metrics go back to the caller, which records them (MLflow, Dagster metadata)."""
-    on_gpu = resolve_device(settings.device).type == "cuda"
+    device = resolve_device(settings.device)
+    on_gpu, dtype = device.type == "cuda", resolve_dtype(settings.dtype, device)
     return {
         "use_cpu": not on_gpu,
-        "bf16": on_gpu and settings.dtype == "bfloat16",
-        "fp16": on_gpu and settings.dtype == "float16",
+        "bf16": on_gpu and dtype == "bfloat16",
+        "fp16": on_gpu and dtype == "float16",
         # transformers 5's name for gradient checkpointing; TRL reads the mirrored old name.
-        "activation_checkpointing": on_gpu and settings.dtype != "float32",
+        "activation_checkpointing": on_gpu and dtype != "float32",
         "report_to": [],
         "push_to_hub": False,
         "save_strategy": "no",

@@ -30,7 +30,7 @@ PACKAGED_MINILM = "all-minilm-l6-v2"
 # Index order of the classifier's logits; P(MET) is the softmax of index 1.
 LABELS = ("NON_MET", "MET")
 # Weights stay float32; "bfloat16" runs matmuls under autocast (no loss scaling needed, unlike float16);
-# "auto" picks bfloat16 where the hardware has it (`resolve_dtype`).
+# "auto" picks bfloat16 where the hardware has it (`ml.device.resolve_dtype`).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -81,21 +81,6 @@ def describe_encoder(model: PreTrainedModel) -> EncoderInfo:
     embedding = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
     return EncoderInfo(n_params=total, n_params_non_embedding=total - embedding,
                        hidden_size=int(model.config.hidden_size), num_layers=int(model.config.num_hidden_layers))
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """"auto" = "bfloat16" where the hardware computes it natively (a CUDA GPU with bf16; an x86 CPU
-    with AVX512-BF16 or AMX, where a bf16 matmul runs about twice as fast as float32), else "float32".
-    Other values are returned as they are."""
-    if dtype != "auto":
-        return dtype
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    try:  # private helpers, but the only way torch tells whether bf16 is native or emulated
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:
-        native = False
-    return "bfloat16" if native else "float32"
 
 
 def autocast_dtype(dtype: str) -> torch.dtype | None:

@@ -36,9 +36,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
 
 from ml.data.text import reward_input_text
-from ml.device import resolve_device
+from ml.device import resolve_device, resolve_dtype
 from ml.reward.calibration import positive_probability
-from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, resolve_dtype, tokenize
+from ml.reward.encoder import LABELS, autocast_dtype, pad_batch, tokenize
 
 # `_cls_only_layer_forward` re-implements `BertLayer.forward` from transformers' internals; it was
 # checked against this release (requirements.lock pins it) and runs only under it. Another release gets

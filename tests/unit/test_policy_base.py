@@ -76,6 +76,13 @@ def test_tiny_llama_loads_offline_and_generates(tiny):
     assert greedy_answers(model, tokenizer, prompts[:1], max_new_tokens=6) == greedy[:1]
 
 
+def test_policy_dtype_auto_is_bfloat16_exactly_where_the_cpu_computes_it_natively():
+    model, _ = load_base_policy("tiny-llama", shared_cache_dir(), dtype="auto", device="cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert model.dtype == (torch.bfloat16 if native else torch.float32)
+    assert load_base_policy("tiny-llama", shared_cache_dir(), dtype="float32", device="cpu")[0].dtype == torch.float32
+
+
 def test_tiny_llama_weights_depend_only_on_seed(tiny):
     _, tokenizer = tiny
     first, again, other = (build_tiny_llama(tokenizer, seed=s).model.embed_tokens.weight for s in (3, 3, 4))

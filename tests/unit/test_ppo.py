@@ -72,8 +72,9 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
                                    pad_token="[PAD]", unk_token="[UNK]")
 
 
-def make_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0):
-    """A fresh 2-layer Llama with a LoRA adapter on q_proj/v_proj; identical for the same seed."""
+def make_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A fresh 2-layer Llama (weights in `dtype`) with a LoRA adapter on q_proj/v_proj; identical for the
+    same seed."""
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
@@ -84,7 +85,7 @@ def make_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are random too: seed them with the base
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config).to(dtype)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return get_peft_model(model, lora)
 
@@ -95,9 +96,9 @@ def met_share(records: list[dict], answers: list[str]) -> list[float]:
     return [answer.split().count("met") / len(answer.split()) if answer.split() else 0.0 for answer in answers]
 
 
-def make_trainer(tokenizer, checkpoint_dir=None, reward_fn=met_share, **overrides) -> PPOTrainer:
+def make_trainer(tokenizer, checkpoint_dir=None, reward_fn=met_share, dtype=torch.float32, **overrides) -> PPOTrainer:
     config = PPOConfig(**{**LEARNING, **overrides})
-    return PPOTrainer(make_policy(tokenizer), tokenizer, config, reward_fn, PROMPTS,
+    return PPOTrainer(make_policy(tokenizer, dtype=dtype), tokenizer, config, reward_fn, PROMPTS,
                       checkpoint_dir=checkpoint_dir, progress=lambda line: None)
 
 
@@ -255,6 +256,17 @@ def test_ppo_raises_the_toy_reward(trained):
     assert result.final_step == 30 and len(result.history) == 30
     assert re.fullmatch(r"step 30/30 reward \d\.\d\d±\d\.\d\d kl -?[\d.]+ ent [\d.]+ pl -?[\d.]+ vl [\d.]+ "
                         r"clip [\d.]+ len \d+ ETA \d+s", lines[-1]), lines[-1]
+
+
+def test_a_bfloat16_base_trains_float32_adapters_and_raises_the_toy_reward(tokenizer):
+    # The demo's policy on a CPU with native bf16 ("auto"): frozen weights in bf16; the adapter, the value
+    # head and every log-prob in float32, so the update is as exact as the bf16 forward allows.
+    trainer = make_trainer(tokenizer, dtype=torch.bfloat16, steps=30)
+    assert {p.dtype for p in trainer.trainable_params} == {torch.float32}
+    history = trainer.train().history
+    assert history[0]["ratio_mean_first_minibatch"] == pytest.approx(1.0, abs=1e-3)
+    scores = [stats["score_mean"] for stats in history]
+    assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5 + 0.3, f"reward curve: {[round(s, 2) for s in scores]}"
 
 
 def test_only_lora_and_value_head_weights_change(trained, tokenizer):

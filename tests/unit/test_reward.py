@@ -300,7 +300,7 @@ def test_an_encoder_that_is_not_available_offline_fails_clearly():
 
 
 def test_auto_precision_resolves_to_what_the_hardware_has(reward):
-    from ml.reward.encoder import resolve_dtype
+    from ml.device import resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("float32", cpu) == "float32" and resolve_dtype("bfloat16", cpu) == "bfloat16"
