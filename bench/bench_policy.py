@@ -102,7 +102,9 @@ def throughput(home: DataHome, settings, reward: RLReward, steps: int) -> dict:
     config = PPOConfig.for_policy(settings, seed=1, steps=steps, eval_every=0, checkpoint_every=0, max_seconds=None)
     trainer = PPOTrainer(apply_lora(model, settings), tokenizer, config, reward,
                          prompt_records(prompts[prompts["split"] == "train"], tokenizer), progress=print)
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops()  # float32: the denominator, whatever the policy's dtype
+    dtype = next(model.parameters()).dtype
+    peak_in_dtype = matmul_peak_flops(dtype=dtype)  # bf16 matmuls (AMX) peak higher: the stricter denominator
     history = trainer.train().history
     params = model.num_parameters()
     rollout = float(np.mean([s["tokens_per_s_rollout"] for s in history]))
@@ -110,6 +112,9 @@ def throughput(home: DataHome, settings, reward: RLReward, steps: int) -> dict:
     step_seconds = float(np.mean([s["step_seconds"] for s in history]))
     result = {"steps": steps, "answers_per_step": config.answers_per_step, "rollout_tokens_per_s": rollout,
               "update_tokens_per_s": update, "update_mfu": 6 * params * update / peak, "matmul_peak_gflops": peak / 1e9,
+              "policy_dtype": str(dtype).removeprefix("torch."),
+              "matmul_peak_gflops_in_policy_dtype": peak_in_dtype / 1e9,
+              "update_mfu_in_policy_dtype": 6 * params * update / peak_in_dtype,
               "step_seconds": step_seconds, "episodes_in_12_min": 12 * 60 / step_seconds * config.answers_per_step,
               "parameters": params, "answer_length": float(np.mean([s["answer_length"] for s in history]))}
     if BASELINE_FILE.exists():
