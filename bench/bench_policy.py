@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from common import REPO, matmul_peak_flops, write_result
 from variants import Judges, measure, paired_gain, summarise, train_variant
 
@@ -104,7 +105,8 @@ def throughput(home: DataHome, settings, reward: RLReward, steps: int) -> dict:
                          prompt_records(prompts[prompts["split"] == "train"], tokenizer), progress=print)
     peak = matmul_peak_flops()  # float32: the denominator, whatever the policy's dtype
     dtype = next(model.parameters()).dtype
-    peak_in_dtype = matmul_peak_flops(dtype=dtype)  # bf16 matmuls (AMX) peak higher: the stricter denominator
+    # bf16 matmuls (AMX) peak higher: the stricter denominator; a float32 policy reuses the measurement above.
+    peak_in_dtype = peak if dtype == torch.float32 else matmul_peak_flops(dtype=dtype)
     history = trainer.train().history
     params = model.num_parameters()
     rollout = float(np.mean([s["tokens_per_s_rollout"] for s in history]))
