@@ -32,7 +32,7 @@ from common import REPO, ensure_split_snapshot, matmul_peak_flops, write_result
 
 from ml.config import get_profile
 from ml.data.splits import read_split
-from ml.reward.encoder import DTYPES
+from ml.device import DTYPES
 from ml.reward.evaluate import classification_metrics, evaluate_reward_model
 from ml.reward.model import RewardModel, texts_for_rows
 from ml.reward.pipeline import read_truth

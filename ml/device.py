@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def resolve_device(device: str) -> torch.device:
     """"auto" = the GPU when there is one; anything else is passed to torch as is."""
@@ -26,3 +28,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     except AttributeError:
         native = False
     return "bfloat16" if native else "float32"
+
+
+def torch_dtype(dtype: str, device: str | torch.device = "auto") -> torch.dtype:
+    """The torch dtype a `dtype` setting means on `device` ("auto" resolved), with a clear error for an unknown one."""
+    dtype = resolve_dtype(dtype, device if isinstance(device, torch.device) else resolve_device(device))
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]

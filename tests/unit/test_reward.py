@@ -310,6 +310,8 @@ def test_auto_precision_resolves_to_what_the_hardware_has(reward):
     assert auto.dtype == resolve_dtype("auto", auto.device)
     with pytest.raises(ValueError, match="unknown dtype"):
         RewardModel(reward.model, reward.tokenizer, dtype="float8")
+    with pytest.raises(ValueError, match="not float16"):  # no loss scaling in its training loop
+        RewardModel(reward.model, reward.tokenizer, dtype="float16")
 
 
 def rl_reward_for(reward, design: str, copy_corpus=None, **changes):
