@@ -355,6 +355,7 @@ class Rollout:
     is_empty: torch.Tensor  # (B,) bool
     is_truncated: torch.Tensor  # (B,) bool: no EOS within max_new_tokens
     raw_scores: torch.Tensor  # (B,) reward_fn's output
+    is_floored: torch.Tensor  # (B,) bool: a rule of reward_fn put the answer at its batch's floor
     scores: torch.Tensor  # (B,) after penalties and normalisation: the reward on the last token
     logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t)
     ref_logprobs: torch.Tensor  # (B, R) log π_ref(a_t|s_t)
@@ -498,6 +499,8 @@ class PPOTrainer:
         if raw_scores.shape != (len(prompts),):
             raise ValueError(f"reward_fn returned {tuple(raw_scores.shape)} rewards for {len(prompts)} answers")
         is_empty = torch.tensor([not answer for answer in answers])
+        # A reward with floor rules (quotes, copies: `RLReward`) says which answers they floored.
+        is_floored = torch.as_tensor(getattr(self.reward_fn, "last_floored", np.zeros(len(answers), dtype=bool)))
         is_truncated = ~has_eos.cpu()
         scores = apply_answer_penalties(raw_scores, is_empty, is_truncated,
                                         config.empty_answer_penalty, config.truncated_answer_penalty)
@@ -522,7 +525,7 @@ class PPOTrainer:
 
         return Rollout(prompts=prompts, queries=queries, query_mask=query_mask, responses=responses,
                        response_mask=response_mask, answers=answers, is_empty=is_empty, is_truncated=is_truncated,
-                       raw_scores=raw_scores, scores=scores.to(self.device), logprobs=logprobs,
+                       raw_scores=raw_scores, is_floored=is_floored, scores=scores.to(self.device), logprobs=logprobs,
                        ref_logprobs=ref_logprobs, values=values, entropy=entropy,
                        generation_seconds=generation_seconds)
 
@@ -536,7 +539,8 @@ class PPOTrainer:
         kl_coef: β used this step; entropy: mean token entropy of π on its own samples;
         policy_loss, value_loss, approx_kl, clipfrac: means over the minibatch updates;
         explained_variance: of the returns by the rollout values; answer_length: tokens before EOS;
-        truncated_share, empty_share; tokens_per_s_rollout (generation), tokens_per_s_update;
+        truncated_share, empty_share; floored_share: answers a floor rule of reward_fn put at its batch's
+        lowest reward (0 for a reward without `last_floored`); tokens_per_s_rollout (generation), tokens_per_s_update;
         ratio_mean_first_minibatch: mean π/π_old before any update (1 by construction);
         ppo_updates: minibatch updates done before any early stop; step_seconds.
         """
@@ -659,6 +663,7 @@ class PPOTrainer:
         answer_lengths = dist.cat((ro.response_mask.sum(dim=1) - (~ro.is_truncated).long().to(self.device)).float())
         scores, raw_scores = dist.cat(ro.scores), dist.cat(ro.raw_scores)
         is_truncated, is_empty = dist.cat(ro.is_truncated.float()), dist.cat(ro.is_empty.float())
+        is_floored = dist.cat(ro.is_floored.float())
         many = len(scores) > 1
         return {
             "reward_mean": scores.mean().item(),
@@ -677,6 +682,7 @@ class PPOTrainer:
             "answer_length": answer_lengths.mean().item(),
             "truncated_share": is_truncated.mean().item(),
             "empty_share": is_empty.mean().item(),
+            "floored_share": is_floored.mean().item(),
             "ratio_mean_first_minibatch": ratio_mean_first_minibatch,
             "ppo_updates": float(len(mb_stats["policy_loss"])),
             "tokens_per_s_rollout": answer_tokens / max(ro.generation_seconds, 1e-9),

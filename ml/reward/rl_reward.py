@@ -119,6 +119,8 @@ class RLReward:
         self.proxy, self.gold, self.ensemble = proxy, gold, list(ensemble)
         self.proxy_area, self.gold_area = proxy_area, gold_area
         self.multiplier = spec.initial_multiplier
+        # Which answers of the last `train_reward` batch a rule floored: PPO logs their share per step.
+        self.last_floored: np.ndarray = np.zeros(0, dtype=bool)
         if spec.copy_threshold > 0 and not copy_corpus:
             raise ValueError("a reward with copy_threshold > 0 needs the conditions it compares answers with")
         self.copy_rule = CopyRule(copy_corpus, spec.copy_threshold) if spec.copy_threshold > 0 else None
@@ -163,8 +165,10 @@ class RLReward:
         each answer's rendered prompt (`prompt_text`) for the quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
+        self.last_floored = np.zeros(len(conditions), dtype=bool)
         if self.has_floor_rules:  # the same on every rank: batch_min is a collective
-            reward = np.where(self.floored(records, conditions), batch_min(reward), reward)
+            self.last_floored = self.floored(records, conditions)
+            reward = np.where(self.last_floored, batch_min(reward), reward)
         return reward
 
     @property

@@ -404,6 +404,7 @@ def test_an_answer_reciting_a_condition_the_proxy_learned_from_gets_the_batch_lo
     # Verbatim and reordered recitals are copies; sharing a verb or an object is not.
     assert strict.copies(answers).tolist() == [True, False, True, False]
     np.testing.assert_allclose(strict(records, answers), [free.min(), free[1], free.min(), free[3]], rtol=1e-6)
+    assert strict.last_floored.tolist() == [True, False, True, False]  # what PPO logs as floored_share
     # The compared conditions travel with the saved reward: loading it needs no training split.
     strict.save(tmp_path)
     loaded = RLReward.load(tmp_path, lambda ref: reward)
