@@ -8,7 +8,7 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" = the GPU when there is one; anything else is passed to torch as is."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,9 +30,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     return "bfloat16" if native else "float32"
 
 
+def named_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a concrete name ("float32", "bfloat16", "float16"), with a clear error for an unknown one."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[name]
+
+
 def torch_dtype(dtype: str, device: str | torch.device = "auto") -> torch.dtype:
-    """The torch dtype a `dtype` setting means on `device` ("auto" resolved), with a clear error for an unknown one."""
-    dtype = resolve_dtype(dtype, device if isinstance(device, torch.device) else resolve_device(device))
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(DTYPES))}")
-    return DTYPES[dtype]
+    """The torch dtype a `dtype` setting means on `device`, "auto" resolved (`resolve_dtype`)."""
+    return named_dtype(resolve_dtype(dtype, resolve_device(device)))

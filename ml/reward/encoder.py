@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ml.device import torch_dtype
+from ml.device import named_dtype
 
 TINY_BERT = "tiny-bert"
 PACKAGED_MINILM = "all-minilm-l6-v2"
@@ -85,7 +85,7 @@ def describe_encoder(model: PreTrainedModel) -> EncoderInfo:
 def autocast_dtype(dtype: str) -> torch.dtype | None:
     """The reduced precision to run matmuls in (weights stay float32), or None for full precision; `dtype`
     is already resolved ("auto" picks bfloat16 where the hardware has it, `ml.device.resolve_dtype`)."""
-    precision = torch_dtype(dtype, "cpu")
+    precision = named_dtype(dtype)
     if precision == torch.float16:  # float16 would need loss scaling; bfloat16 has float32's range
         raise ValueError("the reward model trains in float32 or bfloat16, not float16")
     return None if precision == torch.float32 else precision
