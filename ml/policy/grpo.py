@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
@@ -48,7 +49,8 @@ KINDS = ("grpo", "rloo")
 METADATA_COLUMNS = ["prompt_id", *KEY_COLUMNS]
 # Per-step diagnostics kept from TRL's log rows (TRL name -> our name, saying which reward and which KL).
 HISTORY_KEYS = {"reward": "train_reward_mean", "reward_std": "train_reward_std", "kl": "kl_per_token_to_reference",
-                "loss": "loss", "completions/mean_length": "completion_length", "entropy": "entropy"}
+                "loss": "loss", "completions/mean_length": "completion_length", "entropy": "entropy",
+                "floored_share": "floored_share"}
 
 RewardFn = Callable[[list[dict], list[str]], list[float]]
 
@@ -109,13 +111,20 @@ class TimeBudgetCallback(TrainerCallback):
 
 def group_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
     """Adapt `reward_fn(metadata records, answers)` to TRL's `(prompts, completions, **columns)`:
-    TRL passes every dataset column, repeated once per generation, as a keyword list."""
+    TRL passes every dataset column, repeated once per generation, as a keyword list.
 
-    def reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
+    A reward with floor rules (`RLReward.last_floored`) has the share of answers they floored logged as
+    `floored_share` through TRL's `log_metric` (averaged over the ranks), as PPO logs it."""
+
+    def reward(prompts: list[str], completions: list[str], log_metric: Callable[[str, float], None] | None = None,
+               **columns) -> list[float]:
         records = [{"prompt_text": prompts[i],  # the quote rule reads the precedents the prompt shows
                     **{name: columns[name][i] for name in METADATA_COLUMNS if name in columns}}
                    for i in range(len(completions))]
-        return [float(score) for score in reward_fn(records, [c.strip() for c in completions])]
+        scores = [float(score) for score in reward_fn(records, [c.strip() for c in completions])]
+        if log_metric is not None:
+            log_metric("floored_share", float(np.mean(getattr(reward_fn, "last_floored", [0.0] * len(scores)))))
+        return scores
 
     reward.__name__ = "rl_reward"  # TRL names the logged reward column after the function
     return reward

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,6 +81,17 @@ def test_group_reward_passes_metadata_and_answers():
                                   "arrangement_type": "ECF", "economic_area": "Tax policy"}
 
 
+def test_group_reward_logs_the_share_its_floor_rules_floored():
+    def reward_fn(records, answers):
+        reward_fn.last_floored = np.array(["tax" in answer for answer in answers])
+        return [0.0 if floored else 1.0 for floored in reward_fn.last_floored]
+
+    logged = {}
+    group_reward(reward_fn)(prompts=["p"] * 4, completions=["tax", "cap", "tax it", "spend"],
+                            log_metric=logged.__setitem__)
+    assert logged == {"floored_share": 0.5}
+
+
 def group_settings(**changes):
     return replace(SETTINGS, group_rl=replace(SETTINGS.group_rl, **{
         "steps": 2, "num_generations": 4, "prompts_per_step": 1, "learning_rate": 1e-2, **changes}))
@@ -93,6 +105,7 @@ def test_group_rl_runs_with_kl_against_a_callable_reward(kind, tokenizer, splits
 
     def length_share(records, answers):  # toy reward in [0, 1]: longer answers score higher
         calls.append((records, answers))
+        length_share.last_floored = np.array([len(answer) < 40 for answer in answers])  # as RLReward's rules say
         return [min(len(answer) / 80, 1.0) for answer in answers]
 
     result = train_group_rl(kind, model, tokenizer, prompts, length_share, group_settings(), tmp_path, seed=0,
@@ -102,6 +115,9 @@ def test_group_rl_runs_with_kl_against_a_callable_reward(kind, tokenizer, splits
     assert all(math.isfinite(row["train_reward_mean"]) and math.isfinite(row["kl_per_token_to_reference"])
                for row in result.history)
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    # One reward call per step: each step logs the share of its answers the reward's floor rules floored.
+    assert [row["floored_share"] for row in result.history] == pytest.approx(
+        [np.mean([len(answer) < 40 for answer in step_answers]) for _, step_answers in calls])
     records, answers = calls[0]
     assert len(answers) == 4 and all(isinstance(answer, str) for answer in answers)
     assert len({record["country"] for record in records}) == 1  # one prompt, four answers to it
