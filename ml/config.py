@@ -188,6 +188,8 @@ class PolicySettings:
     # > 0: an answer at least this similar (word uni- and bigrams) to a condition of the proxy's training
     # half earns its batch's lowest reward: a proposal, not a recital. The report's copy share is the judge.
     copy_threshold: float = 0.0
+    # > 0 (below copy_threshold): near-copies lose reward in proportion to how close they come to the threshold.
+    copy_ramp_from: float = 0.0
     # True: an answer that stutters or says a three-word phrase twice earns its batch's lowest reward.
     floor_repeats: bool = False
     ppo: PPOSettings = field(default_factory=PPOSettings)

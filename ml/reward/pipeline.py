@@ -152,7 +152,8 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
     spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
                       on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
-                      copy_threshold=settings.copy_threshold, floor_repeats=settings.floor_repeats,
+                      copy_threshold=settings.copy_threshold, copy_ramp_from=settings.copy_ramp_from,
+                      floor_repeats=settings.floor_repeats,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
@@ -186,6 +187,7 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
                               "on_topic_target": spec.on_topic_target,
                               "quote_threshold": spec.quote_threshold,
                               "copy_threshold": spec.copy_threshold,
+                              "copy_ramp_from": spec.copy_ramp_from,
                               "floor_repeats": spec.floor_repeats}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)

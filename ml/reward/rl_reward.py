@@ -28,7 +28,10 @@ that recites a condition the proxy learned from (`CopyRule`): PPO raised the eva
 SFT's 6% to 17% in the 320fe7a demo, since a real MET condition is what the reward models rate highest.
 The rule's detector is not the report's: it sees word uni- and bigrams over the proxy's half of the
 training split, while the report's copy share counts character n-grams over the whole split, so the
-report measures copies the training reward never looked at directly. With `floor_repeats`, an answer
+report measures copies the training reward never looked at directly. With `copy_ramp_from` too, the rule
+is a ramp rather than a step: an answer between that similarity and `copy_threshold` loses a proportional
+share of the way to its batch's lowest reward, so a policy drifting toward a recital pays before it gets
+there (off by default: the ablation is in the README). With `floor_repeats`, an answer
 that repeats itself (`ml.similarity.repeats_itself`: a stuttered word or a three-word phrase said twice,
 as 8.6% of PPO's test answers in the 9156f49 demo did and no historical condition does) earns its
 batch's lowest reward too: the reward models read "in line with staff staff recommendations" as they
@@ -83,6 +86,9 @@ class RewardSpec:
     quote_threshold: float = 0.0
     # > 0: an answer this similar to a condition of the proxy's training half earns its batch's lowest reward.
     copy_threshold: float = 0.0
+    # > 0 (below copy_threshold): an answer between this similarity and copy_threshold gives up that share of
+    # the way from its reward to the batch's lowest, so near-copies already cost (0 = a floor at the threshold).
+    copy_ramp_from: float = 0.0
     floor_repeats: bool = False  # an answer that repeats itself earns its batch's lowest reward
     info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
 
@@ -91,6 +97,9 @@ class RewardSpec:
             raise ValueError(f"unknown reward design {self.design!r}; choose one of {DESIGNS}")
         if self.design == "ensemble" and not self.ensemble:
             raise ValueError("the 'ensemble' design needs ensemble members besides the proxy")
+        if self.copy_ramp_from and not 0 < self.copy_ramp_from < self.copy_threshold:
+            raise ValueError(f"copy_ramp_from ({self.copy_ramp_from}) must lie between 0 and copy_threshold "
+                             f"({self.copy_threshold})")
 
     def models(self) -> list[ModelRef]:
         return [self.proxy, self.gold, *self.ensemble]
@@ -106,6 +115,9 @@ class CopyRule:
 
     def copies(self, conditions: Sequence[str]) -> np.ndarray:
         return self.index.nearest(conditions)["is_copy"].to_numpy(dtype=bool)
+
+    def similarity(self, conditions: Sequence[str]) -> np.ndarray:
+        return self.index.nearest(conditions)["similarity"].to_numpy(dtype=float)
 
 
 class RLReward:
@@ -167,9 +179,18 @@ class RLReward:
         reward = self._design_reward(records, conditions)
         self.last_floored = np.zeros(len(conditions), dtype=bool)
         if self.has_floor_rules:  # the same on every rank: batch_min is a collective
+            lowest = batch_min(reward)
             self.last_floored = self.floored(records, conditions)
-            reward = np.where(self.last_floored, batch_min(reward), reward)
+            reward = np.where(self.last_floored, lowest, reward - self.near_copy_share(conditions) * (reward - lowest))
         return reward
+
+    def near_copy_share(self, conditions: Sequence[str]) -> np.ndarray:
+        """Per condition: the share of the way to its batch's lowest reward that `copy_ramp_from` takes
+        from it, rising linearly from 0 at that similarity to 1 at `copy_threshold` (0 without a ramp)."""
+        start, end = self.spec.copy_ramp_from, self.spec.copy_threshold
+        if not start or self.copy_rule is None:
+            return np.zeros(len(conditions))
+        return np.clip((self.copy_rule.similarity(conditions) - start) / (end - start), 0.0, 1.0)
 
     @property
     def has_floor_rules(self) -> bool:

@@ -415,6 +415,32 @@ def test_an_answer_reciting_a_condition_the_proxy_learned_from_gets_the_batch_lo
         rl_reward_for(reward, "product", copy_threshold=0.85)
 
 
+def test_a_near_copy_loses_reward_in_proportion_to_its_closeness_on_the_copy_ramp(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    learned = ["Submit the draft budget law to parliament", "Adopt a tax expenditure report"]
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 3
+    answers = ["Submit the draft budget law to parliament.", "Submit a draft budget law on revenue to the cabinet",
+               "Publish the arrears stock on the website"]
+    free = rl_reward_for(reward, "product")(records, answers)
+    ramped = rl_reward_for(reward, "product", copy_corpus=learned, copy_threshold=0.85, copy_ramp_from=0.3)
+    closeness = ramped.copy_rule.similarity(answers)
+    assert closeness[0] >= 0.85 and 0.3 < closeness[1] < 0.85 and closeness[2] < 0.3  # a copy, a near one, new
+    share = (closeness[1] - 0.3) / (0.85 - 0.3)
+    lowest = free.min()
+    assert free[1] > lowest  # so the ramp has something to take
+    np.testing.assert_allclose(ramped(records, answers),
+                               [lowest, free[1] - share * (free[1] - lowest), free[2]], rtol=1e-6)
+    assert ramped.last_floored.tolist() == [True, False, False]  # the ramp lowers, only the rule floors
+    # The ramp travels with the saved reward; without it the near copy keeps its reward.
+    ramped.save(tmp_path)
+    np.testing.assert_allclose(RLReward.load(tmp_path, lambda ref: reward)(records, answers), ramped(records, answers),
+                               rtol=1e-6)
+    np.testing.assert_allclose(ramped.variant(copy_ramp_from=0.0)(records, answers)[1], free[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="copy_ramp_from"):
+        rl_reward_for(reward, "product", copy_corpus=learned, copy_threshold=0.85, copy_ramp_from=0.9)
+
+
 def test_an_answer_that_repeats_itself_gets_the_batch_lowest_reward(reward, tmp_path):
     from ml.reward.rl_reward import RLReward
 
