@@ -184,7 +184,7 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     designs[default_label] = variant_reward(spec.design, reward.proxy)
     if spec.quote_threshold > 0 or spec.copy_threshold > 0 or spec.floor_repeats:
         designs["the default without the quote, copy and repeat rules"] = reward.variant(
-            quote_threshold=0.0, copy_threshold=0.0, floor_repeats=False)
+            quote_threshold=0.0, copy_threshold=0.0, copy_ramp_from=0.0, floor_repeats=False)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}
