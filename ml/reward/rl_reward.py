@@ -188,7 +188,7 @@ class RLReward:
         """Per condition: the share of the way to its batch's lowest reward that `copy_ramp_from` takes
         from it, rising linearly from 0 at that similarity to 1 at `copy_threshold` (0 without a ramp)."""
         start, end = self.spec.copy_ramp_from, self.spec.copy_threshold
-        if not start or self.copy_rule is None:
+        if not start:  # a ramp implies copy_threshold > 0, hence a copy rule (RewardSpec and __init__ check)
             return np.zeros(len(conditions))
         return np.clip((self.copy_rule.similarity(conditions) - start) / (end - start), 0.0, 1.0)
 
