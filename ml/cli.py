@@ -211,6 +211,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                   f"{proposal.proxy_p_area:.2f}")
         if proposal.copy_of:
             print(f"   copies a training condition: {proposal.copy_of}")
+        if proposal.restates:
+            print(f"   restates a condition this country already had: {proposal.restates}")
+        if proposal.other_countries:
+            print(f"   names another country ({', '.join(proposal.other_countries)}): rewrite it for the country asked")
         if proposal.past_years:
             years = ", ".join(map(str, proposal.past_years))
             print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")

@@ -20,6 +20,10 @@ after those that do not, flagged, since their deadline has to be rewritten. Prop
 reward's area classifier puts in another area (P(asked area) < 0.5) come after every on-topic one, and
 answers cut off at the token limit ("... by mid-August 200") last of all, both flagged. An answer that
 repeats itself ("in line with staff staff recommendations") comes after those that do not, flagged.
+Two flags say that a proposal is not a new condition for this country: one that restates a condition the
+country already had in the area (all but a few of its word pairs, with or without additions) comes right
+after the copies, and one that names another country of the record ("... in the framework of the Central
+African Republic" for Bosnia and Herzegovina) after those.
 Last, the n proposals are different ones where the samples allow: a proposal that only rewords a
 better-ranked one (the same words of the area, by TF-IDF) comes after every other with no worse flag,
 flagged with the number of the proposal it rewords.
@@ -60,6 +64,13 @@ OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposa
 # registry of customs valuation controls" 0.53; "Submit to Parliament a draft amendment to the legal
 # framework for customs valuation controls ..." against any of them 0.23-0.28.
 VARIANT_AT = 0.5
+# Share of a condition's word pairs that a proposal holds, at which the proposal restates it. Ghana's
+# "Submit to the Council of Ministers draft amendments to the legal framework for customs valuation controls,
+# outline specific measures for ..." holds all of Ghana's 2023 condition (met) and adds to it; a next step
+# on the same object, Argentina's "Finalize a framework for the public investment management system, in
+# collaboration with the Ministry of Finance" after its 2015 "Implement the new framework for the public
+# investment management system, in coordination with the Revenue Authority", holds 53% of it.
+RESTATES_AT = 0.8
 
 
 class InputError(ValueError):
@@ -79,6 +90,8 @@ class Proposal:
     proxy_p_area: float = 1.0  # the training side's P(asked area | proposal), which ranks it
     repeats: bool = False  # stutters or says a phrase twice
     rewords: int | None = None  # the number (1-based) of the better-ranked proposal it merely rewords
+    restates: str | None = None  # the condition of this country and area it restates, as a precedent line
+    other_countries: list[str] = field(default_factory=list)  # countries of the record it names, not the one asked
 
     @property
     def off_topic(self) -> bool:
@@ -141,10 +154,27 @@ def past_years(text: str, current_year: int) -> list[int]:
     return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
 
 
+def other_countries(text: str, countries: Sequence[str], asked: str | None) -> list[str]:
+    """The countries of `countries` that `text` names, other than `asked` (whole names, the longest first,
+    so that "Guinea-Bissau" is not read as "Guinea")."""
+    names = sorted({str(c) for c in countries if isinstance(c, str) and c.strip()}, key=len, reverse=True)
+    if not names:
+        return []
+    found = re.findall(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", text)
+    asked_key = str(asked or "").casefold()
+    return list(dict.fromkeys(name for name in found if name.casefold() != asked_key))
+
+
+def word_pairs(text: str) -> set[tuple[str, str]]:
+    words = re.findall(r"\w+", str(text).casefold())
+    return set(zip(words, words[1:]))
+
+
 def analyst_flags(proposals: list[Proposal]) -> list[list[bool]]:
     """The flags that rank a proposal lower, the most severe first."""
     return [[p.cut_off for p in proposals], [p.off_topic for p in proposals],
-            [p.copy_of is not None for p in proposals], [bool(p.past_years) for p in proposals],
+            [p.copy_of is not None for p in proposals], [p.restates is not None for p in proposals],
+            [bool(p.other_countries) for p in proposals], [bool(p.past_years) for p in proposals],
             [p.repeats for p in proposals]]
 
 
@@ -172,17 +202,33 @@ class AreaRecord:
         if self.conditions.empty:
             return [[] for _ in texts]
         similarities = (self.matrix @ self.vectorizer.transform(texts).T).toarray().T  # one row per text
-        same_country = (self.conditions["country"].fillna("").str.casefold() == str(country).casefold()).to_numpy()
-        found = []
-        for similarity in similarities:
-            lines = []
-            for index in np.lexsort((-similarity, ~same_country))[:k]:
-                row = self.conditions.iloc[index]
-                year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
-                outcome = "met" if row["is_met"] == 1 else "not met"
-                lines.append(f"{row['country']}{year} ({outcome}, similarity {similarity[index]:.2f}): "
-                             f"{row['description']}")
-            found.append(lines)
+        same_country = self.of_country(country)
+        return [[self.line(index, f", similarity {similarity[index]:.2f}")
+                 for index in np.lexsort((-similarity, ~same_country))[:k]] for similarity in similarities]
+
+    def of_country(self, country: str) -> np.ndarray:
+        return (self.conditions["country"].fillna("").str.casefold() == str(country).casefold()).to_numpy()
+
+    def line(self, index: int, note: str = "") -> str:
+        """A condition of the area as a precedent: "Ghana 2023 (met<note>): <its text>"."""
+        row = self.conditions.iloc[index]
+        year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
+        outcome = "met" if row["is_met"] == 1 else "not met"
+        return f"{row['country']}{year} ({outcome}{note}): {row['description']}"
+
+    def restated(self, country: str, texts: list[str], at: float = RESTATES_AT) -> list[str | None]:
+        """For each text, the condition of `country` in this area that it restates (holds at least `at` of
+        its word pairs, the most held first), as a precedent line; None when it restates none."""
+        if self.conditions.empty:
+            return [None] * len(texts)
+        pairs = {index: word_pairs(self.conditions.at[index, "description"])
+                 for index in np.flatnonzero(self.of_country(country))}
+        found: list[str | None] = []
+        for text in texts:
+            held = word_pairs(text)
+            shares = {index: len(p & held) / len(p) for index, p in pairs.items() if len(p) >= 2}
+            best = max(shares, key=shares.get, default=None)
+            found.append(self.line(best) if best is not None and at_least(shares[best], at) else None)
         return found
 
     def variants(self, texts: list[str], at: float = VARIANT_AT) -> list[int | None]:
@@ -282,16 +328,19 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     if conditions:
         parts = reward.components([request] * len(conditions), conditions)
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
+        record = AreaRecord(corpus, area)
+        countries = corpus["country"].dropna().unique()
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
-                               float(row.proxy_p_area), repeats_itself(text))
-                      for text, row, copy, cut in zip(conditions, parts.itertuples(index=False),
-                                                      copies.itertuples(index=False), cut_off)]
+                               float(row.proxy_p_area), repeats_itself(text), restates=restated,
+                               other_countries=other_countries(text, countries, country))
+                      for text, row, copy, cut, restated in zip(conditions, parts.itertuples(index=False),
+                                                                copies.itertuples(index=False), cut_off,
+                                                                record.restated(country, conditions))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],
                                                        analyst_flags(candidates))]
-        record = AreaRecord(corpus, area)
         items = different_first(ranked, record)[:n]
         for item, precedents in zip(items, record.precedents(country, [p.text for p in items])):
             item.precedents = precedents

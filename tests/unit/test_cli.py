@@ -158,3 +158,45 @@ def test_recommend_offers_different_proposals_before_rewordings_and_ranks_stutte
     assert not repeats_itself("Prepare and submit to Fund staff a roadmap for the state telecommunications "
                               "operator, in consultation with Fund staff.")
     assert not repeats_itself("Publish on the Ministry of Finance website a report on the accounts of the Treasury")
+
+
+def test_recommend_flags_a_proposal_that_restates_the_countrys_condition_or_names_another_country():
+    import pandas as pd
+
+    from ml.recommend import AreaRecord, Proposal, different_first, other_countries
+
+    area = "Revenue administration, including customs"
+    corpus = pd.DataFrame({
+        "economic_area": [area] * 3, "country": ["Ghana", "Ghana", "Kenya"], "test_year": [2023, 2022, 2021],
+        "is_met": [1, 0, 1],
+        "description": ["Submit to the Council of Ministers draft amendments to the legal framework for customs "
+                        "valuation controls", "Establish a dedicated unit for compliance management",
+                        "Adopt a decree on the customs clearance process"]})
+    record = AreaRecord(corpus, area)
+    texts = [
+        # Ghana's 2023 condition with a clause added: it restates it.
+        "Submit to the Council of Ministers draft amendments to the legal framework for customs valuation "
+        "controls, outline measures for the customs clearance process.",
+        # A next step on the object of the same condition: a proposal of its own.
+        "Implement the amended legal framework for customs valuation controls, with Fund staff",
+        # Kenya's condition word for word: another country's, so not a restatement of Ghana's record.
+        "Adopt a decree on the customs clearance process"]
+    assert record.restated("Ghana", texts) == [
+        "Ghana 2023 (met): Submit to the Council of Ministers draft amendments to the legal framework for "
+        "customs valuation controls", None, None]
+    assert record.restated("Kenya", texts)[2] == "Kenya 2021 (met): Adopt a decree on the customs clearance process"
+
+    countries = ["Guinea", "Guinea-Bissau", "Central African Republic", "Ghana"]
+    assert other_countries("Define a strategy in the framework of the Central African Republic", countries,
+                           "Ghana") == ["Central African Republic"]
+    assert other_countries("Adopt the customs code of Guinea-Bissau, as Ghana did", countries,
+                           "guinea-bissau") == ["Ghana"]  # the asked country in any case; not read as Guinea
+    assert other_countries("Publish the Ghana Revenue Authority's annual report", countries, "Ghana") == []
+
+    # Both flags rank a proposal after the new ones, whatever its reward: the restatement after every
+    # proposal that names another country, which goes after the clean one.
+    best = Proposal(texts[0], 0.9, 0.9, 0.9, None, restates=record.restated("Ghana", texts)[0])
+    foreign = Proposal("Define a strategy for the customs of the Central African Republic", 0.8, 0.8, 0.9, None,
+                       other_countries=["Central African Republic"])
+    clean = Proposal(texts[1], 0.7, 0.7, 0.9, None)
+    assert [p.text for p in different_first([best, foreign, clean], record)] == [clean.text, foreign.text, best.text]
