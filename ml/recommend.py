@@ -156,12 +156,12 @@ def past_years(text: str, current_year: int) -> list[int]:
 
 def other_countries(text: str, countries: Sequence[str], asked: str | None) -> list[str]:
     """The countries of `countries` that `text` names, other than `asked` (whole names, the longest first,
-    so that "Guinea-Bissau" is not read as "Guinea")."""
+    so that "Guinea-Bissau" is not read as "Guinea"); none when no country was asked."""
     names = sorted({str(c) for c in countries if isinstance(c, str) and c.strip()}, key=len, reverse=True)
-    if not names:
+    if not names or not asked or not str(asked).strip():
         return []
     found = re.findall(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", text)
-    asked_key = str(asked or "").casefold()
+    asked_key = str(asked).casefold()
     return list(dict.fromkeys(name for name in found if name.casefold() != asked_key))
 
 
