@@ -43,6 +43,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.data.splits import SPLITS, read_split
+from ml.evaluation.metrics import tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
@@ -154,19 +155,20 @@ def past_years(text: str, current_year: int) -> list[int]:
     return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
 
 
-def other_countries(text: str, countries: Sequence[str], asked: str | None) -> list[str]:
-    """The countries of `countries` that `text` names, other than `asked` (whole names, the longest first,
-    so that "Guinea-Bissau" is not read as "Guinea"); none when no country was asked."""
+def other_countries(texts: Sequence[str], countries: Sequence[str], asked: str | None) -> list[list[str]]:
+    """For each text, the countries of `countries` it names, other than `asked` (whole names, the longest
+    first, so that "Guinea-Bissau" is not read as "Guinea"); none when no country was asked."""
     names = sorted({str(c) for c in countries if isinstance(c, str) and c.strip()}, key=len, reverse=True)
     if not names or not asked or not str(asked).strip():
-        return []
-    found = re.findall(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", text)
+        return [[] for _ in texts]
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
     asked_key = str(asked).casefold()
-    return list(dict.fromkeys(name for name in found if name.casefold() != asked_key))
+    return [list(dict.fromkeys(name for name in pattern.findall(text) if name.casefold() != asked_key))
+            for text in texts]
 
 
 def word_pairs(text: str) -> set[tuple[str, str]]:
-    words = re.findall(r"\w+", str(text).casefold())
+    words = tokens(text)
     return set(zip(words, words[1:]))
 
 
@@ -223,10 +225,11 @@ class AreaRecord:
             return [None] * len(texts)
         pairs = {index: word_pairs(self.conditions.at[index, "description"])
                  for index in np.flatnonzero(self.of_country(country))}
+        pairs = {index: p for index, p in pairs.items() if len(p) >= 2}  # a one-word condition restates nothing
         found: list[str | None] = []
         for text in texts:
             held = word_pairs(text)
-            shares = {index: len(p & held) / len(p) for index, p in pairs.items() if len(p) >= 2}
+            shares = {index: len(p & held) / len(p) for index, p in pairs.items()}
             best = max(shares, key=shares.get, default=None)
             found.append(self.line(best) if best is not None and at_least(shares[best], at) else None)
         return found
@@ -329,14 +332,14 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         parts = reward.components([request] * len(conditions), conditions)
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
         record = AreaRecord(corpus, area)
-        countries = corpus["country"].dropna().unique()
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
                                float(row.proxy_p_area), repeats_itself(text), restates=restated,
-                               other_countries=other_countries(text, countries, country))
-                      for text, row, copy, cut, restated in zip(conditions, parts.itertuples(index=False),
-                                                                copies.itertuples(index=False), cut_off,
-                                                                record.restated(country, conditions))]
+                               other_countries=named)
+                      for text, row, copy, cut, restated, named in zip(
+                          conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
+                          record.restated(country, conditions),
+                          other_countries(conditions, corpus["country"].dropna().unique(), country))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

@@ -187,12 +187,12 @@ def test_recommend_flags_a_proposal_that_restates_the_countrys_condition_or_name
     assert record.restated("Kenya", texts)[2] == "Kenya 2021 (met): Adopt a decree on the customs clearance process"
 
     countries = ["Guinea", "Guinea-Bissau", "Central African Republic", "Ghana"]
-    assert other_countries("Define a strategy in the framework of the Central African Republic", countries,
-                           "Ghana") == ["Central African Republic"]
-    assert other_countries("Adopt the customs code of Guinea-Bissau, as Ghana did", countries,
-                           "guinea-bissau") == ["Ghana"]  # the asked country in any case; not read as Guinea
-    assert other_countries("Publish the Ghana Revenue Authority's annual report", countries, "Ghana") == []
-    assert other_countries("Adopt the customs code of Ghana", countries, None) == []  # no country was asked
+    assert other_countries(["Define a strategy in the framework of the Central African Republic",
+                            "Publish the Ghana Revenue Authority's annual report"], countries,
+                           "Ghana") == [["Central African Republic"], []]
+    assert other_countries(["Adopt the customs code of Guinea-Bissau, as Ghana did"], countries,
+                           "guinea-bissau") == [["Ghana"]]  # the asked country in any case; not read as Guinea
+    assert other_countries(["Adopt the customs code of Ghana"], countries, None) == [[]]  # no country was asked
 
     # Both flags rank a proposal after the new ones, whatever its reward: the restatement after every
     # proposal that names another country, which goes after the clean one.
