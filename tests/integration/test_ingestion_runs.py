@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -61,8 +62,18 @@ class World:
         return subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=self.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    def warehouse(self, sql: str) -> list[tuple]:
-        con = duckdb.connect(str(self.home.warehouse), read_only=True)
+    def warehouse(self, sql: str, wait_seconds: float = 30.0) -> list[tuple]:
+        # A process killed with its group lets go of the warehouse's lock only once the kernel has
+        # ended it, which can come after the test saw the group's leader exit: wait for the lock.
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                con = duckdb.connect(str(self.home.warehouse), read_only=True)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         try:
             return con.execute(sql).fetchall()
         finally:
