@@ -27,7 +27,7 @@ from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition
 from ml.policy.sampling import answer_lengths, answer_logprob_sums, decode_answers, generate_batches
 from ml.reward.rl_reward import RLReward
-from ml.reward.topic import area_key
+from ml.reward.topic import area_key, covered_keys
 
 Progress = Callable[[str], None]
 ANSWER_COLUMNS = ["policy", "prompt_id", "country", "arrangement_type", "economic_area", "prompt", "answer",
@@ -104,10 +104,10 @@ def collect_answers(prompts: pd.DataFrame, corpus: pd.DataFrame,
 
 def attainable_ceiling(prompts: pd.DataFrame, corpus: pd.DataFrame, reward: RLReward, per_area: int = 60,
                        seed: int = 0) -> pd.Series:
-    """Per prompt_id, the best judged reward among real conditions of the asked area (up to `per_area`
-    distinct training conditions of that area, MET ones first), each re-scored as if proposed in that
-    prompt's country and arrangement: how high a policy that picked the best historical condition for
-    every prompt would score."""
+    """Per prompt_id, the best judged reward among real conditions of the asked area or its sub-areas
+    (`covered_keys`; up to `per_area` distinct training conditions of each area, MET ones first), each
+    re-scored as if proposed in that prompt's country and arrangement: how high a policy that picked the
+    best historical condition for every prompt would score."""
     usable = corpus.dropna(subset=["description"]).assign(_key=corpus["economic_area"].map(area_key))
     # A seeded order with the MET conditions first, one row per distinct condition of an area.
     usable = usable.sample(frac=1.0, random_state=seed).sort_values("is_met", ascending=False, kind="stable")
@@ -115,7 +115,7 @@ def attainable_ceiling(prompts: pd.DataFrame, corpus: pd.DataFrame, reward: RLRe
     candidates = usable.groupby("_key")["description"].apply(lambda d: d.head(per_area).tolist()).to_dict()
     records, texts, owners = [], [], []
     for prompt in prompts.itertuples(index=False):
-        for text in candidates.get(area_key(prompt.economic_area), []):
+        for text in [text for key in sorted(covered_keys(prompt.economic_area)) for text in candidates.get(key, [])]:
             records.append({c: getattr(prompt, c) for c in KEY_COLUMNS})
             texts.append(str(text))
             owners.append(prompt.prompt_id)

@@ -139,7 +139,8 @@ def build_blocks(evaluation: PolicyEvaluation, plots: dict[str, Path], folder: P
         "trained on disjoint data, never used for training: a proxy gain it does not confirm is "
         "over-optimisation, not alignment. Judged reward: gold P(MET) times the probability, by an area "
         "classifier fitted on the gold side's data, that the answer is about the area asked; the champion rule "
-        "uses it. Attainable: for each prompt, the best judged reward among real conditions of the asked area, "
+        "uses it. Attainable: for each prompt, the best judged reward among real conditions of the asked area "
+        "(or of its sub-areas), "
         "re-scored in that prompt's context.")]
     blocks += _decision_blocks(promotion)
     blocks += _verdict_blocks(evaluation)
@@ -359,10 +360,12 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
     return ("KL: nats per answer at the sampling temperature, to the policy's RL reference (the SFT policy for "
             "an RL-tuned one, the base for SFT) and to the base model (none for the reference policies). "
             "On topic (classifier): share of answers that the gold side's TF-IDF classifier of economic area "
-            f"assigns to the area asked for ({classifier}); on topic (embeddings): share whose ten nearest training "
-            "conditions by MiniLM sentence embeddings mostly belong to that area. Distinct-2: unique word pairs "
-            "over all word pairs of the policy's answers. Nearest-train similarity: TF-IDF cosine to the closest "
-            "training condition (lower is more novel); copies: share at or above "
+            f"assigns to the area asked for or to one of its sub-areas ({classifier}; MONA's areas nest: \"6. "
+            "Financial sector\" holds 6.1-6.3); on topic (embeddings): share whose ten nearest training "
+            "conditions by MiniLM sentence embeddings mostly belong to that area or one of its sub-areas. "
+            "Distinct-2: unique word pairs over all word pairs of the policy's answers. Nearest-train "
+            "similarity: TF-IDF cosine to the closest training condition (lower is more novel); copies: share at "
+            "or above "
             f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction. "
             "Repeats itself: share of answers with a stuttered word (\"staff staff\") or a three-word phrase said "
             "twice.")

@@ -7,7 +7,8 @@ Training also on two kinds of negative rows, labelled NON_MET, teaches the model
 substance are part of being implementable:
 
 - cross-area: a real condition placed under another area's context (same country and arrangement,
-  another economic area), e.g. a customs-clearance condition proposed for pension reform;
+  another economic area, neither holding the other), e.g. a customs-clearance condition proposed for
+  pension reform;
 - vague: a real condition cut before its object ("Submit to parliament a draft law on" -> "Submit to
   parliament"): nothing in it can be verified at a review.
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from ml.reward.topic import nested
 
 NEGATIVE_COLUMN = "is_relevance_negative"
 VAGUE_WORDS = (2, 3, 4)  # a vague negative keeps this many leading words of a real condition
@@ -43,6 +46,14 @@ def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_shar
         own = pd.Index(areas).get_indexer(rows["economic_area"])
         other = np.where(own >= 0, (own + rng.integers(1, len(areas), n_cross)) % len(areas),
                          rng.integers(0, len(areas), n_cross))
+        # Not an area that holds the row's own or that its own holds (`nested`): a bank-restructuring
+        # condition under "Financial sector" is about that area. Move such a draw on to the next area
+        # that is neither, which leaves every other draw as it was.
+        for i in np.flatnonzero([nested(a, areas[o]) for a, o in zip(rows["economic_area"], other)]):
+            for step in range(1, len(areas)):
+                if not nested(rows["economic_area"].iloc[i], areas[(other[i] + step) % len(areas)]):
+                    other[i] = (other[i] + step) % len(areas)
+                    break
         rows["economic_area"] = areas[other]
         frames.append(rows)
     n_vague = int(round(vague_share * len(train)))

@@ -19,6 +19,8 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from ml.data.taxonomy import ECONOMIC_AREAS
+
 _AREA_NUMBER = re.compile(r"^\s*\d{1,2}\.(?:\d\.?)?\s+")
 
 
@@ -30,12 +32,36 @@ def area_key(area: object) -> str | None:
     return " ".join(_AREA_NUMBER.sub("", area).split()).casefold()
 
 
+# MONA's economic areas nest: "6. Financial sector" holds "6.1. Financial sector legal reforms ..." to
+# "6.3.", "1. General government" holds "1.1." to "1.9.". Keys of each top-level area's sub-areas.
+_SUB_AREAS: dict[str, frozenset[str]] = {
+    area_key(top.name): frozenset(area_key(a.name) for a in ECONOMIC_AREAS if a.major == top.major and a != top)
+    for top in ECONOMIC_AREAS if top.number.count(".") == 1}
+
+
+def covered_keys(area: object) -> frozenset[str]:
+    """The keys of the areas a condition may belong to and still be about `area`: the area itself and,
+    for a top-level area, its sub-areas (a bank-restructuring condition answers a question about the
+    financial sector). Not the reverse: a condition of "Financial sector" at large is not necessarily
+    about bank restructuring. An area the taxonomy does not know covers itself only."""
+    key = area_key(area)
+    if key is None:
+        return frozenset()
+    return frozenset({key}) | _SUB_AREAS.get(key, frozenset())
+
+
+def nested(area: object, other: object) -> bool:
+    """Whether one of two areas is the other or holds it."""
+    return area_key(other) in covered_keys(area) or area_key(area) in covered_keys(other)
+
+
 class AreaClassifier:
     """TF-IDF word 1-2 grams + logistic regression from a condition's text to its economic area,
     trained on the corpus. An answer is on topic when the area it is classified into is the area its
-    prompt asked for. A policy can score reward with a well-met condition from another area; this
-    catches it. `holdout_accuracy` (on a seeded 20% of the corpus the model did not see) says how far
-    the on-topic rate can be trusted: a weak classifier under-reports it for every policy alike.
+    prompt asked for or one of its sub-areas (`covered_keys`). A policy can score reward with a
+    well-met condition from another area; this catches it. `holdout_accuracy` (on a seeded 20% of the
+    corpus the model did not see) says how far the on-topic rate can be trusted: a weak classifier
+    under-reports it for every policy alike.
     """
 
     def __init__(self, vectorizer: TfidfVectorizer, model: LogisticRegression | None, classes: list[str],
@@ -114,31 +140,34 @@ class AreaClassifier:
 
     def on_topic(self, answers: pd.DataFrame) -> np.ndarray:
         """Per row of `answers` (columns `answer`, `economic_area`): 1.0 when the answer is classified
-        into the area asked for, 0.0 when not, NaN when the asked area is unknown to the classifier
-        (it could never agree, so the row says nothing about the policy)."""
-        asked = answers["economic_area"].map(area_key).to_numpy(dtype=object)
+        into the area asked for or one of its sub-areas, 0.0 when not, NaN when the asked area is
+        unknown to the classifier (it could never agree, so the row says nothing about the policy)."""
+        asked = answers["economic_area"].to_numpy(dtype=object)
         predicted = self.predict(answers["answer"])
-        known = np.array([a in self.classes for a in asked], dtype=bool)
-        return np.where(known, (predicted == asked).astype(float), math.nan)
+        known = np.array([area_key(a) in self.classes for a in asked], dtype=bool)
+        about = np.array([p in covered_keys(a) for p, a in zip(predicted, asked)], dtype=float)
+        return np.where(known, about, math.nan)
 
     def on_topic_rate(self, answers: pd.DataFrame) -> float:
         flags = self.on_topic(answers)
         return float(np.nanmean(flags)) if np.isfinite(flags).any() else math.nan
 
     def asked_area_probability(self, texts: Iterable[object], areas: Iterable[object]) -> np.ndarray:
-        """P(asked area | text) per (text, asked area) pair; 1.0 where the asked area is unknown to the
-        classifier (or it knows a single area): there is nothing to judge, so nothing is taken away."""
-        texts, keys = list(texts), [area_key(a) for a in areas]
-        if len(texts) != len(keys):
-            raise ValueError(f"{len(texts)} texts but {len(keys)} areas")
+        """P(asked area | text) per (text, asked area) pair, the asked area's sub-areas included (see
+        `covered_keys`); 1.0 where the asked area is unknown to the classifier (or it knows a single
+        area): there is nothing to judge, so nothing is taken away."""
+        texts, areas = list(texts), list(areas)
+        if len(texts) != len(areas):
+            raise ValueError(f"{len(texts)} texts but {len(areas)} areas")
         probability = np.ones(len(texts))
         if self.model is None or not texts:
             return probability
         column = {area: i for i, area in enumerate(self.model.classes_)}
-        known = np.array([key in column for key in keys], dtype=bool)
+        known = np.array([area_key(area) in column for area in areas], dtype=bool)
         if known.any():
             chosen = np.flatnonzero(known)
             proba = self.model.predict_proba(self.vectorizer.transform(
                 [t if isinstance(t, str) else "" for t in (texts[i] for i in chosen)]))
-            probability[chosen] = proba[np.arange(len(chosen)), [column[keys[i]] for i in chosen]]
+            for row, i in enumerate(chosen):
+                probability[i] = sum(proba[row, column[key]] for key in covered_keys(areas[i]) if key in column)
         return probability

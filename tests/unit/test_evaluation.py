@@ -124,6 +124,46 @@ def test_area_classifier_gets_a_clear_case_right():
     assert classifier.on_topic_rate(answers) == 0.5
 
 
+def nested_areas_corpus() -> pd.DataFrame:
+    """Conditions of a top-level area ("6. Financial sector"), two of its sub-areas and an unrelated
+    area, each area with words of its own."""
+    words = {"6. Financial sector": ("financial stability report", "systemic risk council"),
+             "6.1. Financial sector legal reforms, regulation, and supervision": ("bank supervision act",
+                                                                                   "prudential capital rules"),
+             "6.2. Restructuring and privatization of financial institutions": ("state bank privatization",
+                                                                                "bank recapitalization plan"),
+             "4.1. Pension reforms": ("pension indexation formula", "retirement age increase")}
+    verbs = ("Adopt the", "Publish the", "Submit to parliament the", "Complete the", "Approve the")
+    return pd.DataFrame([{"description": f"{verb} {phrase}", "economic_area": area}
+                         for area, phrases in words.items() for phrase in phrases for verb in verbs])
+
+
+def test_an_answer_about_a_sub_area_is_about_the_area_that_holds_it_not_the_reverse():
+    # MONA's areas nest: a bank-supervision condition answers a question about the financial sector,
+    # but a condition about the financial sector at large does not answer one about bank supervision.
+    from ml.evaluation.judges import EmbeddingAreaJudge
+
+    corpus = nested_areas_corpus()
+    answers = pd.DataFrame({
+        "answer": ["Adopt the bank supervision act", "Adopt the bank supervision act",
+                   "Adopt the bank supervision act", "Publish the financial stability report",
+                   "Publish the financial stability report"],
+        "economic_area": ["Financial sector", "6.1. Financial sector legal reforms, regulation, and supervision",
+                          "Restructuring and privatization of financial institutions",
+                          "Financial sector legal reforms, regulation, and supervision", "Pension reforms"]})
+    expected = [1.0, 1.0, 0.0, 0.0, 0.0]
+    classifier = AreaClassifier.fit(corpus, min_rows_for_holdout=10**6)
+    assert list(classifier.on_topic(answers)) == expected
+    assert list(EmbeddingAreaJudge(corpus, k=3).on_topic(answers)) == expected
+    # P(asked area) of a top-level area adds its sub-areas' probabilities to its own: here, all but
+    # the unrelated area's.
+    text = ["Adopt the bank supervision act"]
+    p = {area: classifier.asked_area_probability(text, [area])[0] for area in corpus["economic_area"].unique()}
+    child = p["6.1. Financial sector legal reforms, regulation, and supervision"]
+    assert p["6. Financial sector"] == pytest.approx(1.0 - p["4.1. Pension reforms"])
+    assert p["6. Financial sector"] > child > p["6.2. Restructuring and privatization of financial institutions"]
+
+
 def test_novelty_index_flags_an_exact_copy_only():
     corpus = synthetic_inputs(seed=0).corpus
     index = NoveltyIndex(corpus["description"])

@@ -473,6 +473,7 @@ def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
 
 def test_relevance_negatives_are_real_conditions_out_of_place_or_cut_short():
     from ml.reward.negatives import NEGATIVE_COLUMN, relevance_negatives, with_relevance_negatives
+    from ml.reward.topic import nested
 
     train = make_rows(200, seed=3, split="train")
     negatives = relevance_negatives(train, cross_area_share=0.25, vague_share=0.1, seed=0)
@@ -486,6 +487,16 @@ def test_relevance_negatives_are_real_conditions_out_of_place_or_cut_short():
     for row in vague.itertuples():
         source = originals.loc[row.condition_id, "description"]
         assert source.startswith(row.description) and len(row.description.split()) < len(source.split())
+    # Never under an area that holds the condition's own or that its own holds: a bank-supervision
+    # condition under "Financial sector" is about that area.
+    areas = ["6. Financial sector", "6.1. Financial sector legal reforms, regulation, and supervision",
+             "4.1. Pension reforms"]
+    family = train.assign(economic_area=[areas[i % 3] for i in range(len(train))])
+    cross = relevance_negatives(family, cross_area_share=1.0, vague_share=0.0, seed=0)
+    own = family.set_index("condition_id").loc[cross["condition_id"], "economic_area"].to_numpy()
+    assert not any(nested(a, b) for a, b in zip(own, cross["economic_area"]))
+    assert set(cross.loc[own != areas[2], "economic_area"]) == {areas[2]}
+    assert set(cross.loc[own == areas[2], "economic_area"]) == set(areas[:2])
     combined = with_relevance_negatives(train, 0.25, 0.1, seed=0)
     assert len(combined) == 270 and combined[NEGATIVE_COLUMN].sum() == 70
     assert with_relevance_negatives(train, 0.0, 0.0, seed=0) is train
