@@ -8,6 +8,7 @@ earns little unless it is a condition for the area the prompt named.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -18,8 +19,6 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-
-from ml.data.taxonomy import ECONOMIC_AREAS
 
 _AREA_NUMBER = re.compile(r"^\s*\d{1,2}\.(?:\d\.?)?\s+")
 
@@ -32,11 +31,17 @@ def area_key(area: object) -> str | None:
     return " ".join(_AREA_NUMBER.sub("", area).split()).casefold()
 
 
-# MONA's economic areas nest: "6. Financial sector" holds "6.1. Financial sector legal reforms ..." to
-# "6.3.", "1. General government" holds "1.1." to "1.9.". Keys of each top-level area's sub-areas.
-_SUB_AREAS: dict[str, frozenset[str]] = {
-    area_key(top.name): frozenset(area_key(a.name) for a in ECONOMIC_AREAS if a.major == top.major and a != top)
-    for top in ECONOMIC_AREAS if top.number.count(".") == 1}
+@functools.cache
+def sub_areas() -> dict[str, frozenset[str]]:
+    """MONA's economic areas nest: "6. Financial sector" holds "6.1. Financial sector legal reforms ..."
+    to "6.3.", "1. General government" holds "1.1." to "1.9.". The keys of each top-level area's
+    sub-areas, from the dbt seed, read when first needed: the MLflow Models that carry this module
+    (the reward models, the policy) load without the seed."""
+    from ml.data.taxonomy import ECONOMIC_AREAS
+
+    return {area_key(top.name): frozenset(area_key(a.name) for a in ECONOMIC_AREAS
+                                          if a.major == top.major and a != top)
+            for top in ECONOMIC_AREAS if top.number.count(".") == 1}
 
 
 def covered_keys(area: object) -> frozenset[str]:
@@ -47,7 +52,7 @@ def covered_keys(area: object) -> frozenset[str]:
     key = area_key(area)
     if key is None:
         return frozenset()
-    return frozenset({key}) | _SUB_AREAS.get(key, frozenset())
+    return frozenset({key}) | sub_areas().get(key, frozenset())
 
 
 def nested(area: object, other: object) -> bool:
