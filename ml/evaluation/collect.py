@@ -115,7 +115,8 @@ def attainable_ceiling(prompts: pd.DataFrame, corpus: pd.DataFrame, reward: RLRe
     candidates = usable.groupby("_key")["description"].apply(lambda d: d.head(per_area).tolist()).to_dict()
     records, texts, owners = [], [], []
     for prompt in prompts.itertuples(index=False):
-        for text in [text for key in sorted(covered_keys(prompt.economic_area)) for text in candidates.get(key, [])]:
+        area_texts = [t for key in sorted(covered_keys(prompt.economic_area)) for t in candidates.get(key, [])]
+        for text in area_texts:
             records.append({c: getattr(prompt, c) for c in KEY_COLUMNS})
             texts.append(str(text))
             owners.append(prompt.prompt_id)

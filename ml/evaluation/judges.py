@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from ml.reward.encoder import packaged_minilm_dir
-from ml.reward.topic import area_key, covered_keys
+from ml.reward.topic import about_asked, area_key
 
 
 def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 128,
@@ -75,11 +75,10 @@ class EmbeddingAreaJudge:
 
     def on_topic(self, answers: pd.DataFrame) -> np.ndarray:
         """Per row of `answers` (columns `answer`, `economic_area`): 1.0 when the answer's neighbours
-        vote for the asked area or one of its sub-areas (`covered_keys`), 0.0 when not (an empty answer
+        vote for the asked area or one of its sub-areas (`about_asked`), 0.0 when not (an empty answer
         is about nothing), NaN when the asked area is not in the corpus (no vote could ever agree)."""
         asked = answers["economic_area"].to_numpy(dtype=object)
         predicted = self.predict(answers["answer"])
         empty = np.array([not (isinstance(t, str) and t.strip()) for t in answers["answer"]], dtype=bool)
         known = np.isin(answers["economic_area"].map(area_key).to_numpy(dtype=object), self.keys)
-        about = np.array([p in covered_keys(a) for p, a in zip(predicted, asked)], dtype=bool)
-        return np.where(known, (about & ~empty).astype(float), math.nan)
+        return np.where(known, (about_asked(predicted, asked) & ~empty).astype(float), math.nan)

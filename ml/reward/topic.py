@@ -55,6 +55,12 @@ def covered_keys(area: object) -> frozenset[str]:
     return frozenset({key}) | sub_areas().get(key, frozenset())
 
 
+def about_asked(predicted: Iterable[object], asked: Iterable[object]) -> np.ndarray:
+    """Per (predicted area key, asked area) pair, whether the prediction is the asked area or one of its
+    sub-areas: what both on-topic judges count."""
+    return np.array([key in covered_keys(area) for key, area in zip(predicted, asked)], dtype=bool)
+
+
 def nested(area: object, other: object) -> bool:
     """Whether one of two areas is the other or holds it."""
     return area_key(other) in covered_keys(area) or area_key(area) in covered_keys(other)
@@ -150,8 +156,7 @@ class AreaClassifier:
         asked = answers["economic_area"].to_numpy(dtype=object)
         predicted = self.predict(answers["answer"])
         known = np.array([area_key(a) in self.classes for a in asked], dtype=bool)
-        about = np.array([p in covered_keys(a) for p, a in zip(predicted, asked)], dtype=float)
-        return np.where(known, about, math.nan)
+        return np.where(known, about_asked(predicted, asked).astype(float), math.nan)
 
     def on_topic_rate(self, answers: pd.DataFrame) -> float:
         flags = self.on_topic(answers)
