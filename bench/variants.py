@@ -18,7 +18,7 @@ import pandas as pd
 
 from ml.config import PolicySettings
 from ml.evaluation.collect import model_answers, score_answers
-from ml.evaluation.metrics import distinct_n, paired_bootstrap, tokens
+from ml.evaluation.metrics import distinct_n, paired_bootstrap, tokens, top_opening
 from ml.paths import DataHome
 from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
@@ -86,6 +86,7 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     words = [len(tokens(a)) for a in answers["answer"]]
     out["words_median"] = float(np.median(words))
     out["distinct_2"] = distinct_n(answers["answer"], 2)
+    out["opening_word"], out["opening_share"] = top_opening(answers["answer"])
     out["copy_share"] = float(judges.novelty.nearest(answers["answer"])["is_copy"].mean())
     out["quote_share"] = float(np.mean(quotes_precedent(answers["prompt"], answers["answer"],
                                                         judges.novelty.copy_threshold)))

@@ -17,6 +17,7 @@ from ml.evaluation.metrics import (
     mean_ci,
     overoptimisation_flag,
     paired_bootstrap,
+    top_opening,
     welch_test,
 )
 from ml.evaluation.plots import save_plots
@@ -55,6 +56,7 @@ __all__ = [
     "scenario_of",
     "scenario_samples",
     "synthetic_inputs",
+    "top_opening",
     "welch_test",
     "write_report",
 ]

@@ -186,11 +186,17 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "KL to base": table["kl_mean"].map(_num),
         "words (median)": table["words_median"].map(lambda v: _num(v, 0)),
         "distinct-2": table["distinct_2"].map(_num),
+        "most common first word": [_opening(word, share) for word, share in
+                                   table[["opening_word", "opening_share"]].itertuples(index=False)],
         "nearest-train similarity": table["nearest_similarity"].map(_num),
         "copies": table["copy_share"].map(_share),
         "quotes a precedent shown": table["quote_share"].map(_share),
         "repeats itself": table["repeat_share"].map(_share),
     })
+
+
+def _opening(word: object, share: float) -> str:
+    return f"{word} ({_share(share)})" if isinstance(word, str) else "—"
 
 
 def significance_table(tests: pd.DataFrame) -> pd.DataFrame:
@@ -363,7 +369,9 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
             f"assigns to the area asked for or to one of its sub-areas ({classifier}; MONA's areas nest: \"6. "
             "Financial sector\" holds 6.1-6.3); on topic (embeddings): share whose ten nearest training "
             "conditions by MiniLM sentence embeddings mostly belong to that area or one of its sub-areas. "
-            "Distinct-2: unique word pairs over all word pairs of the policy's answers. Nearest-train "
+            "Distinct-2: unique word pairs over all word pairs of the policy's answers. Most common first "
+            "word: the word most of the policy's answers open with, and their share (a policy that opens most "
+            "answers with one verb, \"Prepare a ...\", can still score well on distinct-2). Nearest-train "
             "similarity: TF-IDF cosine to the closest training condition (lower is more novel); copies: share at "
             "or above "
             f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction. "

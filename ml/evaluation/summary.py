@@ -28,6 +28,7 @@ from ml.evaluation.metrics import (
     overoptimisation_flag,
     paired_bootstrap,
     tokens,
+    top_opening,
     welch_test,
 )
 from ml.policy.grounding import quotes_precedent
@@ -56,8 +57,8 @@ OTHER_SCENARIO = "other"
 TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "proxy_ci_high", "gold_mean",
                  "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
-                 "distinct_2", "on_topic_rate", "on_topic_rate_knn", "nearest_similarity", "copy_share", "quote_share",
-                 "repeat_share"]
+                 "distinct_2", "opening_word", "opening_share", "on_topic_rate", "on_topic_rate_knn",
+                 "nearest_similarity", "copy_share", "quote_share", "repeat_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -71,7 +72,7 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "judged_ci_high": "judged_reward_ci_high", "ceiling_share": "share_of_ceiling",
                             "kl_reference_mean": "kl_to_reference", "kl_mean": "kl_to_base", "tokens_mean": "tokens",
                             "words_mean": "words", "words_median": "words_median",
-                            "distinct_1": "distinct_1", "distinct_2": "distinct_2",
+                            "distinct_1": "distinct_1", "distinct_2": "distinct_2", "opening_share": "opening_share",
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
                             "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
                             "quote_share": "quote_share", "repeat_share": "repeat_share"}
@@ -103,7 +104,7 @@ class PolicyEvaluation:
 
         Per policy: `<policy>_judged_reward`, `<policy>_proxy_p_met`, `<policy>_gold_p_met` (each + `_ci_low`,
         `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
-        `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_on_topic_rate`,
+        `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_opening_share`, `_on_topic_rate`,
         `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_n`; tuned ones also
         `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference
@@ -250,6 +251,7 @@ def _validated(answers: pd.DataFrame) -> pd.DataFrame:
 def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
     proxy, gold, judged = (mean_ci(rows[c]) for c in ("proxy_reward", "gold_reward", "judged_reward"))
     ceiling = _nanmean(rows["ceiling"])
+    opening_word, opening_share = top_opening(rows["answer"])
     return {"policy": policy, "n": len(rows), "n_prompts": rows["prompt_id"].nunique(),
             "proxy_mean": proxy.mean, "proxy_ci_low": proxy.low, "proxy_ci_high": proxy.high,
             "gold_mean": gold.mean, "gold_ci_low": gold.low, "gold_ci_high": gold.high,
@@ -260,6 +262,7 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "tokens_mean": _nanmean(rows["n_tokens"]), "words_mean": _nanmean(rows["words"]),
             "words_median": float(np.median(rows["words"])) if len(rows) else math.nan,
             "distinct_1": distinct_n(rows["answer"], 1), "distinct_2": distinct_n(rows["answer"], 2),
+            "opening_word": opening_word, "opening_share": opening_share,
             "on_topic_rate": _nanmean(rows["on_topic"]), "on_topic_rate_knn": _nanmean(rows["on_topic_knn"]),
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
             "copy_share": float(rows["is_copy"].astype(bool).mean()),

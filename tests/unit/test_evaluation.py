@@ -19,6 +19,7 @@ from ml.evaluation import (
     scenario_of,
     scenario_samples,
     synthetic_inputs,
+    top_opening,
     welch_test,
     write_report,
 )
@@ -97,6 +98,12 @@ def test_distinct_n_on_hand_examples():
     assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # "the cat" twice
     assert distinct_n(["same words", "same words"], 2) == pytest.approx(0.5)
     assert np.isnan(distinct_n(["one"], 2))
+
+
+def test_top_opening_names_the_first_word_most_answers_share():
+    answers = ["Prepare a plan.", "prepare the budget", "Adopt a law", ""]
+    assert top_opening(answers) == ("prepare", pytest.approx(2 / 3))  # of the three answers with a word
+    assert top_opening(["", None]) == (None, pytest.approx(np.nan, nan_ok=True))
 
 
 def test_overoptimisation_flag_fires_when_proxy_rises_without_gold():
@@ -200,6 +207,18 @@ def test_the_table_counts_the_answers_that_repeat_themselves(confirmed):
     answers.loc[sft, "answer"] = answers.loc[sft, "answer"].str.replace(" the ", " the the ", n=1, regex=False)
     table = evaluate_policies(answers, inputs.corpus, seed=0).table.set_index("policy")
     assert table.loc["sft", "repeat_share"] == 1.0 and table.loc["ppo", "repeat_share"] == 0.0
+
+
+def test_the_table_names_the_word_a_policy_opens_most_answers_with(confirmed):
+    inputs, evaluation = confirmed
+    before = evaluation.table.set_index("policy").loc["ppo", "opening_share"]
+    answers = inputs.answers.copy()
+    ppo = answers["policy"] == "ppo"
+    answers.loc[ppo, "answer"] = "Prepare " + answers.loc[ppo, "answer"].str.lower()
+    result = evaluate_policies(answers, inputs.corpus, seed=0)
+    row = result.table.set_index("policy").loc["ppo"]
+    assert before < 1.0 and (row["opening_word"], row["opening_share"]) == ("prepare", 1.0)
+    assert result.headline()["ppo_opening_share"] == 1.0
 
 
 def test_evaluation_flags_a_proxy_gain_the_gold_reward_denies(hacked):
