@@ -222,6 +222,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print("   repeats itself (a stuttered word or a phrase said twice): edit before use")
         if proposal.rewords:
             print(f"   rewords proposal {proposal.rewords}: the policy gave fewer different proposals than asked")
+        if proposal.action:
+            action = proposal.action
+            print(f"   of this area's {action.conditions} conditions that open with \"{action.word.capitalize()}\", "
+                  f"{action.met_share:.0%} were met (all its conditions: {action.area_met_share:.0%})")
         if proposal.precedents:
             print("   closest precedents in this area:")
         for precedent in proposal.precedents:

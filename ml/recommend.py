@@ -72,10 +72,27 @@ VARIANT_AT = 0.5
 # collaboration with the Ministry of Finance" after its 2015 "Implement the new framework for the public
 # investment management system, in coordination with the Revenue Authority", holds 53% of it.
 RESTATES_AT = 0.8
+# Fewest conditions of the area that open with a proposal's first word for their met share to be shown.
+MIN_ACTION_CONDITIONS = 10
 
 
 class InputError(ValueError):
     """A request that cannot be answered (an empty condition; for recommend, an unknown area)."""
+
+
+@dataclass
+class ActionRecord:
+    """The area's conditions that open with a proposal's first word ("prepare"), and how many were met.
+    P(MET) depends much on the action: in the record, four in five conditions that open with Prepare or
+    Submit were met, one in three that open with Enact."""
+    word: str
+    met: int
+    conditions: int
+    area_met_share: float  # the share met among all the area's conditions
+
+    @property
+    def met_share(self) -> float:
+        return self.met / self.conditions
 
 
 @dataclass
@@ -93,6 +110,7 @@ class Proposal:
     rewords: int | None = None  # the number (1-based) of the better-ranked proposal it merely rewords
     restates: str | None = None  # the condition of this country and area it restates, as a precedent line
     other_countries: list[str] = field(default_factory=list)  # countries of the record it names, not the one asked
+    action: ActionRecord | None = None  # how often the area's conditions that open as it does were met
 
     @property
     def off_topic(self) -> bool:
@@ -217,6 +235,21 @@ class AreaRecord:
         year = "" if pd.isna(row.get("test_year")) else f" {int(row['test_year'])}"
         outcome = "met" if row["is_met"] == 1 else "not met"
         return f"{row['country']}{year} ({outcome}{note}): {row['description']}"
+
+    def actions(self, texts: list[str], at_least_conditions: int = MIN_ACTION_CONDITIONS) -> list[ActionRecord | None]:
+        """For each text, the area's conditions that open with its first word; None when there are fewer than
+        `at_least_conditions` of them."""
+        if self.conditions.empty:
+            return [None] * len(texts)
+        first = self.conditions["description"].map(lambda text: next(iter(tokens(text)), None))
+        met = self.conditions["is_met"] == 1
+        found: list[ActionRecord | None] = []
+        for text in texts:
+            word = next(iter(tokens(text)), None)
+            opens = (first == word).to_numpy() if word else np.zeros(len(first), dtype=bool)
+            found.append(ActionRecord(word, int(met[opens].sum()), int(opens.sum()), float(met.mean()))
+                         if opens.sum() >= at_least_conditions else None)
+        return found
 
     def restated(self, country: str, texts: list[str], at: float = RESTATES_AT) -> list[str | None]:
         """For each text, the condition of `country` in this area that it restates (holds at least `at` of
@@ -345,8 +378,9 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],
                                                        analyst_flags(candidates))]
         items = different_first(ranked, record)[:n]
-        for item, precedents in zip(items, record.precedents(country, [p.text for p in items])):
-            item.precedents = precedents
+        texts = [p.text for p in items]
+        for item, precedents, action in zip(items, record.precedents(country, texts), record.actions(texts)):
+            item.precedents, item.action = precedents, action
     if len(items) < n:
         warnings.append(f"only {len(items)} distinct non-empty proposal(s) among {len(answers)} sampled answers")
     header = (f"{prompt}\n(policy: {POLICY_ADAPTER_NAME} v{champion.version}, champion; reward: {RL_REWARD_NAME} "

@@ -201,3 +201,24 @@ def test_recommend_flags_a_proposal_that_restates_the_countrys_condition_or_name
                        other_countries=["Central African Republic"])
     clean = Proposal(texts[1], 0.7, 0.7, 0.9, None)
     assert [p.text for p in different_first([best, foreign, clean], record)] == [clean.text, foreign.text, best.text]
+
+
+def test_recommend_shows_how_often_the_areas_conditions_that_open_as_a_proposal_does_were_met():
+    """P(MET) follows the action: an analyst sees the met share of the area's conditions with the same opening."""
+    import pandas as pd
+
+    from ml.recommend import AreaRecord
+
+    area = "Revenue administration, including customs"
+    texts = ([f"Prepare a report on customs {i}" for i in range(10)] + [f"Enact the tax law {i}" for i in range(10)]
+             + ["Adopt a customs code", "Computerize the tax office"])
+    corpus = pd.DataFrame({"economic_area": [area] * 22 + ["Debt management"], "country": "Ghana",
+                           "is_met": [1] * 9 + [0] + [1] * 3 + [0] * 7 + [1, 1, 1],
+                           "description": [*texts, "Prepare a debt strategy"]})
+    record = AreaRecord(corpus, area)
+
+    prepare, enact, adopt, empty = record.actions(["prepare a plan for the customs office", "Enact a VAT law",
+                                                   "Adopt a law", ""])
+    assert (prepare.word, prepare.met, prepare.conditions) == ("prepare", 9, 10)  # not the other area's
+    assert (enact.met_share, enact.area_met_share) == (0.3, 14 / 22)
+    assert adopt is None and empty is None  # one "Adopt" condition says nothing; no word, no action
