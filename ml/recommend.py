@@ -43,7 +43,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.data.splits import SPLITS, read_split
-from ml.evaluation.metrics import tokens
+from ml.evaluation.metrics import first_word, tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
@@ -241,15 +241,11 @@ class AreaRecord:
         `at_least_conditions` of them."""
         if self.conditions.empty:
             return [None] * len(texts)
-        first = self.conditions["description"].map(lambda text: next(iter(tokens(text)), None))
+        first = self.conditions["description"].map(first_word)
         met = self.conditions["is_met"] == 1
-        found: list[ActionRecord | None] = []
-        for text in texts:
-            word = next(iter(tokens(text)), None)
-            opens = (first == word).to_numpy() if word else np.zeros(len(first), dtype=bool)
-            found.append(ActionRecord(word, int(met[opens].sum()), int(opens.sum()), float(met.mean()))
-                         if opens.sum() >= at_least_conditions else None)
-        return found
+        opening, met_opening = first.value_counts(), met.groupby(first).sum()  # per first word
+        return [ActionRecord(word, int(met_opening[word]), int(opening[word]), float(met.mean()))
+                if opening.get(word, 0) >= at_least_conditions else None for word in map(first_word, texts)]
 
     def restated(self, country: str, texts: list[str], at: float = RESTATES_AT) -> list[str | None]:
         """For each text, the condition of `country` in this area that it restates (holds at least `at` of

@@ -53,12 +53,17 @@ def tokens(text: object) -> list[str]:
     return _TOKEN.findall(text.lower()) if isinstance(text, str) else []
 
 
+def first_word(text: object) -> str | None:
+    """The lower-cased first word token of `text`; None when it has none."""
+    return next(iter(tokens(text)), None)
+
+
 def top_opening(texts: Iterable[object]) -> tuple[str | None, float]:
     """The most common first word of the non-empty `texts` and the share of them that open with it.
     Distinct-2 misses a policy that starts most answers with one verb ("Prepare a …") and varies the
     rest; MONA's own conditions open with no word more than about one time in six. (None, NaN) when
     no text has a word."""
-    first = [words[0] for words in map(tokens, texts) if words]
+    first = [word for word in map(first_word, texts) if word]
     if not first:
         return None, math.nan
     word, count = Counter(first).most_common(1)[0]

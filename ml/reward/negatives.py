@@ -49,11 +49,7 @@ def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_shar
         # Not an area that holds the row's own or that its own holds (`nested`): a bank-restructuring
         # condition under "Financial sector" is about that area. Move such a draw on to the next area
         # that is neither, which leaves every other draw as it was.
-        for i in np.flatnonzero([nested(a, areas[o]) for a, o in zip(rows["economic_area"], other)]):
-            for step in range(1, len(areas)):
-                if not nested(rows["economic_area"].iloc[i], areas[(other[i] + step) % len(areas)]):
-                    other[i] = (other[i] + step) % len(areas)
-                    break
+        other = [_unnested_from(own_area, drawn, areas) for own_area, drawn in zip(rows["economic_area"], other)]
         rows["economic_area"] = areas[other]
         frames.append(rows)
     n_vague = int(round(vague_share * len(train)))
@@ -78,3 +74,12 @@ def with_relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague
         return train
     combined = pd.concat([train.assign(**{NEGATIVE_COLUMN: False}), negatives], ignore_index=True)
     return combined.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _unnested_from(own: object, start: int, areas: np.ndarray) -> int:
+    """The index of the first area from `start` on (cyclically) that is not nested with `own`; `start`
+    when every area is."""
+    for step in range(len(areas)):
+        if not nested(own, areas[(start + step) % len(areas)]):
+            return (start + step) % len(areas)
+    return start
