@@ -13,7 +13,8 @@ Prints, and writes to bench/results/policy.json:
    settings;
 3. the reward-design ablation: PPO at equal training time from the same SFT policy with P(MET) alone
    (the paper), P(MET) x P(area)^w, the topic term as a constraint, normalise-then-sum, a conservative
-   ensemble of three proxies, and a reward model trained with relevance negatives; each measured on
+   ensemble of three proxies, a reward model trained with relevance negatives, and the default less the
+   premium P(MET) pays for the answer's action (its first word); each measured on
    the test prompts by two gold judges (the gold model trained without and with relevance negatives,
    each times the gold area classifier's P(area)), the embedding judge's on-topic rate, and KL;
 4. the algorithm ablation: PPO, GRPO and RLOO (TRL) at equal training time on the demo's reward;
@@ -49,7 +50,7 @@ from ml.policy.ppo import PPOConfig, PPOTrainer
 from ml.registry import Registry
 from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
-from ml.reward.rl_reward import RLReward
+from ml.reward.rl_reward import RLReward, action_base_rates
 from ml.reward.train import split_train_halves, train_reward_model
 from ml.similarity import NoveltyIndex
 
@@ -182,6 +183,9 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         "relevance-trained RM, p_met": variant_reward("p_met", reward.proxy),
     }
     designs[default_label] = variant_reward(spec.design, reward.proxy)
+    # The proxy's training half gives each action's met share: the reward then pays for what an answer adds over it.
+    rates, overall = action_base_rates(split_train_halves(corpus, seed=profile.reward.seed)[0])
+    designs["the default less the action's premium"] = reward.variant(action_rates=rates, action_overall=overall)
     if spec.quote_threshold > 0 or spec.copy_threshold > 0 or spec.floor_repeats:
         designs["the default without the quote, copy and repeat rules"] = reward.variant(
             quote_threshold=0.0, copy_threshold=0.0, copy_ramp_from=0.0, floor_repeats=False)

@@ -29,7 +29,7 @@ from ml.registry import Evidence, PromotionDecision, Registry
 from ml.reward.evaluate import RewardEvaluation, classification_metrics, evaluate_reward_model, predict
 from ml.reward.model import RewardModel
 from ml.reward.plots import save_plots
-from ml.reward.rl_reward import RL_REWARD_NAME, RewardSpec, RLReward, fit_area_classifiers
+from ml.reward.rl_reward import RL_REWARD_NAME, RewardSpec, RLReward, action_base_rates, fit_area_classifiers
 from ml.reward.train import split_train_halves, train_reward_model
 from ml.serving.publish import log_reward_model, reward_model_card
 
@@ -149,11 +149,13 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
     half_a, half_b = split_train_halves(train, seed=reward_seed)
     proxy_area, gold_area = fit_area_classifiers(half_a, half_b, seed=reward_seed)
     manifest = json.loads((Path(snapshot) / "manifest.json").read_text(encoding="utf-8"))
+    action_rates, action_overall = action_base_rates(half_a) if settings.action_premium else ({}, 0.0)
     spec = RewardSpec(design=settings.reward_design, proxy=proxy[1], gold=gold[1],
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
                       on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
                       copy_threshold=settings.copy_threshold, copy_ramp_from=settings.copy_ramp_from,
-                      floor_repeats=settings.floor_repeats,
+                      floor_repeats=settings.floor_repeats, action_rates=action_rates,
+                      action_overall=action_overall,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})

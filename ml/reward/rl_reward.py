@@ -37,6 +37,13 @@ as 8.6% of PPO's test answers in the 9156f49 demo did and no historical conditio
 batch's lowest reward too: the reward models read "in line with staff staff recommendations" as they
 read the phrase once, so nothing else tells the policy that it is a slip.
 
+With `action_rates` (`action_base_rates` of the proxy's training conditions), every design reads P as
+P minus its action's premium: the met share of the conditions that open with the answer's first word,
+less the met share of all of them (floored at 0). Conditions that open with Submit or Prepare were met
+83-86% of the time and those that open with Enact 35%, so P(MET) pays for preparatory actions whatever
+follows them; without the premium, an answer is rewarded for what it adds over its action (off by
+default: the ablation is in the README).
+
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
 side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
 It is the estimate of "a condition that gets met *and* is about the area asked" that checkpoint
@@ -56,6 +63,7 @@ import pandas as pd
 import torch
 
 from ml import distributed
+from ml.evaluation.metrics import first_word
 from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
@@ -90,6 +98,10 @@ class RewardSpec:
     # the way from its reward to the batch's lowest, so near-copies already cost (0 = a floor at the threshold).
     copy_ramp_from: float = 0.0
     floor_repeats: bool = False  # an answer that repeats itself earns its batch's lowest reward
+    # first word -> met share of the proxy's training conditions that open with it (`action_base_rates`);
+    # non-empty: P(MET) loses its action's premium over `action_overall`, the met share of them all.
+    action_rates: dict = field(default_factory=dict)
+    action_overall: float = 0.0
     info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
 
     def __post_init__(self) -> None:
@@ -212,10 +224,21 @@ class RLReward:
         """Per condition: does it recite a condition of the proxy's training half (the copy rule)?"""
         return self.copy_rule.copies(conditions) if self.copy_rule else np.zeros(len(conditions), dtype=bool)
 
+    def action_premium(self, conditions: Sequence[str]) -> np.ndarray:
+        """Per condition: how much more often the proxy's training conditions that open with its first word
+        were met than all of them (0 without `action_rates`, or for a word too rare to have a rate)."""
+        rates, overall = self.spec.action_rates, self.spec.action_overall
+        return np.array([rates.get(first_word(c), overall) - overall if rates else 0.0 for c in conditions])
+
     def _design_reward(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         spec = self.spec
         rows, areas = self.rows(records, conditions), [r.get("economic_area") for r in records]
-        p_met = self.proxy.score(rows)
+        premium = self.action_premium(conditions)
+
+        def score(model: RewardModel) -> np.ndarray:
+            return np.clip(model.score(rows) - premium, 0.0, 1.0)
+
+        p_met = score(self.proxy)
         p_area = (self.proxy_area.asked_area_probability(conditions, areas)
                   if spec.design != "p_met" else np.ones(len(rows)))
         if spec.design == "p_met":
@@ -229,7 +252,7 @@ class RLReward:
             return reward
         if spec.design == "normalize_then_sum":
             return _standardise(p_met) + spec.topic_weight * _standardise(p_area)
-        members = np.stack([p_met, *(member.score(rows) for member in self.ensemble)])  # "ensemble"
+        members = np.stack([p_met, *(score(member) for member in self.ensemble)])  # "ensemble"
         return (members.mean(0) - spec.ensemble_k * members.std(0)) * p_area ** spec.topic_weight
 
     __call__ = train_reward  # an RLReward is a RewardFn: (records, answers) -> rewards
@@ -269,6 +292,18 @@ def read_spec(folder: Path, **overrides) -> RewardSpec:
     raw = json.loads((Path(folder) / SPEC_FILE).read_text(encoding="utf-8"))
     raw["ensemble"] = tuple(raw.get("ensemble", ()))
     return replace(RewardSpec(**raw), **overrides)
+
+
+def action_base_rates(conditions: pd.DataFrame, at_least: int = 2, prior: float = 10.0) -> tuple[dict, float]:
+    """The met share of `conditions` per first word (those that open at least `at_least` of them), each shrunk
+    toward the overall share by `prior` pseudo-conditions, and the overall share."""
+    first = conditions["description"].map(first_word)
+    met = (conditions["is_met"] == 1).astype(float)
+    overall = float(met.mean())
+    counts, met_counts = first.value_counts(), met.groupby(first).sum()
+    rates = {word: round((float(met_counts[word]) + prior * overall) / (count + prior), 4)
+             for word, count in counts.items() if count >= at_least}
+    return rates, round(overall, 4)
 
 
 def fit_area_classifiers(half_a: pd.DataFrame, half_b: pd.DataFrame,

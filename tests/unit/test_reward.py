@@ -458,6 +458,39 @@ def test_an_answer_that_repeats_itself_gets_the_batch_lowest_reward(reward, tmp_
     assert not rl_reward_for(reward, "product").floored(records, answers).any()  # off by default
 
 
+def test_the_action_premium_takes_from_p_met_what_the_answers_first_word_alone_earns(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward, action_base_rates
+
+    # 12 Submit conditions, 11 met; 12 Enact, 3 met; 3 Publish, all met (too few to be trusted alone).
+    conditions = pd.DataFrame({"description": ["Submit the budget"] * 12 + ["Enact the VAT law"] * 12
+                               + ["Publish the arrears"] * 3 + ["Review the tax code"],
+                               "is_met": [1] * 11 + [0] + [1] * 3 + [0] * 9 + [1] * 3 + [0]})
+    rates, overall = action_base_rates(conditions, at_least=2, prior=10.0)
+    assert overall == pytest.approx(17 / 28, abs=1e-4)
+    assert rates["submit"] == pytest.approx((11 + 10 * overall) / 22, abs=1e-4)
+    assert rates["enact"] == pytest.approx((3 + 10 * overall) / 22, abs=1e-4)
+    assert rates["submit"] > rates["publish"] > overall > rates["enact"]  # 3 of 3 met is shrunk toward the overall
+    assert "review" not in rates  # one condition is not a rate
+
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 3
+    answers = ["Submit a tax expenditure report", "Enact a tax expenditure report", "Draft a tax expenditure report"]
+    plain = rl_reward_for(reward, "p_met")
+    adjusted = rl_reward_for(reward, "p_met", action_rates=rates, action_overall=overall)
+    np.testing.assert_allclose(adjusted.action_premium(answers), [rates["submit"] - overall,
+                                                                   rates["enact"] - overall, 0.0], atol=1e-6)
+    # Submit loses its premium, Enact gains back its deficit, a word without a rate keeps its P(MET).
+    np.testing.assert_allclose(adjusted(records, answers),
+                               np.clip(plain(records, answers) - adjusted.action_premium(answers), 0, 1), rtol=1e-6)
+    # The product multiplies the adjusted P(MET); the rates travel with the saved reward.
+    product = rl_reward_for(reward, "product", action_rates=rates, action_overall=overall)
+    on_topic = product.proxy_area.asked_area_probability(answers, [AREAS[0]] * 3)
+    np.testing.assert_allclose(product(records, answers), adjusted(records, answers) * on_topic, rtol=1e-5)
+    product.save(tmp_path)
+    np.testing.assert_allclose(RLReward.load(tmp_path, lambda ref: reward)(records, answers),
+                               product(records, answers), rtol=1e-6)
+    assert not rl_reward_for(reward, "product").action_premium(answers).any()  # off by default
+
+
 def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
     from ml.reward.rl_reward import RLReward
 
