@@ -215,6 +215,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"   restates a condition this country already had: {proposal.restates}")
         if proposal.other_countries:
             print(f"   names another country ({', '.join(proposal.other_countries)}): rewrite it for the country asked")
+        if proposal.unknown_names:
+            print(f"   names what no condition of the record names ({', '.join(proposal.unknown_names)}): "
+                  f"check that it exists")
         if proposal.past_years:
             years = ", ".join(map(str, proposal.past_years))
             print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")

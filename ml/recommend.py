@@ -23,10 +23,15 @@ repeats itself ("in line with staff staff recommendations") comes after those th
 Two flags say that a proposal is not a new condition for this country: one that restates a condition the
 country already had in the area (all but a few of its word pairs, with or without additions) comes right
 after the copies, and one that names another country of the record ("... in the framework of the Central
-African Republic" for Bosnia and Herzegovina) after those.
+African Republic" for Bosnia and Herzegovina) after those. After those comes one that names a body no
+condition of the record names ("the Ministry of Business Development and Finance", "the Labour Party"):
+the policy invents institutions now and then, and an analyst should check that it exists.
 Last, the n proposals are different ones where the samples allow: a proposal that only rewords a
 better-ranked one (the same words of the area, by TF-IDF) comes after every other with no worse flag,
-flagged with the number of the proposal it rewords.
+flagged with the number of the proposal it rewords; and one that opens with the same action (first word) as
+a better-ranked one comes after those with no worse flag that open otherwise, so that the n shown are
+different kinds of step where the samples offer them (the tuned policy opens about half its answers with
+one verb).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class Proposal:
     rewords: int | None = None  # the number (1-based) of the better-ranked proposal it merely rewords
     restates: str | None = None  # the condition of this country and area it restates, as a precedent line
     other_countries: list[str] = field(default_factory=list)  # countries of the record it names, not the one asked
+    unknown_names: list[str] = field(default_factory=list)  # capitalised names no condition of the record has
     action: ActionRecord | None = None  # how often the area's conditions that open as it does were met
 
     @property
@@ -185,6 +191,23 @@ def other_countries(texts: Sequence[str], countries: Sequence[str], asked: str |
             for text in texts]
 
 
+# A name: capitalised words, joined by the lower-case words names have inside ("Council of Ministers").
+NAME = re.compile(r"(?<![\w-])[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|for|on)\s+)*[A-Z][\w'’-]*)*")
+
+
+def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:
+    """For each text, the names it uses after its opening word (which is capitalised as the sentence's
+    first) that no text of `record` holds as whole words, in any case."""
+    known = " ".join(str(t) for t in record).casefold()
+    found = []
+    for text in texts:
+        rest = str(text).split(None, 1)[1] if len(str(text).split(None, 1)) == 2 else ""
+        names = dict.fromkeys(match.group(0) for match in NAME.finditer(rest))
+        found.append([name for name in names
+                      if not re.search(r"(?<![\w-])" + re.escape(name.casefold()) + r"(?![\w-])", known)])
+    return found
+
+
 def word_pairs(text: str) -> set[tuple[str, str]]:
     words = tokens(text)
     return set(zip(words, words[1:]))
@@ -194,7 +217,8 @@ def analyst_flags(proposals: list[Proposal]) -> list[list[bool]]:
     """The flags that rank a proposal lower, the most severe first."""
     return [[p.cut_off for p in proposals], [p.off_topic for p in proposals],
             [p.copy_of is not None for p in proposals], [p.restates is not None for p in proposals],
-            [bool(p.other_countries) for p in proposals], [bool(p.past_years) for p in proposals],
+            [bool(p.other_countries) for p in proposals], [bool(p.unknown_names) for p in proposals],
+            [bool(p.past_years) for p in proposals],
             [p.repeats for p in proposals]]
 
 
@@ -281,9 +305,13 @@ class AreaRecord:
 def different_first(ranked: list[Proposal], record: AreaRecord) -> list[Proposal]:
     """n different proposals rather than n wordings of the best one: a proposal that rewords a better-
     ranked one goes after every proposal of its own that carries no worse flag, marked with the number
-    of the one it rewords (which always ranks before it)."""
+    of the one it rewords (which always ranks before it); after those, one whose action (first word) a
+    better-ranked proposal already opens with."""
     rewords = record.variants([p.text for p in ranked])
-    order = analyst_order(-np.arange(len(ranked)), [*analyst_flags(ranked), [r is not None for r in rewords]])
+    actions = [first_word(p.text) for p in ranked]
+    repeated_action = [actions[i] in actions[:i] for i in range(len(ranked))]
+    order = analyst_order(-np.arange(len(ranked)),
+                          [*analyst_flags(ranked), [r is not None for r in rewords], repeated_action])
     number = {index: place for place, index in enumerate(order, 1)}
     for proposal, original in zip(ranked, rewords):
         proposal.rewords = None if original is None else number[original]
@@ -364,11 +392,12 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
                                float(row.proxy_p_area), repeats_itself(text), restates=restated,
-                               other_countries=named)
-                      for text, row, copy, cut, restated, named in zip(
+                               other_countries=named, unknown_names=unknown)
+                      for text, row, copy, cut, restated, named, unknown in zip(
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
-                          other_countries(conditions, corpus["country"].dropna().unique(), country))]
+                          other_countries(conditions, corpus["country"].dropna().unique(), country),
+                          unknown_names(conditions, corpus["description"].dropna()))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

@@ -120,7 +120,7 @@ def test_recommend_puts_new_proposals_before_copies_and_refuses_an_unknown_area(
         known_area(corpus, "Space programme")
 
 
-def test_recommend_offers_different_proposals_before_rewordings_and_ranks_stutters_lower():
+def test_recommend_offers_different_proposals_and_actions_before_rewordings_and_ranks_stutters_lower():
     import pandas as pd
 
     from ml.recommend import AreaRecord, Proposal, different_first, repeats_itself
@@ -148,6 +148,14 @@ def test_recommend_offers_different_proposals_before_rewordings_and_ranks_stutte
     proposals = [Proposal(text, 0.8, 0.8, 0.9, None) for text in ranked[:3]] + [
         Proposal(dated, 0.8, 0.8, 0.9, None, past_years=[2002])]
     assert [p.text for p in different_first(proposals, record)] == [ranked[0], ranked[2], ranked[1], dated]
+    # Different actions before a second proposal of the same action (a proposal of its own, not a rewording);
+    # but a flag still weighs more than a repeated action.
+    second_submit = "Submit to Cabinet a strategy for the large taxpayer unit"
+    proposals = [Proposal(text, 0.8, 0.8, 0.9, None) for text in [ranked[2], second_submit, ranked[0]]]
+    assert record.variants([p.text for p in proposals]) == [None, None, None]
+    assert [p.text for p in different_first(proposals, record)] == [ranked[2], ranked[0], second_submit]
+    proposals[2].past_years = [2002]
+    assert [p.text for p in different_first(proposals, record)] == [ranked[2], second_submit, ranked[0]]
     # The precedents are the area's own conditions, never another area's.
     assert all("debt" not in line for lines in record.precedents("Ghana", ranked) for line in lines)
 
@@ -201,6 +209,28 @@ def test_recommend_flags_a_proposal_that_restates_the_countrys_condition_or_name
                        other_countries=["Central African Republic"])
     clean = Proposal(texts[1], 0.7, 0.7, 0.9, None)
     assert [p.text for p in different_first([best, foreign, clean], record)] == [clean.text, foreign.text, best.text]
+
+
+def test_recommend_flags_a_proposal_naming_a_body_no_condition_of_the_record_names():
+    import pandas as pd
+
+    from ml.recommend import AreaRecord, Proposal, different_first, unknown_names
+
+    record = ["Submit to the Council of Ministers the draft budget law", "Ministry of Finance to publish the arrears",
+              "Adopt the VAT law, in consultation with Fund staff"]
+    texts = ["Submit to the Ministry of Business Development and Finance a draft framework",  # invented
+             "Submit a memorandum to the Labour Party and to the Council of Ministers",  # one of two is unknown
+             "Publish on the Ministry of Finance website the VAT refunds, with Fund staff",  # all known, any case
+             "Regularize a reporting framework for municipalities"]  # the opening word is not a name
+    assert unknown_names(texts, record) == [["Ministry of Business Development and Finance"], ["Labour Party"], [], []]
+    assert unknown_names(["Publish the FUNDS report"], record) == [["FUNDS"]]  # whole words: "Fund" is not "FUNDS"
+    # A proposal naming an unknown body goes after a clean one, whatever its reward.
+    area = "Revenue administration, including customs"
+    corpus = pd.DataFrame({"economic_area": [area] * 3, "country": ["Ghana"] * 3, "test_year": [2020] * 3,
+                           "is_met": [1, 0, 1], "description": record})
+    invented = Proposal(texts[0], 0.9, 0.9, 0.9, None, unknown_names=unknown_names(texts[:1], record)[0])
+    clean = Proposal(texts[2], 0.6, 0.6, 0.9, None)
+    assert [p.text for p in different_first([invented, clean], AreaRecord(corpus, area))] == [clean.text, invented.text]
 
 
 def test_recommend_shows_how_often_the_areas_conditions_that_open_as_a_proposal_does_were_met():
