@@ -193,18 +193,20 @@ def other_countries(texts: Sequence[str], countries: Sequence[str], asked: str |
 
 # A name: capitalised words, joined by the lower-case words names have inside ("Council of Ministers").
 NAME = re.compile(r"(?<![\w-])[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|for|on)\s+)*[A-Z][\w'’-]*)*")
+MONTHS = {datetime.date(2000, month, 1).strftime("%B") for month in range(1, 13)}  # "by May 2026" names no body
 
 
 def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:
     """For each text, the names it uses after its opening word (which is capitalised as the sentence's
-    first) that no text of `record` holds as whole words, in any case."""
+    first) that no text of `record` holds as whole words, in any case (a hyphen before counts as a
+    boundary there: "end-May"); month names aside."""
     known = " ".join(str(t) for t in record).casefold()
     found = []
     for text in texts:
         rest = str(text).split(None, 1)[1] if len(str(text).split(None, 1)) == 2 else ""
         names = dict.fromkeys(match.group(0) for match in NAME.finditer(rest))
-        found.append([name for name in names
-                      if not re.search(r"(?<![\w-])" + re.escape(name.casefold()) + r"(?![\w-])", known)])
+        found.append([name for name in names if name not in MONTHS
+                      and not re.search(r"(?<!\w)" + re.escape(name.casefold()) + r"(?![\w-])", known)])
     return found
 
 
@@ -397,7 +399,9 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
-                          unknown_names(conditions, corpus["description"].dropna()))]
+                          # The record's countries and arrangement types are names it knows too.
+                          unknown_names(conditions, pd.concat([corpus[column].dropna().drop_duplicates() for column
+                                                               in ("description", "country", "arrangement_type")])))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

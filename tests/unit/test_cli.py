@@ -224,6 +224,11 @@ def test_recommend_flags_a_proposal_naming_a_body_no_condition_of_the_record_nam
              "Regularize a reporting framework for municipalities"]  # the opening word is not a name
     assert unknown_names(texts, record) == [["Ministry of Business Development and Finance"], ["Labour Party"], [], []]
     assert unknown_names(["Publish the FUNDS report"], record) == [["FUNDS"]]  # whole words: "Fund" is not "FUNDS"
+    # Month names are no bodies; a record's "end-May" holds "May" ("May Council" still is unknown).
+    assert unknown_names(["Adopt the VAT law by August 2027", "Adopt the budget by May 2027 with the May Council"],
+                         record) == [[], ["May Council"]]
+    assert unknown_names(["Submit the arrears report to the Treasury Board"],
+                         [*record, "Clear the arrears by end-Treasury Board"]) == [[]]
     # A proposal naming an unknown body goes after a clean one, whatever its reward.
     area = "Revenue administration, including customs"
     corpus = pd.DataFrame({"economic_area": [area] * 3, "country": ["Ghana"] * 3, "test_year": [2020] * 3,
