@@ -48,7 +48,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.data.splits import SPLITS, read_split
-from ml.evaluation.metrics import first_word, tokens
+from ml.evaluation.metrics import first_word, met_by_first_word, tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
@@ -203,7 +203,8 @@ def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]
     known = " ".join(str(t) for t in record).casefold()
     found = []
     for text in texts:
-        rest = str(text).split(None, 1)[1] if len(str(text).split(None, 1)) == 2 else ""
+        opening_and_rest = str(text).split(None, 1)
+        rest = opening_and_rest[1] if len(opening_and_rest) == 2 else ""
         names = dict.fromkeys(match.group(0) for match in NAME.finditer(rest))
         found.append([name for name in names if name not in MONTHS
                       and not re.search(r"(?<!\w)" + re.escape(name.casefold()) + r"(?![\w-])", known)])
@@ -267,11 +268,11 @@ class AreaRecord:
         `at_least_conditions` of them."""
         if self.conditions.empty:
             return [None] * len(texts)
-        first = self.conditions["description"].map(first_word)
-        met = self.conditions["is_met"] == 1
-        opening, met_opening = first.value_counts(), met.groupby(first).sum()  # per first word
-        return [ActionRecord(word, int(met_opening[word]), int(opening[word]), float(met.mean()))
-                if opening.get(word, 0) >= at_least_conditions else None for word in map(first_word, texts)]
+        per_word = met_by_first_word(self.conditions)
+        met_share = float((self.conditions["is_met"] == 1).mean())
+        return [ActionRecord(word, int(per_word.at[word, "met"]), int(per_word.at[word, "conditions"]), met_share)
+                if word in per_word.index and per_word.at[word, "conditions"] >= at_least_conditions else None
+                for word in map(first_word, texts)]
 
     def restated(self, country: str, texts: list[str], at: float = RESTATES_AT) -> list[str | None]:
         """For each text, the condition of `country` in this area that it restates (holds at least `at` of

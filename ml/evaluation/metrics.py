@@ -58,6 +58,15 @@ def first_word(text: object) -> str | None:
     return next(iter(tokens(text)), None)
 
 
+def met_by_first_word(conditions: pd.DataFrame) -> pd.DataFrame:
+    """Per first word of the conditions' descriptions: how many open with it (`conditions`) and how many of
+    those were met (`met`), the most common first."""
+    first = conditions["description"].map(first_word)
+    met = (conditions["is_met"] == 1).astype(int)
+    return pd.DataFrame({"conditions": first.value_counts(), "met": met.groupby(first).sum()}).sort_values(
+        "conditions", ascending=False, kind="stable")
+
+
 def top_opening(texts: Iterable[object]) -> tuple[str | None, float]:
     """The most common first word of the non-empty `texts` and the share of them that open with it.
     Distinct-2 misses a policy that starts most answers with one verb ("Prepare a …") and varies the

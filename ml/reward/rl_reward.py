@@ -63,7 +63,7 @@ import pandas as pd
 import torch
 
 from ml import distributed
-from ml.evaluation.metrics import first_word
+from ml.evaluation.metrics import first_word, met_by_first_word
 from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
@@ -297,12 +297,9 @@ def read_spec(folder: Path, **overrides) -> RewardSpec:
 def action_base_rates(conditions: pd.DataFrame, at_least: int = 2, prior: float = 10.0) -> tuple[dict, float]:
     """The met share of `conditions` per first word (those that open at least `at_least` of them), each shrunk
     toward the overall share by `prior` pseudo-conditions, and the overall share."""
-    first = conditions["description"].map(first_word)
-    met = (conditions["is_met"] == 1).astype(float)
-    overall = float(met.mean())
-    counts, met_counts = first.value_counts(), met.groupby(first).sum()
-    rates = {word: round((float(met_counts[word]) + prior * overall) / (count + prior), 4)
-             for word, count in counts.items() if count >= at_least}
+    overall = float((conditions["is_met"] == 1).mean())
+    rates = {word: round((float(row.met) + prior * overall) / (row.conditions + prior), 4)
+             for word, row in met_by_first_word(conditions).iterrows() if row.conditions >= at_least}
     return rates, round(overall, 4)
 
 
