@@ -230,19 +230,20 @@ def test_rollout_penalises_empty_and_truncated_answers(tokenizer, monkeypatch):
     assert rollout.is_floored.tolist() == [False, False, False]  # a plain reward function floors nothing
 
 
-class FloorsTax:
-    """A reward with a floor rule, as `RLReward` has: answers saying "tax" are floored."""
+class FloorsEveryOther:
+    """A reward with a floor rule, as `RLReward` has; the rule floors every other answer, so the share it
+    floors does not depend on what the untrained policy happens to sample on a given CPU."""
 
     def __call__(self, records, answers):
-        self.last_floored = np.array(["tax" in answer for answer in answers])
+        self.last_floored = np.arange(len(answers)) % 2 == 0
         return [0.0 if floored else 1.0 for floored in self.last_floored]
 
 
 def test_each_step_logs_the_share_of_answers_the_rewards_floor_rules_floored(tokenizer):
-    trainer = make_trainer(tokenizer, steps=1, reward_fn=FloorsTax())
+    trainer = make_trainer(tokenizer, steps=1, reward_fn=FloorsEveryOther())
     stats = trainer.step()
     assert stats["floored_share"] == pytest.approx(np.mean(trainer.reward_fn.last_floored))
-    assert 0 < stats["floored_share"] < 1  # the untrained policy says "tax" in some answers, not all
+    assert stats["floored_share"] == pytest.approx(0.5)
     assert make_trainer(tokenizer, steps=1).step()["floored_share"] == 0.0
 
 
