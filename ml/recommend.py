@@ -55,7 +55,7 @@ from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
-from ml.similarity import NoveltyIndex, at_least, repeats_itself
+from ml.similarity import NoveltyIndex, at_least, name_record, repeats_itself, unknown_names
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
 # Prompts with different draws of the precedents the answers are sampled under (a grounded policy
@@ -189,26 +189,6 @@ def other_countries(texts: Sequence[str], countries: Sequence[str], asked: str |
     asked_key = str(asked).casefold()
     return [list(dict.fromkeys(name for name in pattern.findall(text) if name.casefold() != asked_key))
             for text in texts]
-
-
-# A name: capitalised words, joined by the lower-case words names have inside ("Council of Ministers").
-NAME = re.compile(r"(?<![\w-])[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|for|on)\s+)*[A-Z][\w'’-]*)*")
-MONTHS = {datetime.date(2000, month, 1).strftime("%B") for month in range(1, 13)}  # "by May 2026" names no body
-
-
-def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:
-    """For each text, the names it uses after its opening word (which is capitalised as the sentence's
-    first) that no text of `record` holds as whole words, in any case (a hyphen before counts as a
-    boundary there: "end-May"); month names aside."""
-    known = " ".join(str(t) for t in record).casefold()
-    found = []
-    for text in texts:
-        opening_and_rest = str(text).split(None, 1)
-        rest = opening_and_rest[1] if len(opening_and_rest) == 2 else ""
-        names = dict.fromkeys(match.group(0) for match in NAME.finditer(rest))
-        found.append([name for name in names if name not in MONTHS
-                      and not re.search(r"(?<!\w)" + re.escape(name.casefold()) + r"(?![\w-])", known)])
-    return found
 
 
 def word_pairs(text: str) -> set[tuple[str, str]]:
@@ -400,9 +380,7 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
-                          # The record's countries and arrangement types are names it knows too.
-                          unknown_names(conditions, pd.concat([corpus[column].dropna().drop_duplicates() for column
-                                                               in ("description", "country", "arrangement_type")])))]
+                          unknown_names(conditions, name_record(corpus)))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

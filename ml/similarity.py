@@ -1,12 +1,13 @@
 """How close a text is to others: the one TF-IDF nearest-neighbour index and threshold rule that the
 evaluation's copy measure, the RL reward's copy and quote rules and `rlxf recommend` share; and whether
-a text repeats itself, which the evaluation measures and `recommend` flags. It sits outside
-`ml.evaluation` and `ml.reward` because both use it."""
+a text repeats itself or names a body the record never names, which the evaluation measures and
+`recommend` flags. It sits outside `ml.evaluation` and `ml.reward` because both use it."""
 
 from __future__ import annotations
 
+import datetime
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,33 @@ def repeats_itself(text: str) -> bool:
     words = re.findall(r"\w+", text.casefold())
     trigrams = list(zip(words, words[1:], words[2:]))
     return bool(STUTTER.search(text)) or len(set(trigrams)) < len(trigrams)
+
+
+# A name: capitalised words, joined by the lower-case words names have inside ("Council of Ministers").
+NAME = re.compile(r"(?<![\w-])[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|for|on)\s+)*[A-Z][\w'’-]*)*")
+MONTHS = {datetime.date(2000, month, 1).strftime("%B") for month in range(1, 13)}  # "by May 2026" names no body
+
+
+def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:
+    """For each text, the names it uses after its opening word (which is capitalised as the sentence's
+    first) that no text of `record` holds as whole words, in any case (a hyphen before counts as a
+    boundary there: "end-May"); month names and a possessive's "'s" aside ("the Fund's")."""
+    known = " ".join(str(t) for t in record).casefold()
+    found = []
+    for text in texts:
+        opening_and_rest = str(text).split(None, 1)
+        rest = opening_and_rest[1] if len(opening_and_rest) == 2 else ""
+        names = dict.fromkeys(re.sub(r"['’]s$", "", match.group(0)) for match in NAME.finditer(rest))
+        found.append([name for name in names if name not in MONTHS
+                      and not re.search(r"(?<!\w)" + re.escape(name.casefold()) + r"(?![\w-])", known)])
+    return found
+
+
+def name_record(corpus: pd.DataFrame) -> pd.Series:
+    """The texts whose words count as known names: the conditions, and the record's countries and
+    arrangement types (names too, though no condition need spell them)."""
+    columns = [column for column in ("description", "country", "arrangement_type") if column in corpus]
+    return pd.concat([corpus[column].dropna().drop_duplicates() for column in columns], ignore_index=True)
 
 
 def at_least(similarity: np.ndarray, threshold: float) -> np.ndarray:

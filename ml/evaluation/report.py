@@ -192,6 +192,7 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "copies": table["copy_share"].map(_share),
         "quotes a precedent shown": table["quote_share"].map(_share),
         "repeats itself": table["repeat_share"].map(_share),
+        "names what no training condition names": table["unknown_name_share"].map(_share),
     })
 
 
@@ -376,7 +377,10 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
             "or above "
             f"{evaluation.copy_threshold:g}. The random policy draws corpus conditions, so it copies by construction. "
             "Repeats itself: share of answers with a stuttered word (\"staff staff\") or a three-word phrase said "
-            "twice.")
+            "twice. Names what no training condition names: share of answers with a capitalised name after the "
+            "opening word (\"Ministry of Business Development\") that no training condition, country or "
+            "arrangement type holds: an institution the policy may have invented, or a real one the record "
+            "lacks (month names aside).")
 
 
 def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:

@@ -3,7 +3,8 @@
 `evaluate_policies` turns scored answers (one row per policy, prompt and sample; the caller generated
 and scored them) into a `PolicyEvaluation`:
 - `table`: one row per policy: proxy and gold reward with 95% CIs, KL to base, length, distinct-1/2,
-  on-topic rate, similarity to the nearest training condition and the share of copies;
+  on-topic rate, similarity to the nearest training condition, the share of copies, and the shares that
+  repeat themselves or name a body no training condition names;
 - `tests`: tuned policy vs base and vs random (Welch's t-test with Hedges' g, and a bootstrap interval
   and permutation test paired on prompts), on the proxy and on the gold reward;
 - `flags`: per tuned policy, whether its gain over base looks like over-optimisation of the proxy;
@@ -33,7 +34,7 @@ from ml.evaluation.metrics import (
 )
 from ml.policy.grounding import quotes_precedent
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex, repeats_itself
+from ml.similarity import NoveltyIndex, name_record, repeats_itself, unknown_names
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")
@@ -58,7 +59,7 @@ TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "prox
                  "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
                  "distinct_2", "opening_word", "opening_share", "on_topic_rate", "on_topic_rate_knn",
-                 "nearest_similarity", "copy_share", "quote_share", "repeat_share"]
+                 "nearest_similarity", "copy_share", "quote_share", "repeat_share", "unknown_name_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -75,7 +76,8 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "distinct_1": "distinct_1", "distinct_2": "distinct_2", "opening_share": "opening_share",
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
                             "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
-                            "quote_share": "quote_share", "repeat_share": "repeat_share"}
+                            "quote_share": "quote_share", "repeat_share": "repeat_share",
+                            "unknown_name_share": "unknown_name_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
                           "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -88,7 +90,7 @@ class PolicyEvaluation:
     flags: pd.DataFrame  # FLAG_COLUMNS, one row per tuned policy compared with base
     scenarios: pd.DataFrame  # SAMPLE_COLUMNS: `scenario_samples` of the answers
     scored: pd.DataFrame  # the answers plus words, on_topic, nearest_similarity, nearest_text, is_copy, quotes,
-                          # repeats
+                          # repeats, unknown_names
     area_classifier_accuracy: float  # the on-topic classifier on held-out corpus rows; NaN if too few
     copy_threshold: float
     n_prompts: int
@@ -105,8 +107,8 @@ class PolicyEvaluation:
         Per policy: `<policy>_judged_reward`, `<policy>_proxy_p_met`, `<policy>_gold_p_met` (each + `_ci_low`,
         `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
         `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_opening_share`, `_on_topic_rate`,
-        `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_n`; tuned ones also
-        `_overoptimised` (1 or 0).
+        `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_unknown_name_share`, `_n`; tuned
+        ones also `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference
         of means), and test statistics `welch_t`, `welch_p`, `hedges_g`, `bootstrap_diff`,
         `bootstrap_ci_low`, `bootstrap_ci_high`, `bootstrap_p`: unqualified (`ppo_vs_random_welch_p`)
@@ -162,7 +164,10 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             is_copy=nearest["is_copy"].to_numpy(),
                             # A copy of a precedent the grounded prompt itself shows (a subset of the copies).
                             quotes=quotes_precedent(answers["prompt"], answers["answer"], copy_threshold),
-                            repeats=answers["answer"].map(repeats_itself).astype(bool))
+                            repeats=answers["answer"].map(repeats_itself).astype(bool),
+                            # A name no training condition holds: an institution the policy may have invented.
+                            unknown_names=[bool(names) for names in unknown_names(answers["answer"],
+                                                                                  name_record(corpus))])
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)
@@ -267,7 +272,8 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "nearest_similarity": _nanmean(rows["nearest_similarity"]),
             "copy_share": float(rows["is_copy"].astype(bool).mean()),
             "quote_share": float(rows["quotes"].astype(bool).mean()),
-            "repeat_share": float(rows["repeats"].mean()) if len(rows) else math.nan}
+            "repeat_share": float(rows["repeats"].mean()) if len(rows) else math.nan,
+            "unknown_name_share": float(rows["unknown_names"].mean()) if len(rows) else math.nan}
 
 
 def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, seed: int) -> list[dict]:

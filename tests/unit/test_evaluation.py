@@ -209,6 +209,22 @@ def test_the_table_counts_the_answers_that_repeat_themselves(confirmed):
     assert table.loc["sft", "repeat_share"] == 1.0 and table.loc["ppo", "repeat_share"] == 0.0
 
 
+def test_the_table_counts_the_answers_that_name_a_body_no_training_condition_names(confirmed):
+    inputs, evaluation = confirmed
+    assert evaluation.table.set_index("policy")["unknown_name_share"].max() == 0.0
+    answers = inputs.answers.copy()
+    ppo = answers.index[answers["policy"] == "ppo"]
+    invented, known = ppo[:len(ppo) // 4], ppo[len(ppo) // 4:len(ppo) // 2]
+    answers.loc[invented, "answer"] += " with the Office of the Exchange Market"
+    # A country of the record and a month are names it knows.
+    answers.loc[known, "answer"] += f" in {inputs.corpus['country'].iloc[0]} by May"
+    result = evaluate_policies(answers, inputs.corpus, seed=0)
+    table = result.table.set_index("policy")
+    assert table.loc["ppo", "unknown_name_share"] == pytest.approx(len(invented) / len(ppo))
+    assert table.loc["sft", "unknown_name_share"] == 0.0
+    assert result.headline()["ppo_unknown_name_share"] == pytest.approx(len(invented) / len(ppo))
+
+
 def test_the_table_names_the_word_a_policy_opens_most_answers_with(confirmed):
     inputs, evaluation = confirmed
     before = evaluation.table.set_index("policy").loc["ppo", "opening_share"]
