@@ -52,7 +52,7 @@ from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RLReward, action_base_rates
 from ml.reward.train import split_train_halves, train_reward_model
-from ml.similarity import NoveltyIndex
+from ml.similarity import NoveltyIndex, name_record
 
 TARGETS = {"on_topic_tuned": 0.90, "on_topic_sft": 0.70, "p_value": 0.01, "copy_share": 0.05,
            "relative_gap": 0.30, "rollout_speedup": 5.0, "update_mfu": 0.35, "rl_minutes": 12.0,
@@ -74,7 +74,8 @@ def held_out_figures(home: DataHome) -> dict:
     for policy in ("base", "sft", tuned, "random", "historical"):
         figures[policy] = {key: get(policy, key) for key in (
             "judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate", "on_topic_rate_knn",
-            "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "opening_share", "copy_share")}
+            "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "opening_share", "copy_share",
+            "unknown_name_share")}
     for control in ("sft", "base", "random"):
         figures[f"{tuned}_vs_{control}"] = {
             f"{metric}_{stat}": get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
@@ -166,7 +167,7 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     if extra:
         gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
     judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
-                    NoveltyIndex(corpus["description"]), test, samples=2, seed=profile.data.seed)
+                    NoveltyIndex(corpus["description"]), name_record(corpus), test, samples=2, seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
         return reward.variant(proxy=proxy, members=list(ensemble), design=design,
@@ -184,11 +185,15 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     }
     designs[default_label] = variant_reward(spec.design, reward.proxy)
     # The proxy's training half gives each action's met share: the reward then pays for what an answer adds over it.
-    rates, overall = action_base_rates(split_train_halves(corpus, seed=profile.reward.seed)[0])
+    proxy_half = split_train_halves(corpus, seed=profile.reward.seed)[0]
+    rates, overall = action_base_rates(proxy_half)
     designs["the default less the action's premium"] = reward.variant(action_rates=rates, action_overall=overall)
-    if spec.quote_threshold > 0 or spec.copy_threshold > 0 or spec.floor_repeats:
-        designs["the default without the quote, copy and repeat rules"] = reward.variant(
-            quote_threshold=0.0, copy_threshold=0.0, copy_ramp_from=0.0, floor_repeats=False)
+    if not spec.floor_unknown_names:
+        designs["the default with names the record never names floored"] = reward.variant(
+            floor_unknown_names=True, name_record=name_record(proxy_half).tolist())
+    if spec.quote_threshold > 0 or spec.copy_threshold > 0 or spec.floor_repeats or spec.floor_unknown_names:
+        designs["the default without its floor rules (quotes, copies, repeats, unknown names)"] = reward.variant(
+            quote_threshold=0.0, copy_threshold=0.0, copy_ramp_from=0.0, floor_repeats=False, floor_unknown_names=False)
     work = home.models / "bench" / "runs"
     answers: dict[str, pd.DataFrame] = {}
     results: dict = {"seconds": seconds, "reward_designs": {}, "algorithms": {}, "seeds": {}}
@@ -227,7 +232,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
 
 def table(rows: dict[str, dict]) -> str:
     columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
-               "kl_to_reference", "copy_share", "quote_share", "repeat_share", "words_median", "opening_share"]
+               "kl_to_reference", "copy_share", "quote_share", "repeat_share", "unknown_name_share", "words_median",
+               "opening_share"]
     frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
     return frame.dropna(axis=1, how="all").round(3).to_markdown()  # a judge this run did not train: no column
 

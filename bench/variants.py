@@ -24,7 +24,7 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
 from ml.policy.rl import train_rl
 from ml.reward.rl_reward import RLReward, on_topic
-from ml.similarity import NoveltyIndex, repeats_itself
+from ml.similarity import NoveltyIndex, repeats_itself, unknown_names
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Judges:
     rewards: dict[str, RLReward]  # name -> an RL reward whose gold side judges (components, judged)
     embedding: object  # EmbeddingAreaJudge
     novelty: NoveltyIndex
+    name_record: pd.Series  # `ml.similarity.name_record` of the training split, as the report's
     prompts: pd.DataFrame  # held-out test prompts
     samples: int
     seed: int
@@ -72,7 +73,8 @@ def measure(name: str, home: DataHome, settings: PolicySettings, stack: Path | N
 
 
 def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
-    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity, copies and repeats."""
+    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity, copies, repeats and
+    names no training condition names."""
     out: dict = {"n": len(answers)}
     areas = answers["economic_area"].tolist()
     for judge, reward in judges.rewards.items():
@@ -91,6 +93,8 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     out["quote_share"] = float(np.mean(quotes_precedent(answers["prompt"], answers["answer"],
                                                         judges.novelty.copy_threshold)))
     out["repeat_share"] = float(answers["answer"].map(repeats_itself).mean())
+    out["unknown_name_share"] = float(np.mean([bool(names) for names in
+                                               unknown_names(answers["answer"], judges.name_record)]))
     return out
 
 

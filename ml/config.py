@@ -192,6 +192,9 @@ class PolicySettings:
     copy_ramp_from: float = 0.0
     # True: an answer that stutters or says a three-word phrase twice earns its batch's lowest reward.
     floor_repeats: bool = False
+    # True: an answer that names a body no condition of the proxy's training half names ("the Ministry of
+    # Business Development") earns its batch's lowest reward: the reward models cannot tell an invented body.
+    floor_unknown_names: bool = False
     # True: P(MET) loses the premium of the answer's opening action (its first word's met share over all
     # conditions', in the proxy's training half), so the reward pays for what a proposal adds over its action.
     action_premium: bool = False
@@ -265,8 +268,8 @@ PROFILES: dict[str, Profile] = {
         policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=192, max_new_tokens=12,
                               n_eval_prompts=8, n_test_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
                               reward_design="product", topic_weight=1.0, grounding_precedents=2, quote_threshold=0.9,
-                              copy_threshold=0.85, floor_repeats=True, action_premium=True,  # off in demo; on
-                              # here to test their path
+                              copy_threshold=0.85, floor_repeats=True, floor_unknown_names=True,
+                              action_premium=True,  # these three are off in demo; on here to test their path
                               ppo=PPOSettings(steps=4, batch_size=4, answers_per_prompt=2, mini_batch_size=2,
                                               ppo_epochs=1, learning_rate=1e-3, eval_every=2, checkpoint_every=2),
                               group_rl=GroupRLSettings(steps=4, prompts_per_step=2, num_generations=2,

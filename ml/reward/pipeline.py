@@ -32,6 +32,7 @@ from ml.reward.plots import save_plots
 from ml.reward.rl_reward import RL_REWARD_NAME, RewardSpec, RLReward, action_base_rates, fit_area_classifiers
 from ml.reward.train import split_train_halves, train_reward_model
 from ml.serving.publish import log_reward_model, reward_model_card
+from ml.similarity import name_record
 
 REWARD_MODEL_NAME = "rlxf-reward-model"
 GOLD_REWARD_MODEL_NAME = "rlxf-gold-reward-model"
@@ -154,13 +155,15 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
                       ensemble=tuple(ref for _, ref in ensemble), topic_weight=settings.topic_weight,
                       on_topic_target=settings.on_topic_target, quote_threshold=settings.quote_threshold,
                       copy_threshold=settings.copy_threshold, copy_ramp_from=settings.copy_ramp_from,
-                      floor_repeats=settings.floor_repeats, action_rates=action_rates,
+                      floor_repeats=settings.floor_repeats, floor_unknown_names=settings.floor_unknown_names,
+                      action_rates=action_rates,
                       action_overall=action_overall,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
     return RLReward(spec, proxy[0], gold[0], proxy_area, gold_area, [model for model, _ in ensemble],
-                    copy_corpus=half_a["description"].dropna().drop_duplicates().tolist())
+                    copy_corpus=half_a["description"].dropna().drop_duplicates().tolist(),
+                    name_record=name_record(half_a).tolist() if settings.floor_unknown_names else None)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -190,7 +193,8 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
                               "quote_threshold": spec.quote_threshold,
                               "copy_threshold": spec.copy_threshold,
                               "copy_ramp_from": spec.copy_ramp_from,
-                              "floor_repeats": spec.floor_repeats}) as run:
+                              "floor_repeats": spec.floor_repeats,
+                              "floor_unknown_names": spec.floor_unknown_names}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

@@ -35,7 +35,12 @@ there (off by default: the ablation is in the README). With `floor_repeats`, an 
 that repeats itself (`ml.similarity.repeats_itself`: a stuttered word or a three-word phrase said twice,
 as 8.6% of PPO's test answers in the 9156f49 demo did and no historical condition does) earns its
 batch's lowest reward too: the reward models read "in line with staff staff recommendations" as they
-read the phrase once, so nothing else tells the policy that it is a slip.
+read the phrase once, so nothing else tells the policy that it is a slip. With `floor_unknown_names`, an
+answer that names a body no condition of the proxy's training half names (`ml.similarity.unknown_names`:
+"the Ministry of Business Development and Finance", "the Financial Action Task Board"; the half's countries
+and arrangement types count as known) earns its batch's lowest reward: 11-16% of PPO's test answers did in
+the cb882a5 demo's runs, half of them inventions, and no historical condition did, yet the reward models
+rate an invented ministry as they rate a real one.
 
 With `action_rates` (`action_base_rates` of the proxy's training conditions), every design reads P as
 P minus its action's premium: the met share of the conditions that open with the answer's first word,
@@ -68,10 +73,11 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex, repeats_itself
+from ml.similarity import NoveltyIndex, repeats_itself, unknown_names
 
 SPEC_FILE = "reward_spec.json"
 COPY_CORPUS_FILE = "copy_corpus.json"  # the conditions the copy rule compares answers with
+NAME_RECORD_FILE = "name_record.json"  # the texts whose names the unknown-name rule knows
 DESIGNS = ("p_met", "product", "constraint", "normalize_then_sum", "ensemble")
 RL_REWARD_NAME = "rlxf-rl-reward"
 ModelRef = dict  # {"name": registered model name, "version": "3"}
@@ -98,6 +104,7 @@ class RewardSpec:
     # the way from its reward to the batch's lowest, so near-copies already cost (0 = a floor at the threshold).
     copy_ramp_from: float = 0.0
     floor_repeats: bool = False  # an answer that repeats itself earns its batch's lowest reward
+    floor_unknown_names: bool = False  # an answer naming a body the name record never names: the batch's lowest
     # first word -> met share of the proxy's training conditions that open with it (`action_base_rates`);
     # non-empty: P(MET) loses its action's premium over `action_overall`, the met share of them all.
     action_rates: dict = field(default_factory=dict)
@@ -134,11 +141,12 @@ class CopyRule:
 
 class RLReward:
     """A loaded `RewardSpec`: `train_reward` for RL, `judged` for selection and reports. `copy_corpus`
-    (the proxy's training conditions) is needed when the spec's `copy_threshold` is set."""
+    (the proxy's training conditions) is needed when the spec's `copy_threshold` is set, `name_record`
+    (`ml.similarity.name_record` of the proxy's training half) when `floor_unknown_names` is."""
 
     def __init__(self, spec: RewardSpec, proxy: RewardModel, gold: RewardModel, proxy_area: AreaClassifier,
                  gold_area: AreaClassifier, ensemble: Sequence[RewardModel] = (),
-                 copy_corpus: Sequence[str] | None = None):
+                 copy_corpus: Sequence[str] | None = None, name_record: Sequence[str] | None = None):
         self.spec = spec
         self.proxy, self.gold, self.ensemble = proxy, gold, list(ensemble)
         self.proxy_area, self.gold_area = proxy_area, gold_area
@@ -148,14 +156,19 @@ class RLReward:
         if spec.copy_threshold > 0 and not copy_corpus:
             raise ValueError("a reward with copy_threshold > 0 needs the conditions it compares answers with")
         self.copy_rule = CopyRule(copy_corpus, spec.copy_threshold) if spec.copy_threshold > 0 else None
+        if spec.floor_unknown_names and not name_record:
+            raise ValueError("a reward with floor_unknown_names needs the texts whose names it knows")
+        self.name_record = list(name_record or [])
 
     def variant(self, proxy: RewardModel | None = None, gold: RewardModel | None = None,
                 members: Sequence[RewardModel] | None = None, **spec_changes) -> RLReward:
         """This reward with other spec fields or reward models (the benchmark's ablations); the area
-        classifiers and the copy rule's conditions stay; `members` replace the ensemble's models."""
+        classifiers, the copy rule's conditions and the name record stay (pass `name_record` to set
+        one); `members` replace the ensemble's models."""
+        name_record = spec_changes.pop("name_record", self.name_record)
         return RLReward(replace(self.spec, **spec_changes), proxy or self.proxy, gold or self.gold,
                         self.proxy_area, self.gold_area, self.ensemble if members is None else members,
-                        self.copy_rule.corpus if self.copy_rule else None)
+                        self.copy_rule.corpus if self.copy_rule else None, name_record)
 
     # ---- parts ---------------------------------------------------------------------------------
 
@@ -185,8 +198,8 @@ class RLReward:
     def train_reward(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
         """The design's reward per answer of one batch (batch statistics for the batch designs;
         "constraint" also updates its multiplier from this batch), quoted precedents, recited
-        training conditions and answers that repeat themselves at the batch's lowest. `records` carry
-        each answer's rendered prompt (`prompt_text`) for the quote check."""
+        training conditions, answers that repeat themselves and names the record never names at the batch's
+        lowest. `records` carry each answer's rendered prompt (`prompt_text`) for the quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
         self.last_floored = np.zeros(len(conditions), dtype=bool)
@@ -206,12 +219,16 @@ class RLReward:
 
     @property
     def has_floor_rules(self) -> bool:
-        return self.spec.quote_threshold > 0 or self.copy_rule is not None or self.spec.floor_repeats
+        return (self.spec.quote_threshold > 0 or self.copy_rule is not None or self.spec.floor_repeats
+                or self.spec.floor_unknown_names)
 
     def floored(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
-        """Per condition: does a rule put it at its batch's lowest reward (a quote, a copy, a repeat)?"""
+        """Per condition: does a rule put it at its batch's lowest reward (a quote, a copy, a repeat, a name
+        the record never names)?"""
         repeats = np.array([self.spec.floor_repeats and repeats_itself(c) for c in conditions], dtype=bool)
-        return self.quotes(records, conditions) | self.copies(conditions) | repeats
+        unknown = (np.array([bool(names) for names in unknown_names(conditions, self.name_record)], dtype=bool)
+                   if self.spec.floor_unknown_names else np.zeros(len(conditions), dtype=bool))
+        return self.quotes(records, conditions) | self.copies(conditions) | repeats | unknown
 
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
         """Per condition: does it quote a precedent its prompt shows (similarity >= quote_threshold)?"""
@@ -271,6 +288,8 @@ class RLReward:
         self.gold_area.save(folder / "gold_area_classifier")
         if self.copy_rule is not None:
             (folder / COPY_CORPUS_FILE).write_text(json.dumps(self.copy_rule.corpus), encoding="utf-8")
+        if self.name_record:
+            (folder / NAME_RECORD_FILE).write_text(json.dumps(self.name_record), encoding="utf-8")
         (folder / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, allow_nan=False), encoding="utf-8")
         return folder
 
@@ -280,12 +299,14 @@ class RLReward:
         """The reward saved in `folder`; `load_model` turns a model reference into a RewardModel (from
         the registry); `overrides` replace spec fields (the benchmark's design ablation)."""
         spec = read_spec(folder, **overrides)
-        corpus_file = Path(folder) / COPY_CORPUS_FILE
+        def texts(name: str) -> list[str] | None:
+            path = Path(folder) / name
+            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
         return cls(spec, load_model(spec.proxy), load_model(spec.gold),
                    AreaClassifier.load(Path(folder) / "proxy_area_classifier"),
                    AreaClassifier.load(Path(folder) / "gold_area_classifier"),
-                   [load_model(member) for member in spec.ensemble],
-                   json.loads(corpus_file.read_text(encoding="utf-8")) if corpus_file.exists() else None)
+                   [load_model(member) for member in spec.ensemble], texts(COPY_CORPUS_FILE), texts(NAME_RECORD_FILE))
 
 
 def read_spec(folder: Path, **overrides) -> RewardSpec:

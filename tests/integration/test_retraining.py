@@ -139,17 +139,20 @@ def test_policy_champion_is_judged_by_the_judged_reward_of_its_rl_reward(world):
     assert recorded == pytest.approx(expected, abs=1e-6)
     assert recorded == pytest.approx(candidate["judged_reward"].mean(), abs=1e-6)
     assert recorded < candidate["gold_reward"].mean()
-    # Smoke trains with the action premium on (the judge never has it): the saved reward carries the met
-    # shares of the proxy's training half, per first word, built from the snapshot it names.
+    # Smoke trains with the action premium and the unknown-name rule on (the judge never has them): the saved
+    # reward carries the met shares of the proxy's training half, per first word, and that half's name record,
+    # built from the snapshot it names.
     from ml.data.splits import read_split
     from ml.reward.rl_reward import action_base_rates
     from ml.reward.train import split_train_halves
+    from ml.similarity import name_record
 
     splits = world.home.exports / "splits"
     assert reward.spec.info["split_hash"] == json.loads((splits / "manifest.json").read_text())["content_hash"]
     half_a, _ = split_train_halves(read_split(splits, "train"), seed=profile.reward.seed)
     assert reward.spec.action_rates
     assert (reward.spec.action_rates, reward.spec.action_overall) == action_base_rates(half_a)
+    assert reward.spec.floor_unknown_names and reward.name_record == name_record(half_a).tolist()
     # SFT's RL reference is the base model, so its two KL columns are one measurement; the RL policy's
     # reference is SFT, so its KL to the base adds SFT's.
     sft = answers[answers["policy"] == "sft"]

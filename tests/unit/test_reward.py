@@ -314,7 +314,7 @@ def test_auto_precision_resolves_to_what_the_hardware_has(reward):
         RewardModel(reward.model, reward.tokenizer, dtype="float16")
 
 
-def rl_reward_for(reward, design: str, copy_corpus=None, **changes):
+def rl_reward_for(reward, design: str, copy_corpus=None, name_record=None, **changes):
     from ml.evaluation import synthetic_inputs
     from ml.reward.rl_reward import RewardSpec, RLReward
     from ml.reward.topic import AreaClassifier
@@ -323,7 +323,8 @@ def rl_reward_for(reward, design: str, copy_corpus=None, **changes):
     ref = {"name": "toy", "version": "1"}
     spec = RewardSpec(design=design, proxy=ref, gold=ref, ensemble=(ref,) if design == "ensemble" else (),
                       topic_weight=1.0, **changes)
-    return RLReward(spec, reward, reward, topic, topic, [reward] if design == "ensemble" else [], copy_corpus)
+    return RLReward(spec, reward, reward, topic, topic, [reward] if design == "ensemble" else [], copy_corpus,
+                    name_record)
 
 
 def test_reward_designs_combine_p_met_and_the_topic_term_as_documented(reward):
@@ -456,6 +457,30 @@ def test_an_answer_that_repeats_itself_gets_the_batch_lowest_reward(reward, tmp_
     strict.save(tmp_path)
     assert RLReward.load(tmp_path, lambda ref: reward).floored(records, answers).tolist() == [True, False, True, False]
     assert not rl_reward_for(reward, "product").floored(records, answers).any()  # off by default
+
+
+def test_an_answer_naming_a_body_the_record_never_names_gets_the_batch_lowest_reward(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    record = ["Submit to the Council of Ministers the 2024 budget", "Cabinet to adopt the Public Finance Law",
+              "Submit to Fund staff the arrears audit", "Kenya", "ECF"]
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 5
+    answers = ["Submit to the Council of Ministers a tax expenditure report by end-June",  # a known body
+               "Submit to the Council of State a tax expenditure report",  # no record names it
+               "Adopt amendments to the public finance law of Kenya",  # a known law (any case) and country
+               "Publish the Fund's review of the ECF",  # a possessive of a name the record holds
+               "Publish the arrears stock of the Ministry of Business Development"]  # an invented ministry
+    free = rl_reward_for(reward, "product")(records, answers)
+    strict = rl_reward_for(reward, "product", floor_unknown_names=True, name_record=record)
+    assert strict.floored(records, answers).tolist() == [False, True, False, False, True]
+    np.testing.assert_allclose(strict(records, answers), [free[0], free.min(), free[2], free[3], free.min()],
+                               rtol=1e-6)
+    strict.save(tmp_path)
+    assert RLReward.load(tmp_path, lambda ref: reward).floored(records, answers).tolist() == [
+        False, True, False, False, True]
+    assert not rl_reward_for(reward, "product").floored(records, answers).any()  # off by default
+    with pytest.raises(ValueError, match="floor_unknown_names"):
+        rl_reward_for(reward, "product", floor_unknown_names=True)
 
 
 def test_the_action_premium_takes_from_p_met_what_the_answers_first_word_alone_earns(reward, tmp_path):
