@@ -301,6 +301,8 @@ PROFILES: dict[str, Profile] = {
                               # and copied a training condition in 17% (SFT 6%) with only the quote rule.
                               # The repeat rule is off: in three runs it took answers that repeat themselves
                               # from 8.6% to 3-5.5%, but copies rose to 11.7-12.5% (4.7-10.9% without it).
+                              # The unknown-name rule is off: in 300 s of PPO it cut the answers naming a body
+                              # no training condition names by 2 points (README).
                               quote_threshold=0.9, copy_threshold=0.85,
                               # Eight answers per prompt share each prompt's forward pass; one PPO epoch
                               # over minibatches of two prompts (16 answers); a 10-minute training budget.

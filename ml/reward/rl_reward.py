@@ -40,7 +40,8 @@ answer that names a body no condition of the proxy's training half names (`ml.si
 "the Ministry of Business Development and Finance", "the Financial Action Task Board"; the half's countries
 and arrangement types count as known) earns its batch's lowest reward: 11-16% of PPO's test answers did in
 the cb882a5 demo's runs, half of them inventions, and no historical condition did, yet the reward models
-rate an invented ministry as they rate a real one.
+rate an invented ministry as they rate a real one (off by default: in 300 s of PPO it lowered that share by
+only 2 points; the ablation is in the README).
 
 With `action_rates` (`action_base_rates` of the proxy's training conditions), every design reads P as
 P minus its action's premium: the met share of the conditions that open with the answer's first word,
