@@ -229,6 +229,9 @@ def test_recommend_flags_a_proposal_naming_a_body_no_condition_of_the_record_nam
                          record) == [[], ["May Council"]]
     assert unknown_names(["Submit the arrears report to the Treasury Board"],
                          [*record, "Clear the arrears by end-Treasury Board"]) == [[]]
+    # A hyphen after is no boundary ("Board-level"); a later whole-word occurrence still counts.
+    assert unknown_names(["Report to the Board"], ["Boards meet", "a Board-level review"]) == [["Board"]]
+    assert unknown_names(["Report to the Board"], ["Boards meet", "a Board-level review", "the Board"]) == [[]]
     # A proposal naming an unknown body goes after a clean one, whatever its reward.
     area = "Revenue administration, including customs"
     corpus = pd.DataFrame({"economic_area": [area] * 3, "country": ["Ghana"] * 3, "test_year": [2020] * 3,
