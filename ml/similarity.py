@@ -30,18 +30,30 @@ NAME = re.compile(r"(?<![\w-])[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|for|on)\s+)*
 MONTHS = {datetime.date(2000, month, 1).strftime("%B") for month in range(1, 13)}  # "by May 2026" names no body
 
 
+class KnownNames:
+    """The names the texts of a record hold, for `unknown` to check answers against; built once, since the
+    record joined into one lower-case text is about a million characters (the RL reward checks every batch)."""
+
+    def __init__(self, record: Sequence[str]):
+        self.text = " ".join(str(t) for t in record).casefold()
+
+    def unknown(self, texts: Sequence[str]) -> list[list[str]]:
+        """For each text, the names it uses after its opening word (which is capitalised as the sentence's
+        first) that no text of the record holds as whole words, in any case (a hyphen before counts as a
+        boundary there: "end-May"); month names and a possessive's "'s" aside ("the Fund's")."""
+        found = []
+        for text in texts:
+            opening_and_rest = str(text).split(None, 1)
+            rest = opening_and_rest[1] if len(opening_and_rest) == 2 else ""
+            names = dict.fromkeys(re.sub(r"['’]s$", "", match.group(0)) for match in NAME.finditer(rest))
+            found.append([name for name in names
+                          if name not in MONTHS and not _holds_as_words(self.text, name.casefold())])
+        return found
+
+
 def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:
-    """For each text, the names it uses after its opening word (which is capitalised as the sentence's
-    first) that no text of `record` holds as whole words, in any case (a hyphen before counts as a
-    boundary there: "end-May"); month names and a possessive's "'s" aside ("the Fund's")."""
-    known = " ".join(str(t) for t in record).casefold()
-    found = []
-    for text in texts:
-        opening_and_rest = str(text).split(None, 1)
-        rest = opening_and_rest[1] if len(opening_and_rest) == 2 else ""
-        names = dict.fromkeys(re.sub(r"['’]s$", "", match.group(0)) for match in NAME.finditer(rest))
-        found.append([name for name in names if name not in MONTHS and not _holds_as_words(known, name.casefold())])
-    return found
+    """`KnownNames(record).unknown(texts)`, for a record checked once."""
+    return KnownNames(record).unknown(texts)
 
 
 def _holds_as_words(text: str, words: str) -> bool:

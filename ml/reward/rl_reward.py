@@ -74,7 +74,7 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.prompts import answer_to_condition
 from ml.reward.model import RewardModel
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex, repeats_itself, unknown_names
+from ml.similarity import KnownNames, NoveltyIndex, repeats_itself
 
 SPEC_FILE = "reward_spec.json"
 COPY_CORPUS_FILE = "copy_corpus.json"  # the conditions the copy rule compares answers with
@@ -160,16 +160,18 @@ class RLReward:
         if spec.floor_unknown_names and not name_record:
             raise ValueError("a reward with floor_unknown_names needs the texts whose names it knows")
         self.name_record = list(name_record or [])
+        self.known_names = KnownNames(self.name_record) if spec.floor_unknown_names else None
 
     def variant(self, proxy: RewardModel | None = None, gold: RewardModel | None = None,
-                members: Sequence[RewardModel] | None = None, **spec_changes) -> RLReward:
+                members: Sequence[RewardModel] | None = None, name_record: Sequence[str] | None = None,
+                **spec_changes) -> RLReward:
         """This reward with other spec fields or reward models (the benchmark's ablations); the area
-        classifiers, the copy rule's conditions and the name record stay (pass `name_record` to set
-        one); `members` replace the ensemble's models."""
-        name_record = spec_changes.pop("name_record", self.name_record)
+        classifiers, the copy rule's conditions and the name record stay unless `name_record` is given;
+        `members` replace the ensemble's models."""
         return RLReward(replace(self.spec, **spec_changes), proxy or self.proxy, gold or self.gold,
                         self.proxy_area, self.gold_area, self.ensemble if members is None else members,
-                        self.copy_rule.corpus if self.copy_rule else None, name_record)
+                        self.copy_rule.corpus if self.copy_rule else None,
+                        self.name_record if name_record is None else name_record)
 
     # ---- parts ---------------------------------------------------------------------------------
 
@@ -227,8 +229,8 @@ class RLReward:
         """Per condition: does a rule put it at its batch's lowest reward (a quote, a copy, a repeat, a name
         the record never names)?"""
         repeats = np.array([self.spec.floor_repeats and repeats_itself(c) for c in conditions], dtype=bool)
-        unknown = (np.array([bool(names) for names in unknown_names(conditions, self.name_record)], dtype=bool)
-                   if self.spec.floor_unknown_names else np.zeros(len(conditions), dtype=bool))
+        unknown = (np.array([bool(names) for names in self.known_names.unknown(conditions)], dtype=bool)
+                   if self.known_names else np.zeros(len(conditions), dtype=bool))
         return self.quotes(records, conditions) | self.copies(conditions) | repeats | unknown
 
     def quotes(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
