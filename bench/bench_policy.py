@@ -13,8 +13,9 @@ Prints, and writes to bench/results/policy.json:
    settings;
 3. the reward-design ablation: PPO at equal training time from the same SFT policy with P(MET) alone
    (the paper), P(MET) x P(area)^w, the topic term as a constraint, normalise-then-sum, a conservative
-   ensemble of three proxies, a reward model trained with relevance negatives, and the default less the
-   premium P(MET) pays for the answer's action (its first word); each measured on
+   ensemble of three proxies, a reward model trained with relevance negatives, the default less the
+   premium P(MET) pays for the answer's action (its first word), and the default less a penalty on the
+   batch share of the answer's opening word; each measured on
    the test prompts by two gold judges (the gold model trained without and with relevance negatives,
    each times the gold area classifier's P(area)), the embedding judge's on-topic rate, and KL;
 4. the algorithm ablation: PPO, GRPO and RLOO (TRL) at equal training time on the demo's reward;
@@ -191,6 +192,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     if not spec.floor_unknown_names:
         designs["the default with names the record never names floored"] = reward.variant(
             floor_unknown_names=True, name_record=name_record(proxy_half).tolist())
+    if not spec.opening_penalty:
+        designs["the default less 0.3 x its opening's share of the batch"] = reward.variant(opening_penalty=0.3)
     if spec.quote_threshold > 0 or spec.copy_threshold > 0 or spec.floor_repeats or spec.floor_unknown_names:
         designs["the default without its floor rules (quotes, copies, repeats, unknown names)"] = reward.variant(
             quote_threshold=0.0, copy_threshold=0.0, copy_ramp_from=0.0, floor_repeats=False, floor_unknown_names=False)

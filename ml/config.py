@@ -198,6 +198,9 @@ class PolicySettings:
     # True: P(MET) loses the premium of the answer's opening action (its first word's met share over all
     # conditions', in the proxy's training half), so the reward pays for what a proposal adds over its action.
     action_premium: bool = False
+    # > 0: an answer loses this times the share of its batch's answers that open with its first word, so a
+    # policy that opens most answers with one verb ("Prepare a ...") pays for it. 0 = off.
+    opening_penalty: float = 0.0
     ppo: PPOSettings = field(default_factory=PPOSettings)
     group_rl: GroupRLSettings = field(default_factory=GroupRLSettings)
 
@@ -268,8 +271,9 @@ PROFILES: dict[str, Profile] = {
         policy=PolicySettings(base_model="tiny-llama", max_prompt_tokens=192, max_new_tokens=12,
                               n_eval_prompts=8, n_test_prompts=8, sft_max_examples=16, lora_r=4, lora_alpha=8,
                               reward_design="product", topic_weight=1.0, grounding_precedents=2, quote_threshold=0.9,
-                              copy_threshold=0.85, floor_repeats=True, floor_unknown_names=True,
-                              action_premium=True,  # these three are off in demo; on here to test their path
+                              copy_threshold=0.85, floor_repeats=True,
+                              # Off in demo, on here so the pipeline tests run their path.
+                              floor_unknown_names=True, action_premium=True, opening_penalty=0.3,
                               ppo=PPOSettings(steps=4, batch_size=4, answers_per_prompt=2, mini_batch_size=2,
                                               ppo_epochs=1, learning_rate=1e-3, eval_every=2, checkpoint_every=2),
                               group_rl=GroupRLSettings(steps=4, prompts_per_step=2, num_generations=2,

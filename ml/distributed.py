@@ -2,9 +2,9 @@
 
 A loop asks `Distributed` which rank it is, which contiguous shard of a global batch is its own, and
 for the few collectives that keep ranks in step: a sum of tensors over ranks (statistics, gradients),
-the concatenation of per-rank tensors in rank order (per-answer scores), and an object broadcast from
-rank 0 (an evaluation run there). At world size 1 every collective returns its input, so the single
-process runs exactly the same code with no process group at all.
+the concatenation of per-rank tensors or lists in rank order (per-answer scores, first words), and an
+object broadcast from rank 0 (an evaluation run there). At world size 1 every collective returns its
+input, so the single process runs exactly the same code with no process group at all.
 
 Data-parallel by default: every rank holds the whole model and the gradients are summed. Launched with
 accelerate's FSDP plugin (`--use_fsdp --fsdp_version 2`, or `distributed_type: FSDP` in an accelerate
@@ -69,6 +69,14 @@ class Distributed:
         if self.world_size == 1:
             return tensor
         return gather(tensor.contiguous())
+
+    def gather_objects(self, values: list) -> list:
+        """Every rank's list concatenated in rank order (pickled; lists may differ in length)."""
+        if self.world_size == 1:
+            return list(values)
+        boxes = [None] * self.world_size
+        torch.distributed.all_gather_object(boxes, list(values))
+        return [value for box in boxes for value in box]
 
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise maximum over ranks (the input itself at world size 1)."""

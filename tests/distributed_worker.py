@@ -163,7 +163,7 @@ def train_group(out: Path, kind: str, steps: int, rank0_seconds: float | None) -
 
 def batch_statistics(out: Path) -> None:
     """The RL reward's batch designs on each rank's shard of one global batch of scores."""
-    from ml.reward.rl_reward import _standardise, batch_min, batch_share
+    from ml.reward.rl_reward import _standardise, batch_min, batch_opening_share, batch_share
 
     dist = distributed.current()
     scores = np.linspace(0.0, 1.0, 8) ** 2
@@ -171,9 +171,12 @@ def batch_statistics(out: Path) -> None:
     standardised = dist.cat(torch.tensor(_standardise(mine))).tolist()
     share = batch_share(mine > 0.3)
     lowest = batch_min(mine[::-1] + 0.5 * dist.rank)  # rank 0 holds the global batch's lowest score
+    # Rank 0's shard opens with Prepare only, rank 1's with Prepare once: 5 of the 8 answers in all.
+    answers = ["Prepare a plan"] * 4 + ["Prepare a law", "Submit a law", "Adopt a budget", "Submit a budget"]
+    opening = dist.cat(torch.tensor(batch_opening_share(answers[dist.shard(len(answers))]))).tolist()
     if dist.is_main:
         (out / "result.json").write_text(json.dumps({"world_size": dist.world_size, "standardised": standardised,
-                                                     "share": share, "lowest": lowest}))
+                                                     "share": share, "lowest": lowest, "opening": opening}))
 
 
 def local_share(parameters: dict[str, torch.Tensor]) -> float:

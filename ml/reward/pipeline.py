@@ -157,7 +157,7 @@ def build_rl_reward(snapshot: Path, settings: PolicySettings, reward_seed: int, 
                       copy_threshold=settings.copy_threshold, copy_ramp_from=settings.copy_ramp_from,
                       floor_repeats=settings.floor_repeats, floor_unknown_names=settings.floor_unknown_names,
                       action_rates=action_rates,
-                      action_overall=action_overall,
+                      action_overall=action_overall, opening_penalty=settings.opening_penalty,
                       info={"split_hash": manifest["content_hash"],
                             "proxy_area_holdout_accuracy": _finite_or_none(proxy_area.holdout_accuracy),
                             "gold_area_holdout_accuracy": _finite_or_none(gold_area.holdout_accuracy)})
@@ -194,7 +194,8 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
                               "copy_threshold": spec.copy_threshold,
                               "copy_ramp_from": spec.copy_ramp_from,
                               "floor_repeats": spec.floor_repeats,
-                              "floor_unknown_names": spec.floor_unknown_names}) as run:
+                              "floor_unknown_names": spec.floor_unknown_names,
+                              "opening_penalty": spec.opening_penalty}) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

@@ -50,6 +50,11 @@ less the met share of all of them (floored at 0). Conditions that open with Subm
 follows them; without the premium, an answer is rewarded for what it adds over its action (off by
 default: the ablation is in the README).
 
+With `opening_penalty` c > 0, every design's reward loses c times the share of the batch's answers that
+open with the answer's first word: a policy that opens most answers with one verb (PPO opened 30-48% of
+its test answers with "Prepare" or "Submit" in five fresh-clone demos) pays for it, and an answer with
+another action gains over its batch. The share is over the global batch, so N processes reward as one does.
+
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
 side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
 It is the estimate of "a condition that gets met *and* is about the area asked" that checkpoint
@@ -60,6 +65,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -110,6 +116,8 @@ class RewardSpec:
     # non-empty: P(MET) loses its action's premium over `action_overall`, the met share of them all.
     action_rates: dict = field(default_factory=dict)
     action_overall: float = 0.0
+    # > 0: an answer loses this times the share of the batch's answers that open with its first word.
+    opening_penalty: float = 0.0
     info: dict = field(default_factory=dict)  # provenance: data snapshot hash, area classifier accuracies
 
     def __post_init__(self) -> None:
@@ -200,11 +208,14 @@ class RLReward:
 
     def train_reward(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
         """The design's reward per answer of one batch (batch statistics for the batch designs;
-        "constraint" also updates its multiplier from this batch), quoted precedents, recited
-        training conditions, answers that repeat themselves and names the record never names at the batch's
-        lowest. `records` carry each answer's rendered prompt (`prompt_text`) for the quote check."""
+        "constraint" also updates its multiplier from this batch) less the opening penalty; quoted
+        precedents, recited training conditions, answers that repeat themselves and names the record never
+        names at the batch's lowest. `records` carry each answer's rendered prompt (`prompt_text`) for the
+        quote check."""
         conditions = [answer_to_condition(a) for a in answers]
         reward = self._design_reward(records, conditions)
+        if self.spec.opening_penalty:
+            reward = reward - self.spec.opening_penalty * batch_opening_share(conditions)
         self.last_floored = np.zeros(len(conditions), dtype=bool)
         if self.has_floor_rules:  # the same on every rank: batch_min is a collective
             lowest = batch_min(reward)
@@ -354,6 +365,15 @@ def batch_min(values: np.ndarray) -> float:
     """Lowest value of the global batch (+inf where it is empty)."""
     local = float(np.min(values)) if len(values) else math.inf
     return -float(distributed.current().max(torch.tensor([-local], dtype=torch.float64))[0])
+
+
+def batch_opening_share(conditions: Sequence[str]) -> np.ndarray:
+    """Per condition: the share of the global batch's conditions that open with its first word (0 for one
+    with no word)."""
+    words = [first_word(c) for c in conditions]
+    counts = Counter(distributed.current().gather_objects(words))
+    total = sum(counts.values())
+    return np.array([counts[word] / total if word else 0.0 for word in words])
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:

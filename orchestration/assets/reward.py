@@ -75,6 +75,6 @@ def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: Mlf
         "mlflow_model": f"{RL_REWARD_NAME} v{version}", "design": spec.design, "topic_weight": spec.topic_weight,
         "quote_threshold": spec.quote_threshold, "copy_threshold": spec.copy_threshold,
         "copy_ramp_from": spec.copy_ramp_from, "floor_repeats": spec.floor_repeats,
-        "floor_unknown_names": spec.floor_unknown_names,
+        "floor_unknown_names": spec.floor_unknown_names, "opening_penalty": spec.opening_penalty,
         "reward_model_version": proxy["version"], "gold_model_version": gold["version"],
         **{k: v for k, v in spec.info.items() if v is not None}})

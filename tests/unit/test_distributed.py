@@ -104,7 +104,8 @@ def test_two_processes_train_the_sft_adapter_like_one(tmp_path):
 
 def test_the_reward_designs_batch_statistics_are_over_every_ranks_answers(tmp_path):
     # "normalize_then_sum" standardises over the batch, "constraint" moves its multiplier by the batch's
-    # on-topic share and a quoted precedent gets the batch's lowest reward: two ranks holding half the
+    # on-topic share, a quoted precedent gets the batch's lowest reward and the opening penalty is an
+    # opening's share of the batch: two ranks holding half the
     # batch each must see the whole batch's statistics.
     run(1, "batch", str(tmp_path / "one"))
     run(2, "batch", str(tmp_path / "two"))
@@ -115,6 +116,8 @@ def test_the_reward_designs_batch_statistics_are_over_every_ranks_answers(tmp_pa
     np.testing.assert_allclose(two["standardised"], one["standardised"], atol=1e-12)
     assert two["share"] == one["share"] == np.mean(scores > 0.3)
     assert two["lowest"] == one["lowest"] == 0.0  # on rank 1, its own batch's lowest is 0.5 + 0.25 ** 2
+    # The opening penalty's shares count every rank's first words (rank 1 alone sees one Prepare of four).
+    assert two["opening"] == one["opening"] == pytest.approx([5 / 8] * 5 + [2 / 8, 1 / 8, 2 / 8])
 
 
 PPO_KEYS = ("reward_mean", "score_mean", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "approx_kl",

@@ -516,6 +516,27 @@ def test_the_action_premium_takes_from_p_met_what_the_answers_first_word_alone_e
     assert not rl_reward_for(reward, "product").action_premium(answers).any()  # off by default
 
 
+def test_the_opening_penalty_takes_from_each_answer_its_openings_share_of_the_batch(reward, tmp_path):
+    from ml.reward.rl_reward import RLReward
+
+    records = [{"country": "Kenya", "arrangement_type": "ECF", "economic_area": AREAS[0]}] * 5
+    # Three of five open with Prepare (in any case), one with Submit, one is empty.
+    answers = ["Prepare a tax expenditure report", "prepare the draft budget law", "Prepare a plan",
+               "Submit the draft budget law", ""]
+    plain = rl_reward_for(reward, "product")
+    penalised = rl_reward_for(reward, "product", opening_penalty=0.3)
+    np.testing.assert_allclose(penalised(records, answers) - plain(records, answers),
+                               [-0.3 * 3 / 5] * 3 + [-0.3 * 1 / 5, 0.0], atol=1e-6)
+    # The same answers reworded with distinct openings lose only a fifth each: diversity pays.
+    distinct = ["Draft a tax expenditure report", "Adopt the draft budget law", "Publish a plan",
+                "Submit the draft budget law", "Enact a fuel tax"]
+    np.testing.assert_allclose(penalised(records, distinct) - plain(records, distinct), [-0.3 / 5] * 5, atol=1e-6)
+    penalised.save(tmp_path)
+    np.testing.assert_allclose(RLReward.load(tmp_path, lambda ref: reward)(records, answers),
+                               penalised(records, answers), rtol=1e-6)
+    assert plain.spec.opening_penalty == 0  # off by default
+
+
 def test_rl_reward_saves_and_loads_without_refitting(reward, tmp_path):
     from ml.reward.rl_reward import RLReward
 
