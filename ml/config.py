@@ -199,7 +199,7 @@ class PolicySettings:
     # conditions', in the proxy's training half), so the reward pays for what a proposal adds over its action.
     action_premium: bool = False
     # > 0: an answer loses this times the share of its batch's answers that open with its first word, so a
-    # policy that opens most answers with one verb ("Prepare a ...") pays for it. 0 = off.
+    # policy that opens most answers with one verb ("Prepare a ...") pays for it. 0 = off (measured in the README).
     opening_penalty: float = 0.0
     ppo: PPOSettings = field(default_factory=PPOSettings)
     group_rl: GroupRLSettings = field(default_factory=GroupRLSettings)

@@ -53,7 +53,9 @@ default: the ablation is in the README).
 With `opening_penalty` c > 0, every design's reward loses c times the share of the batch's answers that
 open with the answer's first word: a policy that opens most answers with one verb (PPO opened 30-48% of
 its test answers with "Prepare" or "Submit" in five fresh-clone demos) pays for it, and an answer with
-another action gains over its batch. The share is over the global batch, so N processes reward as one does.
+another action gains over its batch. The share is over the global batch, so N processes reward as one does
+(off by default: at 600 s it did not lower that share beyond the default's run-to-run spread and copied
+more; the ablation is in the README).
 
 Whichever design trains, the judge is the same (`judged`): the gold model's P(MET) times the gold
 side's P(asked area | answer), both fitted on the half of the training split the proxy never saw.
