@@ -25,7 +25,14 @@ from functools import cache
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import FullyShardedDataParallelPlugin, broadcast_object_list, gather, parse_flag_from_env, reduce
+from accelerate.utils import (
+    FullyShardedDataParallelPlugin,
+    broadcast_object_list,
+    gather,
+    gather_object,
+    parse_flag_from_env,
+    reduce,
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,7 @@ class Distributed:
         """Every rank's list concatenated in rank order (pickled; lists may differ in length)."""
         if self.world_size == 1:
             return list(values)
-        boxes = [None] * self.world_size
-        torch.distributed.all_gather_object(boxes, list(values))
-        return [value for box in boxes for value in box]
+        return gather_object(list(values))
 
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise maximum over ranks (the input itself at world size 1)."""

@@ -188,14 +188,7 @@ def register_rl_reward(reward: RLReward, registry: Registry, work_dir: Path, pro
     tags = {"design": spec.design, "profile": profile, "reward_model_version": spec.proxy["version"],
             "gold_model_version": spec.gold["version"], "split_hash": spec.info.get("split_hash", "")}
     with registry.run(RL_REWARD_EXPERIMENT, run_name=f"rl-reward-{profile}", tags=tags,
-                      params={"design": spec.design, "topic_weight": spec.topic_weight,
-                              "on_topic_target": spec.on_topic_target,
-                              "quote_threshold": spec.quote_threshold,
-                              "copy_threshold": spec.copy_threshold,
-                              "copy_ramp_from": spec.copy_ramp_from,
-                              "floor_repeats": spec.floor_repeats,
-                              "floor_unknown_names": spec.floor_unknown_names,
-                              "opening_penalty": spec.opening_penalty}) as run:
+                      params=spec.options()) as run:
         run.log_artifacts(folder, "rl_reward")
         version = registry.register(RL_REWARD_NAME, f"{run.artifact_uri}/rl_reward", run.run_id, tags=tags)
     return version.version

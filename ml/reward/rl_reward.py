@@ -131,6 +131,13 @@ class RewardSpec:
             raise ValueError(f"copy_ramp_from ({self.copy_ramp_from}) must lie between 0 and copy_threshold "
                              f"({self.copy_threshold})")
 
+    def options(self) -> dict:
+        """The scalar settings of the design and its rules: the RL reward's MLflow params and Dagster metadata."""
+        return {"design": self.design, "topic_weight": self.topic_weight, "on_topic_target": self.on_topic_target,
+                "quote_threshold": self.quote_threshold, "copy_threshold": self.copy_threshold,
+                "copy_ramp_from": self.copy_ramp_from, "floor_repeats": self.floor_repeats,
+                "floor_unknown_names": self.floor_unknown_names, "opening_penalty": self.opening_penalty}
+
     def models(self) -> list[ModelRef]:
         return [self.proxy, self.gold, *self.ensemble]
 

@@ -72,9 +72,6 @@ def rl_reward(context: dg.AssetExecutionContext, rlxf: RlxfSettings, mlflow: Mlf
     context.log.info(f"{RL_REWARD_NAME} v{version}: {spec.design} over {proxy['name']} v{proxy['version']} "
                      f"(judged by {gold['name']} v{gold['version']})")
     return dg.MaterializeResult(metadata={
-        "mlflow_model": f"{RL_REWARD_NAME} v{version}", "design": spec.design, "topic_weight": spec.topic_weight,
-        "quote_threshold": spec.quote_threshold, "copy_threshold": spec.copy_threshold,
-        "copy_ramp_from": spec.copy_ramp_from, "floor_repeats": spec.floor_repeats,
-        "floor_unknown_names": spec.floor_unknown_names, "opening_penalty": spec.opening_penalty,
+        "mlflow_model": f"{RL_REWARD_NAME} v{version}", **spec.options(),
         "reward_model_version": proxy["version"], "gold_model_version": gold["version"],
         **{k: v for k, v in spec.info.items() if v is not None}})

@@ -105,8 +105,7 @@ def test_two_processes_train_the_sft_adapter_like_one(tmp_path):
 def test_the_reward_designs_batch_statistics_are_over_every_ranks_answers(tmp_path):
     # "normalize_then_sum" standardises over the batch, "constraint" moves its multiplier by the batch's
     # on-topic share, a quoted precedent gets the batch's lowest reward and the opening penalty is an
-    # opening's share of the batch: two ranks holding half the
-    # batch each must see the whole batch's statistics.
+    # opening's share of the batch: two ranks holding half the batch each must see the whole batch's statistics.
     run(1, "batch", str(tmp_path / "one"))
     run(2, "batch", str(tmp_path / "two"))
     one, two = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("one", "two"))
