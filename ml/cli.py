@@ -172,10 +172,22 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None or value != value else fmt.format(value)
 
 
+def _quiet_model_loading() -> None:
+    """What `score` and `recommend` print is the answer: no weight-loading progress bars or libraries'
+    deprecation notices around it."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """P(MET) of one condition from the reward models of the newest RL reward, and whether it is about the area."""
     from ml.recommend import InputError, score
 
+    _quiet_model_loading()
     try:
         scored = score(_home(args), args.country, args.arrangement, args.area, args.condition)
     except InputError as error:
@@ -193,6 +205,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
     from ml.recommend import InputError, recommend
 
+    _quiet_model_loading()
     try:
         proposals = recommend(_home(args), args.country, args.arrangement, args.area, n=args.n, seed=args.seed)
     except InputError as error:

@@ -7,7 +7,7 @@ precedents its prompt shows, so that they do not all build on the same one), dro
 repeats, ranks the rest by the RL reward the policy was trained on (proxy P(MET) x P(asked area)), and
 shows for each its proxy and gold P(MET), the probability that it is about the area asked, whether it
 copies a training condition, and the closest historical conditions of the same area (the same country's
-first) with their year and outcome.
+first, when they share more than the country with the proposal) with their year and outcome.
 
 Both commands read the inputs against the record: an empty condition is refused, and a country,
 arrangement or area the data has never seen is accepted with a warning naming the closest known
@@ -77,6 +77,11 @@ VARIANT_AT = 0.5
 # collaboration with the Ministry of Finance" after its 2015 "Implement the new framework for the public
 # investment management system, in coordination with the Revenue Authority", holds 53% of it.
 RESTATES_AT = 0.8
+# TF-IDF cosine (the area's words) from which a condition of the country asked counts as a precedent of a
+# proposal and is listed before closer conditions of other countries. Below it, the same country is all they
+# share: Bosnia and Herzegovina's "Adopt a government decree on state-owned banks" (0.02) against "Finalize a
+# plan for the financial sector development strategy", which Barbados's decree on that strategy matches.
+OWN_COUNTRY_FROM = 0.2
 # Fewest conditions of the area that open with a proposal's first word for their met share to be shown.
 MIN_ACTION_CONDITIONS = 10
 
@@ -224,14 +229,15 @@ class AreaRecord:
             self.matrix = self.vectorizer.fit_transform(self.conditions["description"].fillna(""))
 
     def precedents(self, country: str, texts: list[str], k: int = 3) -> list[list[str]]:
-        """For each text, the k conditions closest to it, those of `country` first, with their country,
-        year, outcome and similarity."""
+        """For each text, the k conditions closest to it, with their country, year, outcome and similarity:
+        those of `country` at least `OWN_COUNTRY_FROM` similar first, then the rest by similarity."""
         if self.conditions.empty:
             return [[] for _ in texts]
         similarities = (self.matrix @ self.vectorizer.transform(texts).T).toarray().T  # one row per text
         same_country = self.of_country(country)
         return [[self.line(index, f", similarity {similarity[index]:.2f}")
-                 for index in np.lexsort((-similarity, ~same_country))[:k]] for similarity in similarities]
+                 for index in np.lexsort((-similarity, ~(same_country & (similarity >= OWN_COUNTRY_FROM))))[:k]]
+                for similarity in similarities]
 
     def of_country(self, country: str) -> np.ndarray:
         return (self.conditions["country"].fillna("").str.casefold() == str(country).casefold()).to_numpy()

@@ -159,7 +159,7 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
     try:
         # 1. Prefill each distinct prompt once, then give each of its answers a copy of the cache.
         output = _prefill(model, prompt_ids, prompt_mask, hidden=keep_prefill and keep_states)
-        cache = output.past_key_values
+        cache = output.cache
         logits = output.logits[:, -1]  # (P, V)
         prefill = (Prefill(copy.deepcopy(cache), output.logits[:, -1:],
                            output.hidden_states[-1][:, -1:] if keep_states else None) if keep_prefill else None)
@@ -206,7 +206,7 @@ def sample_answers(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             output = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask,
                            position_ids=next_position.unsqueeze(-1), cache=cache, use_cache=True)
-            cache, logits = output.past_key_values, output.logits[:, -1]
+            cache, logits = output.cache, output.logits[:, -1]
             next_position = next_position + 1
     finally:
         model.train(was_training)
@@ -252,7 +252,7 @@ def answer_token_stats(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_
     hidden = value_head is not None
     if prefill is None:
         output = _prefill(model, prompt_ids, prompt_mask, hidden=hidden)
-        cache = output.past_key_values
+        cache = output.cache
         logits = output.logits[:, -1:]  # (P, 1, V)
         states = output.hidden_states[-1][:, -1:] if hidden else None  # (P, 1, H)
     else:

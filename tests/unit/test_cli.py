@@ -241,6 +241,32 @@ def test_recommend_flags_a_proposal_naming_a_body_no_condition_of_the_record_nam
     assert [p.text for p in different_first([invented, clean], AreaRecord(corpus, area))] == [clean.text, invented.text]
 
 
+def test_recommend_lists_the_countrys_precedents_first_only_when_they_resemble_the_proposal():
+    import pandas as pd
+
+    from ml.recommend import OWN_COUNTRY_FROM, AreaRecord
+
+    area = "Financial sector"
+    corpus = pd.DataFrame({
+        "economic_area": [area] * 4, "country": ["Bosnia and Herzegovina", "Bosnia and Herzegovina", "Barbados",
+                                                 "Kenya"],
+        "test_year": [2002, 2007, 2016, 2019], "is_met": [0, 1, 0, 1],
+        "description": ["Adopt a government decree on state-owned banks",
+                        "Establish a dedicated unit for microfinance institutions",
+                        "Adopt a government decree on the financial sector development strategy",
+                        "Publish the financial sector development strategy"]})
+    record = AreaRecord(corpus, area)
+    strategy, microfinance = record.precedents("Bosnia and Herzegovina", [
+        "Finalize a plan for the financial sector development strategy",
+        "Submit to parliament a draft law on microfinance institutions"], k=3)
+    # Only the country in common: the other countries' closer conditions come first.
+    assert [line.split(" (")[0] for line in strategy] == ["Kenya 2019", "Barbados 2016", "Bosnia and Herzegovina 2007"]
+    assert float(strategy[2].split("similarity ")[1][:4]) < OWN_COUNTRY_FROM
+    # The country's own condition on the same object leads, ahead of others that name the whole area.
+    assert microfinance[0].startswith("Bosnia and Herzegovina 2007 (met, similarity")
+    assert float(microfinance[0].split("similarity ")[1][:4]) >= OWN_COUNTRY_FROM
+
+
 def test_recommend_shows_how_often_the_areas_conditions_that_open_as_a_proposal_does_were_met():
     """P(MET) follows the action: an analyst sees the met share of the area's conditions with the same opening."""
     import pandas as pd
