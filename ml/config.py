@@ -118,11 +118,14 @@ class PPOSettings:
     # more KL per answer than this cannot become best, however high its metric (None = no budget)
     log_every: int = 1  # progress line and log_metrics every N steps
     max_seconds: float | None = None  # stop once the steps took this long (evaluations excluded); None = steps only
+    min_steps: int = 0  # max_seconds cannot stop training before this many steps (a slower CPU takes longer)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "answers_per_prompt", "mini_batch_size", "ppo_epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_steps < 0:
+            raise ValueError(f"{type(self).__name__}.min_steps must be >= 0, got {self.min_steps}")
         if self.mini_batch_size > self.batch_size:
             raise ValueError(f"{type(self).__name__}.mini_batch_size cannot exceed batch_size")
 
@@ -145,6 +148,7 @@ class GroupRLSettings:
     eval_every: int = 10  # evaluate on the validation prompts every N steps (and at 0 and the end)
     best_max_kl: float | None = None  # an evaluation over this KL to the reference (nats/answer) cannot be kept
     max_seconds: float | None = None  # stop once training took this long (evaluations excluded)
+    min_steps: int = 0  # max_seconds cannot stop training before this many steps (a slower CPU takes longer)
 
 
 @dataclass(frozen=True)
@@ -309,11 +313,13 @@ PROFILES: dict[str, Profile] = {
                               # no training condition names by 2 points (README).
                               quote_threshold=0.9, copy_threshold=0.85,
                               # Eight answers per prompt share each prompt's forward pass; one PPO epoch
-                              # over minibatches of two prompts (16 answers); a 10-minute training budget.
+                              # over minibatches of two prompts (16 answers); a 10-minute training budget,
+                              # but at least 20 steps: a CPU without bf16 runs 10 in 600 s, and its policy
+                              # was on topic in 80-88% of its answers against 89-95% after 20 (README).
                               ppo=PPOSettings(steps=40, batch_size=8, answers_per_prompt=8, mini_batch_size=2,
                                               ppo_epochs=1, learning_rate=3e-4, init_kl_coef=0.05,
                                               target_kl=6.0, kl_horizon=1000, best_max_kl=8.0,
-                                              eval_every=6, checkpoint_every=6, max_seconds=600),
+                                              eval_every=6, checkpoint_every=6, max_seconds=600, min_steps=20),
                               group_rl=GroupRLSettings(steps=200, prompts_per_step=4, num_generations=8,
                                                        learning_rate=3e-4, eval_every=6, best_max_kl=8.0,
                                                        max_seconds=600)),

@@ -82,14 +82,16 @@ class LogLinesCallback(TrainerCallback):
 
 class TimeBudgetCallback(TrainerCallback):
     """Stops training once `max_seconds` of training time are spent (time spent in the callbacks
-    listed in `excluded`, e.g. evaluations, does not count): compares algorithms at equal time.
+    listed in `excluded`, e.g. evaluations, does not count) and at least `min_steps` steps are done:
+    compares algorithms at equal time.
 
     Under a launcher each rank's clock reads differently, so rank 0's decision is broadcast and every
     rank stops after the same step (a rank that stopped alone would leave the others waiting in a
     collective)."""
 
-    def __init__(self, max_seconds: float | None, excluded: Sequence[TrainerCallback] = ()) -> None:
-        self.max_seconds, self.excluded = max_seconds, list(excluded)
+    def __init__(self, max_seconds: float | None, excluded: Sequence[TrainerCallback] = (),
+                 min_steps: int = 0) -> None:
+        self.max_seconds, self.excluded, self.min_steps = max_seconds, list(excluded), min_steps
         self.started = time.perf_counter()
 
     @property
@@ -101,7 +103,7 @@ class TimeBudgetCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_seconds is None:
+        if self.max_seconds is None or state.global_step < self.min_steps:
             return control
         # from_main is the plain value at world size 1; the same call on every rank and every step otherwise.
         if distributed.current().from_main(self.seconds >= self.max_seconds):
@@ -151,7 +153,7 @@ def neutral_sampling(model: PreTrainedModel) -> None:
 def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
                    reward_fn: RewardFn, settings: PolicySettings, output_dir: Path, seed: int = 0,
                    progress: Callable[[str], None] = log.info, max_seconds: float | None = None,
-                   callbacks: Sequence[TrainerCallback] = ()) -> GroupRLResult:
+                   callbacks: Sequence[TrainerCallback] = (), min_steps: int = 0) -> GroupRLResult:
     """Run GRPO or RLOO (`kind`) with `settings.group_rl` over `prompts` (records with `prompt_text`
     and the metadata columns) and save the adapter under `output_dir/adapter`. The caller's model is
     handed back without LoRA layers.
@@ -204,7 +206,7 @@ def train_group_rl(kind: str, base_model: PreTrainedModel, tokenizer: PreTrained
         (GRPOConfig(**common, loss_type=group.grpo_loss_type, scale_rewards=group.grpo_scale_rewards), GRPOTrainer)
         if kind == "grpo" else (RLOOConfig(**common), RLOOTrainer))
     neutral_sampling(base_model)
-    budget = TimeBudgetCallback(max_seconds, excluded=callbacks)
+    budget = TimeBudgetCallback(max_seconds, excluded=callbacks, min_steps=min_steps)
     trainer = trainer_class(model=base_model, reward_funcs=group_reward(reward_fn), args=config,
                             train_dataset=group_dataset(prompts), processing_class=tokenizer,
                             peft_config=lora_config(settings),

@@ -716,9 +716,11 @@ class PPOTrainer:
             session_seconds.append(stats["step_seconds"])
             last = step == config.steps or self._out_of_time()
             if step % config.log_every == 0 or last:
-                eta = (config.steps - step) * sum(session_seconds) / len(session_seconds)
+                per_step = sum(session_seconds) / len(session_seconds)
+                eta = (config.steps - step) * per_step
                 if config.max_seconds is not None:
-                    eta = min(eta, max(0.0, config.max_seconds - self.training_seconds))
+                    eta = min(eta, max(config.max_seconds - self.training_seconds,
+                                       (config.min_steps - step) * per_step, 0.0))
                 self.progress(_progress_line(stats, step, config.steps, eta))
                 if self.log_metrics is not None:
                     self.log_metrics(stats, step)
@@ -743,7 +745,9 @@ class PPOTrainer:
         return float(sum(row["step_seconds"] for row in self.history))
 
     def _out_of_time(self) -> bool:
-        return self.config.max_seconds is not None and self.training_seconds >= self.config.max_seconds
+        config = self.config
+        return (config.max_seconds is not None and self.training_seconds >= config.max_seconds
+                and self.step_count >= config.min_steps)
 
     def _run_evaluation(self, step: int) -> None:
         rng_state = _get_rng_state()  # evaluation may sample; training must not notice

@@ -61,7 +61,8 @@ class RLResult:
 
 
 def train_ppo(job: RLJob) -> RLResult:
-    budget = {"max_seconds": job.max_seconds} if job.max_seconds is not None else {}
+    # A job's own time budget is for comparisons at equal time: no step floor then.
+    budget = {"max_seconds": job.max_seconds, "min_steps": 0} if job.max_seconds is not None else {}
     config = PPOConfig.for_policy(job.settings, job.seed, best_metric=job.metric, **budget)
     trainer = PPOTrainer(apply_lora(job.model, job.settings), job.tokenizer, config, job.reward, job.train_records,
                          checkpoint_dir=job.work_dir / "checkpoints", progress=job.progress,
@@ -172,6 +173,7 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
     trained = train_group_rl(kind, job.model, job.tokenizer, pd.DataFrame(job.train_records), job.reward,
                              job.settings, job.work_dir / kind, seed=job.seed, progress=progress,
                              max_seconds=job.max_seconds if job.max_seconds is not None else group.max_seconds,
+                             min_steps=0 if job.max_seconds is not None else group.min_steps,
                              callbacks=[keeper] if keeper else [])
     if job.log_metrics is not None:
         for row in trained.history:

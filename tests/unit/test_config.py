@@ -30,7 +30,7 @@ OLD_PPO_DICTS = {
               "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 2},
     "demo": {"steps": 40, "batch_size": 8, "answers_per_prompt": 8, "mini_batch_size": 2, "ppo_epochs": 1,
              "learning_rate": 3e-4, "init_kl_coef": 0.05, "target_kl": 6.0, "kl_horizon": 1000, "best_max_kl": 8.0,
-             "eval_every": 6, "checkpoint_every": 6, "max_seconds": 600},
+             "eval_every": 6, "checkpoint_every": 6, "max_seconds": 600, "min_steps": 20},
     "paper": {"steps": 200, "batch_size": 64, "mini_batch_size": 16, "ppo_epochs": 4, "learning_rate": 1e-4,
               "eval_every": 20, "checkpoint_every": 20},
 }

@@ -313,6 +313,15 @@ def test_early_stop_on_approx_kl_ends_the_epochs(tokenizer):
     assert full["ppo_updates"] == LEARNING["ppo_epochs"] * LEARNING["batch_size"] / LEARNING["mini_batch_size"]
 
 
+def test_a_time_budget_stops_training_only_after_the_minimum_steps(tokenizer):
+    # A budget every step overruns: one step without a floor, `min_steps` with one, never over `steps`.
+    assert make_trainer(tokenizer, steps=4, max_seconds=1e-9).train().final_step == 1
+    assert make_trainer(tokenizer, steps=4, max_seconds=1e-9, min_steps=3).train().final_step == 3
+    assert make_trainer(tokenizer, steps=2, max_seconds=1e-9, min_steps=3).train().final_step == 2
+    with pytest.raises(ValueError, match="min_steps"):
+        PPOConfig(min_steps=-1)
+
+
 def test_resume_continues_exactly_like_a_straight_run(tokenizer, tmp_path):
     small = dict(batch_size=8, mini_batch_size=4, target_kl=1.0, kl_horizon=100, reward_normalization=True)
     straight = make_trainer(tokenizer, steps=4, **small).train()

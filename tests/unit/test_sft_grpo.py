@@ -142,3 +142,23 @@ def test_group_rl_refuses_a_step_that_does_not_split_over_the_processes(tokenize
     with pytest.raises(ValueError, match="1 x 4 = 4 answers per step do not split evenly over 3 processes"):
         train_group_rl("grpo", build_tiny_llama(tokenizer), tokenizer, prompts,
                        lambda records, answers: [0.0] * len(answers), group_settings(), tmp_path)
+
+
+def test_the_group_rl_time_budget_stops_training_only_after_the_minimum_steps():
+    from transformers import TrainerControl, TrainerState
+
+    from ml.policy.grpo import TimeBudgetCallback
+
+    def stops(budget: TimeBudgetCallback) -> list[bool]:
+        """After steps 1-4 of a run whose every step overruns the budget: does training stop?"""
+        state, control = TrainerState(), TrainerControl()
+        budget.on_train_begin(None, state, control)
+        decisions = []
+        for step in range(1, 5):
+            state.global_step = step
+            decisions.append(budget.on_step_end(None, state, control).should_training_stop)
+        return decisions
+
+    assert stops(TimeBudgetCallback(1e-9)) == [True] * 4
+    assert stops(TimeBudgetCallback(1e-9, min_steps=3)) == [False, False, True, True]
+    assert stops(TimeBudgetCallback(None, min_steps=3)) == [False] * 4
