@@ -85,6 +85,16 @@ class RewardSettings:
     device: str = "auto"  # "auto" = CUDA when present
 
 
+def time_budget_spent(seconds: float, steps: int, max_seconds: float | None, min_steps: int) -> bool:
+    """The rule every RL trainer stops by: `max_seconds` of training spent, but never before `min_steps` steps."""
+    return max_seconds is not None and seconds >= max_seconds and steps >= min_steps
+
+
+def _check_min_steps(settings: PPOSettings | GroupRLSettings) -> None:
+    if settings.min_steps < 0:
+        raise ValueError(f"{type(settings).__name__}.min_steps must be >= 0, got {settings.min_steps}")
+
+
 @dataclass(frozen=True)
 class PPOSettings:
     """The profile's PPO knobs (ml/policy/ppo.py; defaults after TRL's PPO trainer and Ziegler et al.
@@ -124,8 +134,7 @@ class PPOSettings:
         for name in ("steps", "batch_size", "answers_per_prompt", "mini_batch_size", "ppo_epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.min_steps < 0:
-            raise ValueError(f"{type(self).__name__}.min_steps must be >= 0, got {self.min_steps}")
+        _check_min_steps(self)
         if self.mini_batch_size > self.batch_size:
             raise ValueError(f"{type(self).__name__}.mini_batch_size cannot exceed batch_size")
 
@@ -149,6 +158,9 @@ class GroupRLSettings:
     best_max_kl: float | None = None  # an evaluation over this KL to the reference (nats/answer) cannot be kept
     max_seconds: float | None = None  # stop once training took this long (evaluations excluded)
     min_steps: int = 0  # max_seconds cannot stop training before this many steps (a slower CPU takes longer)
+
+    def __post_init__(self) -> None:
+        _check_min_steps(self)
 
 
 @dataclass(frozen=True)

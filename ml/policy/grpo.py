@@ -37,7 +37,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
 
 from ml import distributed
-from ml.config import PolicySettings
+from ml.config import PolicySettings, time_budget_spent
 from ml.policy.base import lora_config, trainer_runtime_args
 from ml.policy.prompts import KEY_COLUMNS
 from ml.policy.sft import ADAPTER_FOLDER
@@ -103,10 +103,11 @@ class TimeBudgetCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_seconds is None or state.global_step < self.min_steps:
+        if self.max_seconds is None:
             return control
         # from_main is the plain value at world size 1; the same call on every rank and every step otherwise.
-        if distributed.current().from_main(self.seconds >= self.max_seconds):
+        if distributed.current().from_main(time_budget_spent(self.seconds, state.global_step, self.max_seconds,
+                                                             self.min_steps)):
             control.should_training_stop = True
         return control
 

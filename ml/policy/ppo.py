@@ -45,7 +45,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ml import distributed
-from ml.config import PPOSettings
+from ml.config import PPOSettings, time_budget_spent
 from ml.io import atomic_folder
 from ml.policy.sampling import (
     Answers,
@@ -746,8 +746,7 @@ class PPOTrainer:
 
     def _out_of_time(self) -> bool:
         config = self.config
-        return (config.max_seconds is not None and self.training_seconds >= config.max_seconds
-                and self.step_count >= config.min_steps)
+        return time_budget_spent(self.training_seconds, self.step_count, config.max_seconds, config.min_steps)
 
     def _run_evaluation(self, step: int) -> None:
         rng_state = _get_rng_state()  # evaluation may sample; training must not notice

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from ml import distributed
-from ml.config import PolicySettings
+from ml.config import GroupRLSettings, PolicySettings, PPOSettings
 from ml.io import atomic_folder
 from ml.policy.base import apply_lora
 from ml.policy.ppo import PPOConfig, PPOTrainer, RewardFn
@@ -60,10 +60,17 @@ class RLResult:
     seconds: float = 0.0  # training time, evaluations excluded
 
 
+def time_budget(job_seconds: float | None, settings: PPOSettings | GroupRLSettings) -> dict[str, float | int | None]:
+    """`max_seconds` and `min_steps` of a run: the profile's, unless the job has its own time budget
+    (`RLJob.max_seconds`), which is for comparisons at equal time and so sets no step floor."""
+    if job_seconds is not None:
+        return {"max_seconds": job_seconds, "min_steps": 0}
+    return {"max_seconds": settings.max_seconds, "min_steps": settings.min_steps}
+
+
 def train_ppo(job: RLJob) -> RLResult:
-    # A job's own time budget is for comparisons at equal time: no step floor then.
-    budget = {"max_seconds": job.max_seconds, "min_steps": 0} if job.max_seconds is not None else {}
-    config = PPOConfig.for_policy(job.settings, job.seed, best_metric=job.metric, **budget)
+    config = PPOConfig.for_policy(job.settings, job.seed, best_metric=job.metric,
+                                  **time_budget(job.max_seconds, job.settings.ppo))
     trainer = PPOTrainer(apply_lora(job.model, job.settings), job.tokenizer, config, job.reward, job.train_records,
                          checkpoint_dir=job.work_dir / "checkpoints", progress=job.progress,
                          log_metrics=job.log_metrics,
@@ -172,9 +179,7 @@ def _train_trl(kind: str, job: RLJob) -> RLResult:
     started = time.perf_counter()
     trained = train_group_rl(kind, job.model, job.tokenizer, pd.DataFrame(job.train_records), job.reward,
                              job.settings, job.work_dir / kind, seed=job.seed, progress=progress,
-                             max_seconds=job.max_seconds if job.max_seconds is not None else group.max_seconds,
-                             min_steps=0 if job.max_seconds is not None else group.min_steps,
-                             callbacks=[keeper] if keeper else [])
+                             **time_budget(job.max_seconds, group), callbacks=[keeper] if keeper else [])
     if job.log_metrics is not None:
         for row in trained.history:
             job.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))

@@ -162,3 +162,14 @@ def test_the_group_rl_time_budget_stops_training_only_after_the_minimum_steps():
     assert stops(TimeBudgetCallback(1e-9)) == [True] * 4
     assert stops(TimeBudgetCallback(1e-9, min_steps=3)) == [False, False, True, True]
     assert stops(TimeBudgetCallback(None, min_steps=3)) == [False] * 4
+
+
+def test_a_job_with_its_own_time_budget_has_no_step_floor_and_the_group_settings_refuse_a_negative_one():
+    from ml.config import GroupRLSettings, PPOSettings
+    from ml.policy.rl import time_budget
+
+    for settings in (PPOSettings(max_seconds=600, min_steps=20), GroupRLSettings(max_seconds=600, min_steps=20)):
+        assert time_budget(None, settings) == {"max_seconds": 600, "min_steps": 20}  # the profile's
+        assert time_budget(90, settings) == {"max_seconds": 90, "min_steps": 0}  # an equal-time comparison's
+    with pytest.raises(ValueError, match="GroupRLSettings.min_steps must be >= 0"):
+        GroupRLSettings(min_steps=-1)
