@@ -76,7 +76,7 @@ def held_out_figures(home: DataHome) -> dict:
         figures[policy] = {key: get(policy, key) for key in (
             "judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate", "on_topic_rate_knn",
             "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "opening_share", "copy_share",
-            "unknown_name_share")}
+            "unknown_name_share", "slip_share")}
     for control in ("sft", "base", "random"):
         figures[f"{tuned}_vs_{control}"] = {
             f"{metric}_{stat}": get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
@@ -235,8 +235,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
 
 def table(rows: dict[str, dict]) -> str:
     columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
-               "kl_to_reference", "copy_share", "quote_share", "repeat_share", "unknown_name_share", "words_median",
-               "opening_share"]
+               "kl_to_reference", "copy_share", "quote_share", "repeat_share", "unknown_name_share", "slip_share",
+               "words_median", "opening_share"]
     frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
     return frame.dropna(axis=1, how="all").round(3).to_markdown()  # a judge this run did not train: no column
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ml.config import PolicySettings
 from ml.evaluation.collect import model_answers, score_answers
-from ml.evaluation.metrics import distinct_n, paired_bootstrap, tokens, top_opening
+from ml.evaluation.metrics import distinct_n, is_slip, paired_bootstrap, tokens, top_opening
 from ml.paths import DataHome
 from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
@@ -73,8 +73,8 @@ def measure(name: str, home: DataHome, settings: PolicySettings, stack: Path | N
 
 
 def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
-    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity, copies, repeats and
-    names no training condition names."""
+    """Per judge: judged reward, gold P(MET), on-topic; plus KL, length, diversity, copies, repeats, names
+    no training condition names and slips of sampling."""
     out: dict = {"n": len(answers)}
     areas = answers["economic_area"].tolist()
     for judge, reward in judges.rewards.items():
@@ -95,6 +95,7 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     out["repeat_share"] = float(answers["answer"].map(repeats_itself).mean())
     out["unknown_name_share"] = float(np.mean([bool(names) for names in
                                                unknown_names(answers["answer"], judges.name_record)]))
+    out["slip_share"] = float(np.mean(is_slip(answers["least_token_logprob"].to_numpy())))
     return out
 
 

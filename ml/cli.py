@@ -203,6 +203,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
+    from ml.evaluation.metrics import SLIP_BELOW
     from ml.recommend import InputError, recommend
 
     _quiet_model_loading()
@@ -228,6 +229,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"   restates a condition this country already had: {proposal.restates}")
         if proposal.other_countries:
             print(f"   names another country ({', '.join(proposal.other_countries)}): rewrite it for the country asked")
+        if proposal.slip is not None:
+            where = f'"{proposal.slip}"' if proposal.slip else "its end"
+            print(f"   holds a slip of sampling: the policy drew {where} at a chance under {SLIP_BELOW:g}; "
+                  f"read it closely")
         if proposal.unknown_names:
             print(f"   names what no condition of the record names ({', '.join(proposal.unknown_names)}): "
                   f"check that it exists")

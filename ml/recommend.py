@@ -48,7 +48,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ml.data.splits import SPLITS, read_split
-from ml.evaluation.metrics import first_word, met_by_first_word, tokens
+from ml.evaluation.metrics import first_word, is_slip, met_by_first_word, tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
 from ml.registry import Registry
@@ -122,6 +122,7 @@ class Proposal:
     other_countries: list[str] = field(default_factory=list)  # countries of the record it names, not the one asked
     unknown_names: list[str] = field(default_factory=list)  # capitalised names no condition of the record has
     action: ActionRecord | None = None  # how often the area's conditions that open as it does were met
+    slip: str | None = None  # the word the policy drew at a probability under SLIP_BELOW ("" for its end)
 
     @property
     def off_topic(self) -> bool:
@@ -205,8 +206,8 @@ def analyst_flags(proposals: list[Proposal]) -> list[list[bool]]:
     """The flags that rank a proposal lower, the most severe first."""
     return [[p.cut_off for p in proposals], [p.off_topic for p in proposals],
             [p.copy_of is not None for p in proposals], [p.restates is not None for p in proposals],
-            [bool(p.other_countries) for p in proposals], [bool(p.unknown_names) for p in proposals],
-            [bool(p.past_years) for p in proposals],
+            [bool(p.other_countries) for p in proposals], [p.slip is not None for p in proposals],
+            [bool(p.unknown_names) for p in proposals], [bool(p.past_years) for p in proposals],
             [p.repeats for p in proposals]]
 
 
@@ -362,17 +363,21 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         params["precedent_draws"] = precedent_draws
     answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]), params=params)
     prompt = policy.unwrap_python_model().prompt(country, arrangement, area)
-    if "complete" not in answers:  # a policy registered before its output said so
-        answers = answers.assign(complete=True)
-    conditions, cut_off, seen = [], [], set()
-    # Complete answers first, so that a repeat keeps its complete form.
-    for text, complete in answers.sort_values("complete", ascending=False, kind="stable")[
-            ["proposal", "complete"]].itertuples(index=False):
+    # A policy registered before its output said so: every answer complete, none slipped.
+    answers = answers.reindex(columns=[*answers.columns, *({"complete", "least_likely_word", "least_likely_logprob"}
+                                                           - set(answers.columns))])
+    answers = answers.fillna({"complete": True, "least_likely_word": "", "least_likely_logprob": 0.0})
+    conditions, cut_off, slips, seen = [], [], [], set()
+    # Complete answers first, then the least slipped, so that a repeat keeps its best form.
+    for text, complete, word, logprob in answers.sort_values(
+            ["complete", "least_likely_logprob"], ascending=False, kind="stable")[
+            ["proposal", "complete", "least_likely_word", "least_likely_logprob"]].itertuples(index=False):
         key = " ".join(text.casefold().split()).rstrip(".")
         if key and key not in seen:
             seen.add(key)
             conditions.append(text)
             cut_off.append(not complete)
+            slips.append(word if is_slip(logprob) else None)
     items: list[Proposal] = []
     if conditions:
         parts = reward.components([request] * len(conditions), conditions)
@@ -381,12 +386,12 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
                                float(row.proxy_p_area), repeats_itself(text), restates=restated,
-                               other_countries=named, unknown_names=unknown)
-                      for text, row, copy, cut, restated, named, unknown in zip(
+                               other_countries=named, unknown_names=unknown, slip=slip)
+                      for text, row, copy, cut, restated, named, unknown, slip in zip(
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
-                          unknown_names(conditions, name_record(corpus)))]
+                          unknown_names(conditions, name_record(corpus)), slips)]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

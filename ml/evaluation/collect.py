@@ -2,7 +2,8 @@
 
 Produces the `answers` table the report is built from: one row per (policy, prompt, sample) with the
 condition cut out of the answer, its proxy and gold P(MET), the gold side's P(asked area | answer),
-the judged reward (gold P(MET) x P(asked area)), its length and two KL estimates, both computed by
+the judged reward (gold P(MET) x P(asked area)), its length, the log-probability of its least likely token
+(a slip of sampling below `ml.evaluation.metrics.SLIP_BELOW`) and two KL estimates, all computed by
 `ml.policy.sampling` from the generated token ids at the sampling temperature, exactly as RL computes
 them: `kl_to_reference` (to the policy's own RL reference: the SFT policy for an RL stack, the base
 for SFT) and `kl_to_base`. The per-answer KL of y ~ pi is log pi(y|x) - log pi_ref(y|x) (the k1
@@ -25,14 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ml.config import PolicySettings
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition
-from ml.policy.sampling import answer_lengths, answer_logprob_sums, decode_answers, generate_batches
+from ml.policy.sampling import answer_lengths, answer_logprob_sums, answer_logprobs, decode_answers, generate_batches
 from ml.reward.rl_reward import RLReward
 from ml.reward.topic import area_key, covered_keys
 
 Progress = Callable[[str], None]
 ANSWER_COLUMNS = ["policy", "prompt_id", "country", "arrangement_type", "economic_area", "prompt", "answer",
                   "proxy_reward", "gold_reward", "gold_p_area", "judged_reward", "kl_to_reference", "kl_to_base",
-                  "n_tokens"]
+                  "n_tokens", "least_token_logprob"]
 
 
 def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -47,7 +48,8 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
                                temperature=temperature, n_per_prompt=samples, seed=seed,
                                max_prompt_tokens=settings.max_prompt_tokens, keep_prefill=True)
     raw = decode_answers(tokenizer, batches)
-    policy_lp = answer_logprob_sums(model, batches, temperature, sampled_here=True)
+    token_lp = answer_logprobs(model, batches, temperature, sampled_here=True)
+    policy_lp = np.array([row.sum() for row in token_lp], dtype=float)
     base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
         reference_lp = (answer_logprob_sums(model, batches, temperature)
@@ -55,7 +57,7 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
     frame = prompts.loc[prompts.index.repeat(samples), ["prompt_id", *KEY_COLUMNS, "prompt"]].reset_index(drop=True)
     return frame.assign(policy=name, answer=[answer_to_condition(a) for a in raw],
                         kl_to_reference=policy_lp - reference_lp, kl_to_base=policy_lp - base_lp,
-                        n_tokens=answer_lengths(batches))
+                        n_tokens=answer_lengths(batches), least_token_logprob=[row.min() for row in token_lp])
 
 
 def reference_answers(prompts: pd.DataFrame, corpus: pd.DataFrame, samples: int, seed: int) -> pd.DataFrame:
@@ -74,7 +76,7 @@ def reference_answers(prompts: pd.DataFrame, corpus: pd.DataFrame, samples: int,
                          "prompt": prompt.prompt, "policy": "historical", "answer": text})
     historical = pd.DataFrame(rows, columns=[*base.columns, "policy", "answer"])
     return pd.concat([random_rows, historical], ignore_index=True).assign(
-        kl_to_reference=np.nan, kl_to_base=np.nan, n_tokens=np.nan)
+        kl_to_reference=np.nan, kl_to_base=np.nan, n_tokens=np.nan, least_token_logprob=np.nan)
 
 
 def score_answers(answers: pd.DataFrame, reward: RLReward) -> pd.DataFrame:

@@ -248,3 +248,16 @@ def overoptimisation_flag(proxy_gain: float, proxy_p: float, gold_gain: float, g
 def _finite(values: Iterable[float]) -> np.ndarray:
     x = np.asarray(values if isinstance(values, np.ndarray | pd.Series) else list(values), dtype=float)
     return x[np.isfinite(x)]
+
+
+# Probability under which a token the policy drew marks its answer as a slip of sampling: a word the policy
+# itself hardly expected there, drawn from the tail of its distribution. Of the demo champion's 120 answers to
+# ten held-out queries (recommend's draws, seed 0), 11 held one: "... rural microentrepreneurs defence units",
+# "a glossary of hidden governance measures", "... focusing on government-commissioned units", and three
+# readable ones ("fin-tech", "normalization", "proclamation"); "audling", a word it learnt, is not one.
+SLIP_BELOW = 1e-4
+
+
+def is_slip(least_logprob: float | np.ndarray) -> np.ndarray:
+    """Does an answer whose least likely token has this log-probability hold a slip of sampling? (Elementwise.)"""
+    return np.asarray(least_logprob) < np.log(SLIP_BELOW)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.evaluation.metrics import ALPHA
+from ml.evaluation.metrics import ALPHA, SLIP_BELOW
 from ml.evaluation.plots import save_plots
 from ml.evaluation.summary import OTHER_SCENARIO, SCENARIOS, PolicyEvaluation
 from ml.io import atomic_write_text
@@ -193,6 +193,7 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "quotes a precedent shown": table["quote_share"].map(_share),
         "repeats itself": table["repeat_share"].map(_share),
         "names what no training condition names": table["unknown_name_share"].map(_share),
+        f"holds a token drawn at p < {SLIP_BELOW:g}": table["slip_share"].map(_share),
     })
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ml.evaluation.metrics import (
     distinct_n,
+    is_slip,
     mean_ci,
     overoptimisation_flag,
     paired_bootstrap,
@@ -41,7 +42,7 @@ TUNED_POLICIES = ("sft", "ppo", "grpo")
 REFERENCE_POLICIES = ("random", "historical")
 REQUIRED_COLUMNS = ("policy", "prompt_id", "economic_area", "answer", "proxy_reward", "gold_reward")
 OPTIONAL_COLUMNS = ("country", "arrangement_type", "prompt", "kl_to_base", "kl_to_reference", "n_tokens",
-                    "gold_p_area", "judged_reward")
+                    "gold_p_area", "judged_reward", "least_token_logprob")
 # Measures of an answer compared between policies: proxy and gold P(MET), and the judged reward
 # (gold P(MET) x P(asked area | answer)), which the champion rule uses.
 REWARDS = {"proxy": "proxy_reward", "gold": "gold_reward", "judged": "judged_reward"}
@@ -59,7 +60,8 @@ TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "prox
                  "gold_ci_low", "gold_ci_high", "judged_mean", "judged_ci_low", "judged_ci_high", "ceiling_share",
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
                  "distinct_2", "opening_word", "opening_share", "on_topic_rate", "on_topic_rate_knn",
-                 "nearest_similarity", "copy_share", "quote_share", "repeat_share", "unknown_name_share"]
+                 "nearest_similarity", "copy_share", "quote_share", "repeat_share", "unknown_name_share",
+                 "slip_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -77,7 +79,7 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
                             "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
                             "quote_share": "quote_share", "repeat_share": "repeat_share",
-                            "unknown_name_share": "unknown_name_share"}
+                            "unknown_name_share": "unknown_name_share", "slip_share": "slip_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
                           "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -107,7 +109,8 @@ class PolicyEvaluation:
         Per policy: `<policy>_judged_reward`, `<policy>_proxy_p_met`, `<policy>_gold_p_met` (each + `_ci_low`,
         `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
         `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_opening_share`, `_on_topic_rate`,
-        `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_unknown_name_share`, `_n`; tuned
+        `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_unknown_name_share`, `_slip_share`
+        (sampled policies only), `_n`; tuned
         ones also `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference
         of means), and test statistics `welch_t`, `welch_p`, `hedges_g`, `bootstrap_diff`,
@@ -248,7 +251,7 @@ def _validated(answers: pd.DataFrame) -> pd.DataFrame:
     frame["prompt_id"] = frame["prompt_id"].astype(str)
     frame["answer"] = frame["answer"].map(lambda a: a if isinstance(a, str) else "").astype(object)
     for column in ("proxy_reward", "gold_reward", "judged_reward", "gold_p_area", "kl_to_base", "kl_to_reference",
-                   "n_tokens"):
+                   "n_tokens", "least_token_logprob"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
 
@@ -273,7 +276,14 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "copy_share": float(rows["is_copy"].astype(bool).mean()),
             "quote_share": float(rows["quotes"].astype(bool).mean()),
             "repeat_share": float(rows["repeats"].mean()) if len(rows) else math.nan,
-            "unknown_name_share": float(rows["unknown_names"].mean()) if len(rows) else math.nan}
+            "unknown_name_share": float(rows["unknown_names"].mean()) if len(rows) else math.nan,
+            # Sampled answers only: the historical and random conditions were not drawn from a policy.
+            "slip_share": _slip_share(rows["least_token_logprob"])}
+
+
+def _slip_share(least_token_logprob: pd.Series) -> float:
+    sampled = least_token_logprob.dropna()
+    return float(is_slip(sampled.to_numpy()).mean()) if len(sampled) else math.nan
 
 
 def _test_rows(scored: pd.DataFrame, treatment: str, control: str, n_boot: int, seed: int) -> list[dict]:

@@ -331,13 +331,37 @@ def decode_answers(tokenizer: PreTrainedTokenizerBase, batches: list[SampledBatc
     return texts
 
 
-def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
-                        sampled_here: bool = False) -> np.ndarray:
-    """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
-    per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses.
+def least_likely_words(tokenizer: PreTrainedTokenizerBase, batches: list[SampledBatch],
+                       logprobs: list[np.ndarray]) -> list[tuple[str, float]]:
+    """For each answer (`logprobs` from `answer_logprobs`), the word around its least likely token, and that
+    token's log-probability: where a sampled answer may have slipped (`ml.evaluation.metrics.is_slip`);
+    the word is "" for the EOS."""
+    found = []
+    rows = [row[mask.bool()].tolist() for batch in batches
+            for row, mask in zip(batch.answers.responses, batch.answers.response_mask)]
+    for ids, token_logprobs in zip(rows, logprobs):
+        k = int(np.argmin(token_logprobs))
+        text = tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
+        start = len(tokenizer.decode(ids[:k], skip_special_tokens=True))
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        if start >= len(text):  # a special token (EOS)
+            found.append(("", float(token_logprobs[k])))
+            continue
+        end = len(text)
+        while start > 0 and (full[start - 1].isalnum() or full[start - 1] in "-'") and not full[start].isspace():
+            start -= 1
+        while end < len(full) and (full[end].isalnum() or full[end] in "-'"):
+            end += 1
+        found.append((full[start:end].strip().strip("()[]{}.,;:\"'"), float(token_logprobs[k])))
+    return found
+
+
+def answer_logprobs(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
+                    sampled_here: bool = False) -> list[np.ndarray]:
+    """log π(a_t | s_t) of each answer's tokens (its EOS included), at `temperature`, one array per answer.
     `sampled_here`: `model` is the network that sampled the batches (unchanged since), so the prompt
     passes kept by sampling are reused."""
-    sums = []
+    per_answer = []
     with no_grad():
         for batch in batches:
             answers = batch.answers
@@ -346,8 +370,16 @@ def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], tem
             responses, response_mask = trim_answers(answers.responses, answers.response_mask)
             stats = answer_token_stats(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask,
                                        temperature, prefill=answers.prefill if sampled_here else None)
-            sums.append((stats.logprobs * response_mask).sum(-1).float().cpu().numpy())
-    return np.concatenate(sums) if sums else np.zeros(0)
+            logprobs, mask = stats.logprobs.float().cpu().numpy(), response_mask.bool().cpu().numpy()
+            per_answer.extend(row[keep] for row, keep in zip(logprobs, mask))
+    return per_answer
+
+
+def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
+                        sampled_here: bool = False) -> np.ndarray:
+    """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
+    per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
+    return np.array([row.sum() for row in answer_logprobs(model, batches, temperature, sampled_here)], dtype=float)
 
 
 def answer_lengths(batches: list[SampledBatch]) -> np.ndarray:

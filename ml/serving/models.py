@@ -31,7 +31,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from ml.config import PolicySettings
 from ml.policy.grounding import Grounding
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition, chat_text, grounded, render_prompt
-from ml.policy.sampling import decode_answers, generate_batches
+from ml.policy.sampling import answer_logprobs, decode_answers, generate_batches, least_likely_words
 from ml.reward.model import TEXT_FIELDS, RewardModel
 
 # Fields a request may leave out: the reward text and the prompt write them "Unknown" (as `rlxf score`
@@ -41,7 +41,8 @@ REWARD_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", name, required=name not in OPTIONAL_FIELDS) for name in TEXT_FIELDS]),
     outputs=Schema([ColSpec("double", "p_met")]))
 POLICY_OUTPUT = Schema([ColSpec("long", "input_row"), ColSpec("long", "sample"), ColSpec("string", "proposal"),
-                        ColSpec("string", "answer"), ColSpec("boolean", "complete")])
+                        ColSpec("string", "answer"), ColSpec("boolean", "complete"),
+                        ColSpec("string", "least_likely_word"), ColSpec("double", "least_likely_logprob")])
 
 
 def policy_signature(temperature: float) -> ModelSignature:
@@ -107,12 +108,17 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
                      for row in requests.itertuples(index=False)]
             batches = generate_batches(self.model, self.tokenizer, texts, max_new_tokens=self.settings.max_new_tokens,
                                        temperature=temperature, n_per_prompt=len(samples), seed=seed + draw,
-                                       max_prompt_tokens=self.settings.max_prompt_tokens)
+                                       max_prompt_tokens=self.settings.max_prompt_tokens, keep_prefill=True)
             answers = decode_answers(self.tokenizer, batches)
+            # Each answer's least likely token, at the temperature it was drawn at: a slip of sampling.
+            least = least_likely_words(self.tokenizer, batches,
+                                       answer_logprobs(self.model, batches, temperature, sampled_here=True))
             complete = (np.concatenate([b.answers.has_eos.cpu().numpy() for b in batches]) if batches
                         else np.zeros(0, bool))
             frames.append(pd.DataFrame({"input_row": np.repeat(np.arange(len(texts)), len(samples)),
                                         "sample": np.tile(samples, len(texts)),
                                         "proposal": [answer_to_condition(answer) for answer in answers],
-                                        "answer": answers, "complete": complete.astype(bool)}))
+                                        "answer": answers, "complete": complete.astype(bool),
+                                        "least_likely_word": [word for word, _ in least],
+                                        "least_likely_logprob": [logprob for _, logprob in least]}))
         return pd.concat(frames).sort_values(["input_row", "sample"], kind="stable").reset_index(drop=True)

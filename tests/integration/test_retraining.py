@@ -234,6 +234,9 @@ print(json.dumps(out))
     assert policy["input_row"].tolist() == [0, 0, 0, 1, 1, 1] and policy["sample"].tolist() == [0, 1, 2] * 2
     assert policy["proposal"].tolist() == [answer_to_condition(answer) for answer in policy["answer"]]
     assert {type(complete) for complete in policy["complete"]} == {bool}  # ended before the token limit or not
+    # Each answer's least likely token: a word of the answer ("" for its EOS), drawn at a probability <= 1.
+    assert all(word in answer for word, answer in zip(policy["least_likely_word"], policy["answer"]))
+    assert all(logprob <= 0 for logprob in policy["least_likely_logprob"])
     assert Path(out["ml"]).is_relative_to(world.home.root / "mlartifacts")  # the code logged with the model
 
     installed = packages_distributions()

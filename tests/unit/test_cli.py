@@ -286,3 +286,45 @@ def test_recommend_shows_how_often_the_areas_conditions_that_open_as_a_proposal_
     assert (prepare.word, prepare.met, prepare.conditions) == ("prepare", 9, 10)  # not the other area's
     assert (enact.met_share, enact.area_met_share) == (0.3, 14 / 22)
     assert adopt is None and empty is None  # one "Adopt" condition says nothing; no word, no action
+
+
+def test_recommend_names_the_word_an_answer_slipped_on_and_ranks_it_after_a_clean_proposal():
+    import numpy as np
+    import pandas as pd
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ml.policy.sampling import Answers, SampledBatch, least_likely_words
+    from ml.recommend import AreaRecord, Proposal, different_first
+
+    # A byte-level BPE learnt on a few conditions, so that an unseen word is several tokens.
+    record = ["Establish a board for the budget", "Submit the budget law to the board", "Adopt the budget law"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator(record * 5, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["[UNK]", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="</s>", unk_token="[UNK]")
+    ids = tokenizer("Establish an audling board")["input_ids"] + [tokenizer.eos_token_id]
+    pieces = [tokenizer.decode(ids[:i + 1]) for i in range(len(ids))]
+    inside = next(i for i, text in enumerate(pieces) if text.endswith("audl"))  # a token within "audling"
+    assert not pieces[inside - 1].endswith(" ")  # ... that is not the word's first
+    answer = Answers(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([True]), 1)
+    batch = SampledBatch(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long), answer)
+
+    def least(at: int) -> tuple[str, float]:
+        logprobs = np.full(len(ids), -0.5)
+        logprobs[at] = -12.0
+        [found] = least_likely_words(tokenizer, [batch], [logprobs])
+        return found
+
+    assert least(inside) == ("audling", -12.0)
+    assert least(len(ids) - 2) == ("board", -12.0)
+    assert least(len(ids) - 1) == ("", -12.0)  # the EOS: it ended where it hardly would
+    # A proposal that slipped goes after a clean one, whatever its reward.
+    area = "Revenue administration, including customs"
+    corpus = pd.DataFrame({"economic_area": [area] * 3, "country": ["Ghana"] * 3, "test_year": [2020] * 3,
+                           "is_met": [1, 0, 1], "description": record})
+    slipped = Proposal("Establish an audling board", 0.9, 0.9, 0.9, None, slip="audling")
+    clean = Proposal("Submit the customs law to the board", 0.6, 0.6, 0.9, None)
+    assert [p.text for p in different_first([slipped, clean], AreaRecord(corpus, area))] == [clean.text, slipped.text]

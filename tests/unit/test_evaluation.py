@@ -225,6 +225,29 @@ def test_the_table_counts_the_answers_that_name_a_body_no_training_condition_nam
     assert result.headline()["ppo_unknown_name_share"] == pytest.approx(len(invented) / len(ppo))
 
 
+def test_the_table_counts_the_sampled_answers_that_hold_a_slip_and_only_those(confirmed):
+    from ml.evaluation.metrics import SLIP_BELOW
+    from ml.evaluation.report import headline_table
+
+    inputs, evaluation = confirmed
+    assert evaluation.table["slip_share"].isna().all()  # answers without token log-probs: nothing to say
+    answers = inputs.answers.copy()
+    sampled = answers["policy"].isin(["base", "sft", "ppo"])
+    answers.loc[sampled, "least_token_logprob"] = np.log(SLIP_BELOW) + 2.0  # unlikely, not a slip
+    ppo = answers.index[answers["policy"] == "ppo"]
+    answers.loc[ppo[:len(ppo) // 4], "least_token_logprob"] = np.log(SLIP_BELOW) - 0.5
+    result = evaluate_policies(answers, inputs.corpus, seed=0)
+    table = result.table.set_index("policy")
+    assert table.loc["ppo", "slip_share"] == pytest.approx(len(ppo) // 4 / len(ppo))
+    assert table.loc["sft", "slip_share"] == 0.0
+    assert np.isnan(table.loc["historical", "slip_share"])  # not drawn from a policy
+    headline = result.headline()
+    assert headline["ppo_slip_share"] == pytest.approx(len(ppo) // 4 / len(ppo))
+    assert "historical_slip_share" not in headline
+    shown = headline_table(result.table).set_index("policy")[f"holds a token drawn at p < {SLIP_BELOW:g}"]
+    assert shown["ppo"] == f"{len(ppo) // 4 / len(ppo):.0%}" and shown["historical"] == "—"
+
+
 def test_the_table_names_the_word_a_policy_opens_most_answers_with(confirmed):
     inputs, evaluation = confirmed
     before = evaluation.table.set_index("policy").loc["ppo", "opening_share"]
