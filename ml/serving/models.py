@@ -95,7 +95,9 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
                 params: dict | None = None) -> pd.DataFrame:
         """`n` answers per row. With `precedent_draws` d > 1 (grounded policies), the n answers of a row
         are split over d prompts that show different draws of the precedents (the first the trained one),
-        so that they start from different parts of the record instead of all from the same precedent."""
+        so that they start from different parts of the record instead of all from the same precedent.
+        Each answer comes with whether it ended within the token budget (`complete`) and its least likely
+        token's log-probability at the sampling temperature, with the word around it (`least_likely_*`)."""
         params = params or {}
         n, seed = int(params.get("n", 1)), int(params.get("seed", 0))
         temperature = float(params.get("temperature", self.settings.temperature))
