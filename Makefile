@@ -56,10 +56,9 @@ demo: venv dbt-manifest $(DAGSTER_HOME)/dagster.yaml
 # Lint first: a style error fails in seconds, not after the suite. Two pytest-xdist workers, a test
 # file each at a time (its module fixtures built once): the suite's Dagster runs spend much of their
 # time starting processes and waiting on them, so on 2 cores it ends in about three quarters of the time.
-# The longest files go first, in the order tests/conftest.py gives them (not xdist's, by number of tests).
 TEST_WORKERS ?= 2
 test: venv lint dbt-manifest chromium
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The HTML report test opens the report in headless Chromium (Debian's package; needs root to install).
 chromium:

@@ -36,19 +36,6 @@ def pytest_sessionstart(session):
     dbt_project.preparer.prepare(dbt_project)
 
 
-# The files that take minutes, the longest first, start before the rest (`make test` passes xdist's
-# --no-loadscope-reorder, which keeps this order): xdist otherwise hands out the files with the most tests
-# first, and test_retraining.py (about half of one worker's time) began after half the suite and ran on
-# alone at the end (a fresh clone of 192ca6a: 832 s of the 1705 s of tests were this file's).
-LONGEST_FILES_FIRST = ("tests/integration/test_retraining.py", "tests/unit/test_distributed.py",
-                       "tests/integration/test_ingestion_runs.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {path: place for place, path in enumerate(LONGEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session")
 def paper_sample_csv() -> Path:
     path = SHARED_FIXTURES / "mona_table2_sample.csv"
