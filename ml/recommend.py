@@ -62,6 +62,8 @@ OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones 
 # builds its answer on one precedent it is shown): on ten held-out queries of the demo, three draws
 # gave three proposals about different things where one draw gave three about the same precedent.
 PRECEDENT_DRAWS = 3
+# Output columns a policy registered before them lacks, and what their absence means.
+OUTPUT_DEFAULTS = {"complete": True, "least_likely_word": "", "least_likely_logprob": 0.0}
 OFF_TOPIC_BELOW = 0.5  # the training side's P(asked area) under which a proposal is taken for another area's
 # TF-IDF cosine (the area's words) at which a proposal only rewords a better-ranked one. Ghana's demo
 # samples for customs: "Finalize a strategy for the customs clearance process, including the approval of
@@ -364,9 +366,9 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
     answers = policy.predict(pd.DataFrame([{k: v for k, v in request.items() if v is not None}]), params=params)
     prompt = policy.unwrap_python_model().prompt(country, arrangement, area)
     # A policy registered before its output said so: every answer complete, none slipped.
-    answers = answers.reindex(columns=[*answers.columns, *({"complete", "least_likely_word", "least_likely_logprob"}
-                                                           - set(answers.columns))])
-    answers = answers.fillna({"complete": True, "least_likely_word": "", "least_likely_logprob": 0.0})
+    for column, default in OUTPUT_DEFAULTS.items():
+        if column not in answers:
+            answers[column] = default
     conditions, cut_off, slips, seen = [], [], [], set()
     # Complete answers first, then the least slipped, so that a repeat keeps its best form.
     for text, complete, word, logprob in answers.sort_values(

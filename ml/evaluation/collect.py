@@ -26,7 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ml.config import PolicySettings
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition
-from ml.policy.sampling import answer_lengths, answer_logprob_sums, answer_logprobs, decode_answers, generate_batches
+from ml.policy.sampling import (
+    answer_lengths,
+    answer_logprob_sums,
+    answer_logprobs,
+    decode_answers,
+    generate_batches,
+    logprob_sums,
+)
 from ml.reward.rl_reward import RLReward
 from ml.reward.topic import area_key, covered_keys
 
@@ -49,7 +56,7 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
                                max_prompt_tokens=settings.max_prompt_tokens, keep_prefill=True)
     raw = decode_answers(tokenizer, batches)
     token_lp = answer_logprobs(model, batches, temperature, sampled_here=True)
-    policy_lp = np.array([row.sum() for row in token_lp], dtype=float)
+    policy_lp = logprob_sums(token_lp)
     base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
         reference_lp = (answer_logprob_sums(model, batches, temperature)

@@ -379,7 +379,12 @@ def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], tem
                         sampled_here: bool = False) -> np.ndarray:
     """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
     per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
-    return np.array([row.sum() for row in answer_logprobs(model, batches, temperature, sampled_here)], dtype=float)
+    return logprob_sums(answer_logprobs(model, batches, temperature, sampled_here))
+
+
+def logprob_sums(per_answer: list[np.ndarray]) -> np.ndarray:
+    """Each answer's log-likelihood from its per-token log-probabilities (`answer_logprobs`)."""
+    return np.array([row.sum() for row in per_answer], dtype=float)
 
 
 def answer_lengths(batches: list[SampledBatch]) -> np.ndarray:
