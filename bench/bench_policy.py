@@ -48,12 +48,13 @@ from ml.paths import DataHome
 from ml.policy.base import apply_lora
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.ppo import PPOConfig, PPOTrainer
+from ml.policy.prompts import prompt_words
 from ml.registry import Registry
 from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RLReward, action_base_rates
 from ml.reward.train import split_train_halves, train_reward_model
-from ml.similarity import NoveltyIndex, name_record
+from ml.similarity import NoveltyIndex, PromptEchoes, name_record
 
 TARGETS = {"on_topic_tuned": 0.90, "on_topic_sft": 0.70, "p_value": 0.01, "copy_share": 0.05,
            "relative_gap": 0.30, "rollout_speedup": 5.0, "update_mfu": 0.35, "rl_minutes": 12.0,
@@ -76,7 +77,7 @@ def held_out_figures(home: DataHome) -> dict:
         figures[policy] = {key: get(policy, key) for key in (
             "judged_reward", "share_of_ceiling", "gold_p_met", "proxy_p_met", "on_topic_rate", "on_topic_rate_knn",
             "kl_to_reference", "kl_to_base", "words_median", "distinct_2", "opening_share", "copy_share",
-            "unknown_name_share", "slip_share")}
+            "unknown_name_share", "slip_share", "echo_share")}
     for control in ("sft", "base", "random"):
         figures[f"{tuned}_vs_{control}"] = {
             f"{metric}_{stat}": get(f"{tuned}_vs_{control}", f"{metric}_{stat}")
@@ -168,7 +169,9 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     if extra:
         gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
     judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
-                    NoveltyIndex(corpus["description"]), name_record(corpus), test, samples=2, seed=profile.data.seed)
+                    NoveltyIndex(corpus["description"]), name_record(corpus),
+                    PromptEchoes(prompt_words(), corpus["description"].dropna().tolist()), test, samples=2,
+                    seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
         return reward.variant(proxy=proxy, members=list(ensemble), design=design,
@@ -236,7 +239,7 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
 def table(rows: dict[str, dict]) -> str:
     columns = ["episodes", "gold_judged", "plain_gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn",
                "kl_to_reference", "copy_share", "quote_share", "repeat_share", "unknown_name_share", "slip_share",
-               "words_median", "opening_share"]
+               "echo_share", "words_median", "opening_share"]
     frame = pd.DataFrame({name: {c: row.get(c, np.nan) for c in columns} for name, row in rows.items()}).T
     return frame.dropna(axis=1, how="all").round(3).to_markdown()  # a judge this run did not train: no column
 

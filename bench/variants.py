@@ -24,7 +24,7 @@ from ml.policy.grounding import quotes_precedent
 from ml.policy.pipeline import PolicyStack, load_policy, rl_job, write_stack
 from ml.policy.rl import train_rl
 from ml.reward.rl_reward import RLReward, on_topic
-from ml.similarity import NoveltyIndex, repeats_itself, unknown_names
+from ml.similarity import NoveltyIndex, PromptEchoes, repeats_itself, unknown_names
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Judges:
     embedding: object  # EmbeddingAreaJudge
     novelty: NoveltyIndex
     name_record: pd.Series  # `ml.similarity.name_record` of the training split, as the report's
+    echoes: PromptEchoes  # the question's words no training condition uses, as the report's
     prompts: pd.DataFrame  # held-out test prompts
     samples: int
     seed: int
@@ -96,6 +97,7 @@ def summarise(answers: pd.DataFrame, judges: Judges) -> dict:
     out["unknown_name_share"] = float(np.mean([bool(names) for names in
                                                unknown_names(answers["answer"], judges.name_record)]))
     out["slip_share"] = float(np.mean(is_slip(answers["least_token_logprob"].to_numpy())))
+    out["echo_share"] = float(np.mean([bool(words) for words in judges.echoes.echoes(answers["answer"])]))
     return out
 
 

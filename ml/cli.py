@@ -236,6 +236,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if proposal.unknown_names:
             print(f"   names what no condition of the record names ({', '.join(proposal.unknown_names)}): "
                   f"check that it exists")
+        if proposal.echoes:
+            words = ", ".join(f'"{word}"' for word in proposal.echoes)
+            print(f"   borrows the question's words ({words}), which no condition of the record uses: it may speak "
+                  f"of the request instead of stating a measure")
         if proposal.past_years:
             years = ", ".join(map(str, proposal.past_years))
             print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")

@@ -25,7 +25,10 @@ country already had in the area (all but a few of its word pairs, with or withou
 after the copies, and one that names another country of the record ("... in the framework of the Central
 African Republic" for Bosnia and Herzegovina) after those. After those comes one that names a body no
 condition of the record names ("the Ministry of Business Development and Finance", "the Labour Party"):
-the policy invents institutions now and then, and an analyst should check that it exists.
+the policy invents institutions now and then, and an analyst should check that it exists. Then one that
+borrows words of the question that no condition of the record uses ("Finalize draft conditions for the
+medium-term budget framework", "a draft policy proposal for ..."): it speaks of the request rather than
+stating a measure.
 Last, the n proposals are different ones where the samples allow: a proposal that only rewords a
 better-ranked one (the same words of the area, by TF-IDF) comes after every other with no worse flag,
 flagged with the number of the proposal it rewords; and one that opens with the same action (first word) as
@@ -51,11 +54,12 @@ from ml.data.splits import SPLITS, read_split
 from ml.evaluation.metrics import first_word, is_slip, met_by_first_word, tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
+from ml.policy.prompts import prompt_words
 from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
-from ml.similarity import NoveltyIndex, at_least, name_record, repeats_itself, unknown_names
+from ml.similarity import NoveltyIndex, PromptEchoes, at_least, name_record, repeats_itself, unknown_names
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
 # Prompts with different draws of the precedents the answers are sampled under (a grounded policy
@@ -125,6 +129,7 @@ class Proposal:
     unknown_names: list[str] = field(default_factory=list)  # capitalised names no condition of the record has
     action: ActionRecord | None = None  # how often the area's conditions that open as it does were met
     slip: str | None = None  # the word the policy drew at a probability under SLIP_BELOW ("" for its end)
+    echoes: list[str] = field(default_factory=list)  # words of the prompt no condition of the record uses
 
     @property
     def off_topic(self) -> bool:
@@ -209,7 +214,8 @@ def analyst_flags(proposals: list[Proposal]) -> list[list[bool]]:
     return [[p.cut_off for p in proposals], [p.off_topic for p in proposals],
             [p.copy_of is not None for p in proposals], [p.restates is not None for p in proposals],
             [bool(p.other_countries) for p in proposals], [p.slip is not None for p in proposals],
-            [bool(p.unknown_names) for p in proposals], [bool(p.past_years) for p in proposals],
+            [bool(p.unknown_names) for p in proposals], [bool(p.echoes) for p in proposals],
+            [bool(p.past_years) for p in proposals],
             [p.repeats for p in proposals]]
 
 
@@ -388,12 +394,13 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
                                float(row.proxy_p_area), repeats_itself(text), restates=restated,
-                               other_countries=named, unknown_names=unknown, slip=slip)
-                      for text, row, copy, cut, restated, named, unknown, slip in zip(
+                               other_countries=named, unknown_names=unknown, slip=slip, echoes=echoes)
+                      for text, row, copy, cut, restated, named, unknown, slip, echoes in zip(
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
-                          unknown_names(conditions, name_record(corpus)), slips)]
+                          unknown_names(conditions, name_record(corpus)), slips,
+                          PromptEchoes(prompt_words(), corpus["description"].dropna().tolist()).echoes(conditions))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+_WORD = re.compile(r"[a-z]+")  # on case-folded text
 STUTTER = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
 
 
@@ -49,6 +51,29 @@ class KnownNames:
             found.append([name for name in names
                           if name not in MONTHS and not _holds_as_words(self.text, name.casefold())])
         return found
+
+
+# Prompt words a proposal may not borrow: of five letters or more (the short ones, "be", "not", "met", are
+# every sentence's) and used by fewer than this share of the record's conditions.
+ECHO_MIN_LETTERS = 5
+ECHO_RECORD_SHARE = 0.001
+
+
+class PromptEchoes:
+    """The words of the prompt that the record's conditions do not use ("condition", "proposal",
+    "appropriate", "under"): a proposal holding one took them from the question, and speaks of the request
+    ("Finalize draft conditions for the medium-term budget framework", "Submit a draft policy proposal for
+    electricity tariffs") instead of stating a measure."""
+
+    def __init__(self, prompt_words: Iterable[str], record: Sequence[str]):
+        used = Counter(word for text in record for word in set(_WORD.findall(str(text).casefold())))
+        self.words = frozenset(word for word in prompt_words if len(word) >= ECHO_MIN_LETTERS
+                               and used[word] < ECHO_RECORD_SHARE * max(len(record), 1))
+
+    def echoes(self, texts: Sequence[str]) -> list[list[str]]:
+        """For each text, the prompt's words it borrows, in the order it uses them."""
+        return [[word for word in dict.fromkeys(_WORD.findall(str(text).casefold())) if word in self.words]
+                for text in texts]
 
 
 def unknown_names(texts: Sequence[str], record: Sequence[str]) -> list[list[str]]:

@@ -194,6 +194,7 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         "repeats itself": table["repeat_share"].map(_share),
         "names what no training condition names": table["unknown_name_share"].map(_share),
         f"holds a token drawn at p < {SLIP_BELOW:g}": table["slip_share"].map(_share),
+        "borrows the question's words": table["echo_share"].map(_share),
     })
 
 
@@ -381,7 +382,9 @@ def _table_notes(evaluation: PolicyEvaluation) -> str:
             "twice. Names what no training condition names: share of answers with a capitalised name after the "
             "opening word (\"Ministry of Business Development\") that no training condition, country or "
             "arrangement type holds: an institution the policy may have invented, or a real one the record "
-            "lacks (month names aside).")
+            "lacks (month names aside). Borrows the question's words: share of answers holding a word of five "
+            "letters or more that the prompt uses and no training condition does (\"Finalize draft conditions for "
+            "...\", \"a draft policy proposal\"): an answer that speaks of the request instead of stating a measure.")
 
 
 def _summary_blocks(evaluation: PolicyEvaluation, tuned: str) -> list[Block]:

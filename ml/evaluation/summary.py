@@ -34,8 +34,9 @@ from ml.evaluation.metrics import (
     welch_test,
 )
 from ml.policy.grounding import quotes_precedent
+from ml.policy.prompts import prompt_words
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex, name_record, repeats_itself, unknown_names
+from ml.similarity import NoveltyIndex, PromptEchoes, name_record, repeats_itself, unknown_names
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")
@@ -61,7 +62,7 @@ TABLE_COLUMNS = ["policy", "n", "n_prompts", "proxy_mean", "proxy_ci_low", "prox
                  "kl_reference_mean", "kl_mean", "tokens_mean", "words_mean", "words_median", "distinct_1",
                  "distinct_2", "opening_word", "opening_share", "on_topic_rate", "on_topic_rate_knn",
                  "nearest_similarity", "copy_share", "quote_share", "repeat_share", "unknown_name_share",
-                 "slip_share"]
+                 "slip_share", "echo_share"]
 TEST_COLUMNS = ["comparison", "treatment", "control", "metric", "gain", "welch_t", "welch_p", "hedges_g",
                 "bootstrap_diff", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p", "paired_d", "n_pairs"]
 FLAG_COLUMNS = ["policy", "control", "proxy_gain", "proxy_p", "gold_gain", "gold_p", "flagged", "reason"]
@@ -79,7 +80,8 @@ _HEADLINE_POLICY_METRICS = {"n": "n", "proxy_mean": "proxy_p_met", "proxy_ci_low
                             "on_topic_rate": "on_topic_rate", "on_topic_rate_knn": "on_topic_rate_knn",
                             "nearest_similarity": "nearest_similarity", "copy_share": "copy_share",
                             "quote_share": "quote_share", "repeat_share": "repeat_share",
-                            "unknown_name_share": "unknown_name_share", "slip_share": "slip_share"}
+                            "unknown_name_share": "unknown_name_share", "slip_share": "slip_share",
+                            "echo_share": "echo_share"}
 _HEADLINE_TEST_METRICS = ("welch_t", "welch_p", "hedges_g", "bootstrap_diff", "bootstrap_ci_low",
                           "bootstrap_ci_high", "bootstrap_p", "paired_d")
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -92,7 +94,7 @@ class PolicyEvaluation:
     flags: pd.DataFrame  # FLAG_COLUMNS, one row per tuned policy compared with base
     scenarios: pd.DataFrame  # SAMPLE_COLUMNS: `scenario_samples` of the answers
     scored: pd.DataFrame  # the answers plus words, on_topic, nearest_similarity, nearest_text, is_copy, quotes,
-                          # repeats, unknown_names
+                          # repeats, unknown_names, echoes
     area_classifier_accuracy: float  # the on-topic classifier on held-out corpus rows; NaN if too few
     copy_threshold: float
     n_prompts: int
@@ -110,7 +112,7 @@ class PolicyEvaluation:
         `_ci_high`), `_share_of_ceiling`, `_kl_to_reference`, `_on_topic_rate_knn`, `_words_median`,
         `_kl_to_base`, `_tokens`, `_words`, `_distinct_1`, `_distinct_2`, `_opening_share`, `_on_topic_rate`,
         `_nearest_similarity`, `_copy_share`, `_quote_share`, `_repeat_share`, `_unknown_name_share`, `_slip_share`
-        (sampled policies only), `_n`; tuned
+        (sampled policies only), `_echo_share`, `_n`; tuned
         ones also `_overoptimised` (1 or 0).
         Per comparison (`ppo_vs_base`, `ppo_vs_random`, ...): `<cmp>_proxy_gain`, `<cmp>_gold_gain` (difference
         of means), and test statistics `welch_t`, `welch_p`, `hedges_g`, `bootstrap_diff`,
@@ -170,7 +172,10 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             repeats=answers["answer"].map(repeats_itself).astype(bool),
                             # A name no training condition holds: an institution the policy may have invented.
                             unknown_names=[bool(names) for names in unknown_names(answers["answer"],
-                                                                                  name_record(corpus))])
+                                                                                  name_record(corpus))],
+                            # Words of the question no training condition uses: the answer speaks of the request.
+                            echoes=[bool(words) for words in PromptEchoes(
+                                prompt_words(), corpus["description"].dropna().tolist()).echoes(answers["answer"])])
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)
@@ -278,7 +283,8 @@ def _policy_row(policy: str, rows: pd.DataFrame) -> dict[str, object]:
             "repeat_share": float(rows["repeats"].mean()) if len(rows) else math.nan,
             "unknown_name_share": float(rows["unknown_names"].mean()) if len(rows) else math.nan,
             # Sampled answers only: the historical and random conditions were not drawn from a policy.
-            "slip_share": _slip_share(rows["least_token_logprob"])}
+            "slip_share": _slip_share(rows["least_token_logprob"]),
+            "echo_share": float(rows["echoes"].mean()) if len(rows) else math.nan}
 
 
 def _slip_share(least_token_logprob: pd.Series) -> float:

@@ -22,6 +22,7 @@ from ml.reward.topic import area_key
 from ml.similarity import at_least
 
 PRECEDENTS_PREFIX = "Precedents: "
+RECORD_LINE = "Record of {country} in this area: {n} conditions, {met} met."
 # One precedent as `context` writes it: "<description> (<country>, met)." or "(<country>, not met)."
 _PRECEDENT = re.compile(r"(.+?) \([^()]*, (?:met|not met)\)\.")
 
@@ -46,8 +47,7 @@ class Grounding:
         if excluded:
             in_area = in_area[~in_area["description"].isin(excluded)]
         own = in_area[in_area["_country"] == who]
-        lines = [f"Record of {country or 'the country'} in this area: {len(own)} conditions, "
-                 f"{int(own['is_met'].sum())} met."]
+        lines = [RECORD_LINE.format(country=country or "the country", n=len(own), met=int(own["is_met"].sum()))]
         rng = np.random.default_rng([self.seed, len(in_area), *([draw] if draw else [])])
         # The country's own conditions first, then the area's others; distinct texts only.
         ordered = pd.concat([own.iloc[rng.permutation(len(own))], in_area[in_area["_country"] != who]

@@ -15,7 +15,7 @@ import re
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from ml.policy.grounding import Grounding
+from ml.policy.grounding import PRECEDENTS_PREFIX, RECORD_LINE, Grounding
 
 PROMPT_TEMPLATE = (
     "Given the economic indicators and historical performance of {country}, what would be an appropriate "
@@ -28,6 +28,14 @@ UNKNOWN = "Unknown"  # as ml.data.text renders a missing field
 PLAIN_PROMPT_SUFFIX = "\nProposed condition:"
 KEY_COLUMNS = ["country", "arrangement_type", "economic_area"]
 PROMPT_COLUMNS = ["prompt_id", *KEY_COLUMNS, "prompt", "split", "n_conditions", "n_met"]
+
+
+def prompt_words() -> set[str]:
+    """The lower-case words the prompts are built of, without what fills them: the question's and, in a
+    grounded prompt, the record's and the precedents' lines ("... (Ghana, not met)")."""
+    # render_arrangement fills {arrangement} with "<type> arrangement".
+    scaffold = " ".join([PROMPT_TEMPLATE, "arrangement", RECORD_LINE, PRECEDENTS_PREFIX, "met not met"])
+    return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", scaffold).casefold()))
 
 
 def render_arrangement(arrangement_type: str | None) -> str:

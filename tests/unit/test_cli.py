@@ -241,6 +241,39 @@ def test_recommend_flags_a_proposal_naming_a_body_no_condition_of_the_record_nam
     assert [p.text for p in different_first([invented, clean], AreaRecord(corpus, area))] == [clean.text, invented.text]
 
 
+def test_recommend_flags_a_proposal_that_borrows_the_questions_words_and_ranks_it_after_a_clean_one():
+    import re
+
+    import pandas as pd
+
+    from ml.policy.prompts import prompt_words, render_prompt
+    from ml.recommend import AreaRecord, Proposal, different_first
+    from ml.similarity import PromptEchoes
+
+    question = render_prompt("Chad", "ECF", "Budget preparation")
+    assert {"condition", "proposal", "appropriate", "arrangement", "under"} <= prompt_words()
+    assert set(re.findall(r"[a-z]+", question.casefold())) - {"chad", "ecf", "budget", "preparation"} <= prompt_words()
+    record = ["Adopt the budget law under the new framework", "Submit the budget to the Council of Ministers",
+              "Publish the budget execution report", "Clear the arrears of the Treasury"]
+    echoes = PromptEchoes(prompt_words(), record)
+    # "under" is a word of the record (one condition in four), "the" and "of" too; "met" and "not" are too short.
+    assert echoes.echoes(["Finalize draft conditions for the medium-term budget framework",
+                          "Submit a draft policy proposal under the ECF arrangement for achieving budget targets",
+                          "Adopt the budget law under the new framework", "Ensure the targets are met, not missed"]) == [
+        ["conditions"], ["policy", "proposal", "arrangement", "achieving"], [], []]
+    # Such a proposal goes after a clean one whatever its reward, and before one naming a body nobody knows.
+    area = "Budget preparation"
+    corpus = pd.DataFrame({"economic_area": [area] * 4, "country": ["Chad"] * 4, "test_year": [2020] * 4,
+                           "is_met": [1, 0, 1, 1], "description": record})
+    echo = Proposal("Finalize draft conditions for the medium-term budget framework", 0.9, 0.9, 0.9, None,
+                    echoes=["conditions"])
+    invented = Proposal("Submit the budget to the Ministry of Plenty", 0.95, 0.9, 0.9, None,
+                        unknown_names=["Ministry of Plenty"])
+    clean = Proposal("Prepare a medium-term budget framework for 2027", 0.6, 0.6, 0.9, None)
+    assert [p.text for p in different_first([invented, echo, clean], AreaRecord(corpus, area))] == [
+        clean.text, echo.text, invented.text]
+
+
 def test_recommend_lists_the_countrys_precedents_first_only_when_they_resemble_the_proposal():
     import pandas as pd
 

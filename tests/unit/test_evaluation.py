@@ -248,6 +248,24 @@ def test_the_table_counts_the_sampled_answers_that_hold_a_slip_and_only_those(co
     assert shown["ppo"] == f"{len(ppo) // 4 / len(ppo):.0%}" and shown["historical"] == "—"
 
 
+def test_the_table_counts_the_answers_that_borrow_the_questions_words(confirmed):
+    from ml.evaluation.report import headline_table
+
+    inputs, evaluation = confirmed
+    assert (evaluation.table["echo_share"] == 0.0).all()  # the fixture's answers speak as conditions do
+    answers = inputs.answers.copy()
+    sft = answers.index[answers["policy"] == "sft"]
+    answers.loc[sft[:len(sft) // 2], "answer"] = "Finalize draft conditions for " + answers.loc[
+        sft[:len(sft) // 2], "answer"].str.lower()
+    result = evaluate_policies(answers, inputs.corpus, seed=0)
+    table = result.table.set_index("policy")
+    assert table.loc["sft", "echo_share"] == pytest.approx(len(sft) // 2 / len(sft))
+    assert table.loc["ppo", "echo_share"] == 0.0 and table.loc["historical", "echo_share"] == 0.0
+    assert result.headline()["sft_echo_share"] == pytest.approx(len(sft) // 2 / len(sft))
+    shown = headline_table(result.table).set_index("policy")["borrows the question's words"]
+    assert shown["sft"] == f"{len(sft) // 2 / len(sft):.0%}" and shown["ppo"] == "0%"
+
+
 def test_the_table_names_the_word_a_policy_opens_most_answers_with(confirmed):
     inputs, evaluation = confirmed
     before = evaluation.table.set_index("policy").loc["ppo", "opening_share"]
