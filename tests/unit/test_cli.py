@@ -257,10 +257,10 @@ def test_recommend_flags_a_proposal_that_borrows_the_questions_words_and_ranks_i
               "Publish the budget execution report", "Clear the arrears of the Treasury"]
     echoes = PromptEchoes(prompt_words(), record)
     # "under" is a word of the record (one condition in four), "the" and "of" too; "met" and "not" are too short.
-    assert echoes.echoes(["Finalize draft conditions for the medium-term budget framework",
-                          "Submit a draft policy proposal under the ECF arrangement for achieving budget targets",
-                          "Adopt the budget law under the new framework", "Ensure the targets are met, not missed"]) == [
-        ["conditions"], ["policy", "proposal", "arrangement", "achieving"], [], []]
+    texts = ["Finalize draft conditions for the medium-term budget framework",
+             "Submit a draft policy proposal under the ECF arrangement for achieving budget targets",
+             "Adopt the budget law under the new framework", "Ensure the targets are met, not missed"]
+    assert echoes.echoes(texts) == [["conditions"], ["policy", "proposal", "arrangement", "achieving"], [], []]
     # Such a proposal goes after a clean one whatever its reward, and before one naming a body nobody knows.
     area = "Budget preparation"
     corpus = pd.DataFrame({"economic_area": [area] * 4, "country": ["Chad"] * 4, "test_year": [2020] * 4,
