@@ -127,7 +127,7 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                     losses.append((step, float(loss.item())))
                     elapsed = time.perf_counter() - started
                     report(f"sft step {step}/{total}: loss={loss.item():.4g}, "
-                           f"learning_rate={scheduler.get_last_lr()[0]:.4g}, tokens/s={tokens / elapsed:.0f}, "
+                           f"learning_rate={scheduler.get_last_lr()[0]:.4g}, answer tokens/s={tokens / elapsed:.0f}, "
                            f"ETA {elapsed / step * (total - step):.0f}s")
             adapter_dir = Path(output_dir) / ADAPTER_FOLDER
             weights = dist.full_weights({name: p for name, p in model.named_parameters() if p.requires_grad})
