@@ -48,13 +48,13 @@ from ml.paths import DataHome
 from ml.policy.base import apply_lora
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.ppo import PPOConfig, PPOTrainer
-from ml.policy.prompts import prompt_words
+from ml.policy.prompts import prompt_echoes
 from ml.registry import Registry
 from ml.reward.model import RewardModel
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RLReward, action_base_rates
 from ml.reward.train import split_train_halves, train_reward_model
-from ml.similarity import NoveltyIndex, PromptEchoes, name_record
+from ml.similarity import NoveltyIndex, name_record
 
 TARGETS = {"on_topic_tuned": 0.90, "on_topic_sft": 0.70, "p_value": 0.01, "copy_share": 0.05,
            "relative_gap": 0.30, "rollout_speedup": 5.0, "update_mfu": 0.35, "rl_minutes": 12.0,
@@ -170,7 +170,7 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
         gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
     judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
                     NoveltyIndex(corpus["description"]), name_record(corpus),
-                    PromptEchoes(prompt_words(), corpus["description"].dropna().tolist()), test, samples=2,
+                    prompt_echoes(corpus["description"]), test, samples=2,
                     seed=profile.data.seed)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:

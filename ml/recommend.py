@@ -54,12 +54,12 @@ from ml.data.splits import SPLITS, read_split
 from ml.evaluation.metrics import first_word, is_slip, met_by_first_word, tokens
 from ml.paths import DataHome
 from ml.policy.pipeline import POLICY_ADAPTER_NAME
-from ml.policy.prompts import prompt_words
+from ml.policy.prompts import prompt_echoes
 from ml.registry import Registry
 from ml.reward.pipeline import load_rl_reward
 from ml.reward.rl_reward import RL_REWARD_NAME
 from ml.reward.topic import area_key
-from ml.similarity import NoveltyIndex, PromptEchoes, at_least, name_record, repeats_itself, unknown_names
+from ml.similarity import NoveltyIndex, at_least, name_record, repeats_itself, unknown_names
 
 OVERSAMPLE = 4  # answers drawn per proposal asked for, so that n distinct ones remain after cleaning
 # Prompts with different draws of the precedents the answers are sampled under (a grounded policy
@@ -400,7 +400,7 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
                           unknown_names(conditions, name_record(corpus)), slips,
-                          PromptEchoes(prompt_words(), corpus["description"].dropna().tolist()).echoes(conditions))]
+                          prompt_echoes(corpus["description"]).echoes(conditions))]
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

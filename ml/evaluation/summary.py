@@ -34,9 +34,9 @@ from ml.evaluation.metrics import (
     welch_test,
 )
 from ml.policy.grounding import quotes_precedent
-from ml.policy.prompts import prompt_words
+from ml.policy.prompts import prompt_echoes
 from ml.reward.topic import AreaClassifier, area_key
-from ml.similarity import NoveltyIndex, PromptEchoes, name_record, repeats_itself, unknown_names
+from ml.similarity import NoveltyIndex, name_record, repeats_itself, unknown_names
 
 POLICY_ORDER = ("base", "sft", "ppo", "grpo", "random", "historical")
 TUNED_POLICIES = ("sft", "ppo", "grpo")
@@ -174,8 +174,8 @@ def evaluate_policies(answers: pd.DataFrame, corpus: pd.DataFrame, seed: int = 0
                             unknown_names=[bool(names) for names in unknown_names(answers["answer"],
                                                                                   name_record(corpus))],
                             # Words of the question no training condition uses: the answer speaks of the request.
-                            echoes=[bool(words) for words in PromptEchoes(
-                                prompt_words(), corpus["description"].dropna().tolist()).echoes(answers["answer"])])
+                            echoes=[bool(words) for words in
+                                    prompt_echoes(corpus["description"]).echoes(answers["answer"])])
     policies = ordered_policies(scored["policy"])
     table = pd.DataFrame([_policy_row(policy, scored[scored["policy"] == policy]) for policy in policies],
                          columns=TABLE_COLUMNS)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from ml.policy.grounding import PRECEDENTS_PREFIX, RECORD_LINE, Grounding
+from ml.similarity import PromptEchoes
 
 PROMPT_TEMPLATE = (
     "Given the economic indicators and historical performance of {country}, what would be an appropriate "
@@ -36,6 +38,11 @@ def prompt_words() -> set[str]:
     # render_arrangement fills {arrangement} with "<type> arrangement".
     scaffold = " ".join([PROMPT_TEMPLATE, "arrangement", RECORD_LINE, PRECEDENTS_PREFIX, "met not met"])
     return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", scaffold).casefold()))
+
+
+def prompt_echoes(record: Sequence[str]) -> PromptEchoes:
+    """The words of these prompts that the conditions of `record` do not use (`ml.similarity.PromptEchoes`)."""
+    return PromptEchoes(prompt_words(), [text for text in record if isinstance(text, str)])
 
 
 def render_arrangement(arrangement_type: str | None) -> str:
