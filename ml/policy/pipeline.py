@@ -173,7 +173,8 @@ def train_sft_stage(snapshot: Path, settings: PolicySettings, cache_dir: Path, o
     from ml.policy.sft import train_sft_adapter  # TRL import is slow: only when SFT runs
 
     examples = build_sft_examples(read_split(snapshot, "train"), "train", settings.sft_max_examples, seed=seed,
-                                  grounding=grounding_for(snapshot, settings, seed))
+                                  grounding=grounding_for(snapshot, settings, seed),
+                                  balance_areas=settings.sft_balance_areas)
     model, tokenizer = load_base_policy(settings.base_model, cache_dir, dtype=settings.dtype, device=settings.device)
     with tempfile.TemporaryDirectory() as scratch:
         result = train_sft_adapter(model, tokenizer, examples, settings, Path(scratch), seed=seed, progress=progress)

@@ -89,16 +89,22 @@ def build_policy_prompts(splits: pd.DataFrame, split: str, limit: int | None = N
 
 
 def build_sft_examples(splits: pd.DataFrame, split: str = "train", max_examples: int | None = None,
-                       seed: int = 0, grounding: Grounding | None = None) -> pd.DataFrame:
+                       seed: int = 0, grounding: Grounding | None = None, balance_areas: bool = False) -> pd.DataFrame:
     """(prompt, description) pairs for the SFT warm start: every historically MET condition of
     `split` under the prompt of its combination; `max_examples` keeps the conditions of a seeded sample
-    of whole combinations (so a combination's conditions train together), at most that many. With
-    `grounding`, each prompt carries its record and precedents, never a condition it is the prompt of."""
+    of whole combinations (so a combination's conditions train together), at most that many;
+    `balance_areas` draws that sample in turns over the economic areas, so a rare area gets as many
+    combinations as a common one. With `grounding`, each prompt carries its record and precedents,
+    never a condition it is the prompt of."""
     met = splits.loc[(splits["split"] == split) & (splits["is_met"] == 1)]
     met = met.loc[met["description"].map(_clean).notna()]
     if max_examples is not None and max_examples < len(met):
         combination = met[KEY_COLUMNS].fillna("").astype(str).agg("|".join, axis=1)
         sizes = combination.value_counts(sort=False).sample(frac=1.0, random_state=seed)
+        if balance_areas:  # each area's first combination, then each area's second, ...
+            area = met["economic_area"].fillna("").groupby(combination).first().reindex(sizes.index)
+            turn = sizes.groupby(area).cumcount()
+            sizes = sizes.iloc[turn.to_numpy().argsort(kind="stable")]
         chosen = sizes.index[sizes.cumsum() <= max_examples]
         met = met[combination.isin(chosen)]
     met = met.sort_values("condition_id") if "condition_id" in met else met

@@ -144,6 +144,24 @@ def test_sft_examples_are_met_conditions_under_their_prompt(splits):
     assert all(prompts[pid] == prompt for pid, prompt in zip(examples["prompt_id"], examples["prompt"]))
 
 
+def test_a_balanced_sft_sample_gives_a_rare_area_its_turn():
+    # 20 one-condition combinations of a common area and 2 of a rare one; a sample of 4 examples.
+    rows = [(f"c{i}", f"Country {i}", "ECF", "Revenue administration", f"Adopt measure {i}.", 1, "train")
+            for i in range(20)]
+    rows += [(f"r{i}", f"Island {i}", "EFF", "Trade policy", f"Cut tariff {i}.", 1, "train") for i in range(2)]
+    frame = pd.DataFrame(rows, columns=["condition_id", "country", "arrangement_type", "economic_area",
+                                        "description", "is_met", "split"])
+
+    balanced = [build_sft_examples(frame, "train", 4, seed=seed, balance_areas=True) for seed in range(5)]
+    plain = [build_sft_examples(frame, "train", 4, seed=seed) for seed in range(5)]
+
+    # In turns: two combinations of each area, whatever the seed; the plain sample mostly misses the rare one.
+    assert all(sample["economic_area"].value_counts().to_dict() == {"Revenue administration": 2, "Trade policy": 2}
+               for sample in balanced)
+    assert sum((sample["economic_area"] == "Trade policy").sum() for sample in plain) < 5
+    assert len({tuple(sample["description"]) for sample in balanced}) > 1  # still a seeded draw
+
+
 def test_grounded_prompts_carry_the_record_and_precedents_but_never_their_own_targets(splits):
     from ml.policy.grounding import Grounding
 
