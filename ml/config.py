@@ -319,9 +319,8 @@ PROFILES: dict[str, Profile] = {
                               # Grounded prompts: the SFT policy wrote about the area asked in 63% of its
                               # answers with three precedents in view, 23% without (32 vs 64 SFT steps).
                               grounding_precedents=3, sft_max_examples=256, sft_epochs=2.0, sft_learning_rate=1e-3,
-                              # Areas in turns: SFT on topic 67-68% at seeds 2024 and 7 (classifier), against
-                              # 57-64% for the plain sample (float32, README "SFT's sample").
-                              sft_balance_areas=True,
+                              # Not the areas in turns (`sft_balance_areas`): SFT on topic 67-68% against 57-64%
+                              # at two seeds, but the PPO built on it was worse in the demo (README "SFT's sample").
                               reward_design="product", topic_weight=1.0,
                               # PPO quoted a precedent of its prompt in 29% of its answers without it,
                               # and copied a training condition in 17% (SFT 6%) with only the quote rule.
