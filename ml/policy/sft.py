@@ -73,13 +73,12 @@ def train_sft_adapter(base_model: PreTrainedModel, tokenizer: PreTrainedTokenize
                       settings: PolicySettings, output_dir: Path, seed: int = 0,
                       progress: Callable[[str], None] = log.info, batch_size: int = 8,
                       max_steps: int | None = None, max_answer_tokens: int = 64) -> SFTResult:
-    """Train a LoRA adapter on `examples` (columns prompt, description) and save it under
+    """Train a LoRA adapter on every one of `examples` (columns prompt, description) and save it under
     `output_dir/adapter`. Epochs and learning rate come from `settings`; a step takes whole prompts
-    until it holds about `batch_size` conditions; `max_steps` caps the run."""
+    until it holds about `batch_size` conditions; `max_steps` caps the run. The example budget
+    (`settings.sft_max_examples`) is drawn before, by `build_sft_examples`, as whole combinations."""
     if examples.empty:
         raise ValueError("no SFT examples: the split has no MET conditions with a description")
-    if len(examples) > settings.sft_max_examples:
-        examples = examples.sample(n=settings.sft_max_examples, random_state=seed)
     rng = np.random.default_rng(seed)
     eos_id = eos_token_ids(base_model, tokenizer)[0] if tokenizer.eos_token_id is None else tokenizer.eos_token_id
     groups = [(prompt, [completion_ids(tokenizer, d, eos_id)[:max_answer_tokens] for d in rows["description"]])

@@ -53,6 +53,8 @@ def test_sft_lowers_the_training_loss_and_saves_an_adapter(tokenizer, tmp_path):
                                batch_size=2, max_steps=20)
 
     assert result.steps == 20 and len(result.train_loss) == 20 and len(lines) >= 20
+    # The budget is build_sft_examples's (whole combinations): the trainer takes every example it is given.
+    assert len(examples) > SETTINGS.sft_max_examples and result.n_examples == len(examples)
     first, last = [loss for _, loss in result.train_loss[:4]], [loss for _, loss in result.train_loss[-4:]]
     assert sum(last) / 4 < sum(first) / 4 - 0.05, result.train_loss
     assert result.last_loss < result.first_loss
