@@ -127,6 +127,7 @@ bench-policy: venv
 	$(BIN)/python bench/bench_evaluation.py
 	$(BIN)/python bench/bench_recommend.py
 	$(BIN)/python bench/bench_copies.py
+	$(BIN)/python bench/bench_judges.py
 
 bench-retraining: venv
 	$(BIN)/python bench/bench_retraining.py --profile smoke
