@@ -77,6 +77,9 @@ class RewardSettings:
     # under another area's context, and real conditions cut before their object, both NON_MET.
     cross_area_negatives: float = 0.0
     vague_negatives: float = 0.0
+    # True: a vague negative of a condition that ends in a clause after a comma keeps that clause
+    # ("Complete the restructuring, in coordination with the Central Bank"): a stock phrase is no object.
+    vague_keeps_closing_clause: bool = False
     max_train_examples: int = 0  # 0 = all; smaller for quick runs
     seed: int = 13
     gold_seed: int = 31  # the gold model: same recipe, disjoint half of train, other seed

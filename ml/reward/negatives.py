@@ -10,7 +10,9 @@ substance are part of being implementable:
   another economic area, neither holding the other), e.g. a customs-clearance condition proposed for
   pension reform;
 - vague: a real condition cut before its object ("Submit to parliament a draft law on" -> "Submit to
-  parliament"): nothing in it can be verified at a review.
+  parliament"): nothing in it can be verified at a review. With `keep_closing_clause`, a condition that
+  ends in a clause after a comma keeps that clause ("Submit to parliament, with IMF technical
+  assistance"), so a stock phrase cannot stand in for the object either.
 
 Negatives are added to the training rows only; validation (early stopping, calibration) and test
 metrics stay on real conditions, and `ml.reward.evaluate.relevance_check` measures what they taught.
@@ -25,10 +27,11 @@ from ml.reward.topic import nested
 
 NEGATIVE_COLUMN = "is_relevance_negative"
 VAGUE_WORDS = (2, 3, 4)  # a vague negative keeps this many leading words of a real condition
+_DANGLING = {"a", "an", "the", "of", "on", "to", "for", "in", "and", "with", "by", "from"}
 
 
 def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_share: float,
-                        seed: int) -> pd.DataFrame:
+                        seed: int, keep_closing_clause: bool = False) -> pd.DataFrame:
     """Negative rows (is_met = 0, `is_relevance_negative` = True) numbering cross_area_share and
     vague_share times the rows of `train`, drawn from `train` with `seed`."""
     rng = np.random.default_rng(seed)
@@ -55,10 +58,9 @@ def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_shar
     n_vague = int(round(vague_share * len(train)))
     if n_vague:
         rows = draw(n_vague)
-        words = rows["description"].fillna("").astype(str).str.split()
         keep = rng.choice(VAGUE_WORDS, n_vague)
-        # Never the whole condition: at most all but two of its words.
-        rows["description"] = [" ".join(w[:max(1, min(k, len(w) - 2))]) for w, k in zip(words, keep)]
+        rows["description"] = [cut_before_object(text, k, keep_closing_clause)
+                               for text, k in zip(rows["description"].fillna("").astype(str), keep)]
         frames.append(rows)
     if not frames:
         return train.iloc[:0].assign(**{NEGATIVE_COLUMN: pd.Series(dtype=bool)})
@@ -66,10 +68,25 @@ def relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_shar
     return negatives.assign(is_met=0, **{NEGATIVE_COLUMN: True})
 
 
+def cut_before_object(description: str, keep: int, keep_closing_clause: bool = False) -> str:
+    """The first `keep` words of a condition, never all but its last two; with `keep_closing_clause`
+    and a clause after the condition's last comma (two words or more, at least two words after the
+    kept ones before it), that clause too: what was to be done and how, without what to."""
+    words = description.split()
+    head, comma, clause = description.rpartition(",")
+    if keep_closing_clause and comma and len(clause.split()) >= 2 and len(head.split()) >= keep + 2:
+        lead = head.split()[:keep]
+        # "Complete the restructuring of, in ..." reads as a typo, not as a condition without its object.
+        while len(lead) > 1 and lead[-1].lower() in _DANGLING:
+            lead.pop()
+        return " ".join(lead) + "," + clause
+    return " ".join(words[:max(1, min(keep, len(words) - 2))])
+
+
 def with_relevance_negatives(train: pd.DataFrame, cross_area_share: float, vague_share: float,
-                             seed: int) -> pd.DataFrame:
+                             seed: int, keep_closing_clause: bool = False) -> pd.DataFrame:
     """`train` plus its negatives (flagged), in a seeded random order."""
-    negatives = relevance_negatives(train, cross_area_share, vague_share, seed)
+    negatives = relevance_negatives(train, cross_area_share, vague_share, seed, keep_closing_clause)
     if negatives.empty:
         return train
     combined = pd.concat([train.assign(**{NEGATIVE_COLUMN: False}), negatives], ignore_index=True)

@@ -94,7 +94,8 @@ def train_reward_model(train: pd.DataFrame, validation: pd.DataFrame, settings: 
     rng = np.random.default_rng(seed)
     if 0 < settings.max_train_examples < len(train):
         train = train.sample(n=settings.max_train_examples, random_state=seed)
-    train = with_relevance_negatives(train, settings.cross_area_negatives, settings.vague_negatives, seed)
+    train = with_relevance_negatives(train, settings.cross_area_negatives, settings.vague_negatives, seed,
+                                     keep_closing_clause=settings.vague_keeps_closing_clause)
 
     model, tokenizer = load_encoder(settings.base_model, seed=seed)
     # Under a launcher each rank trains on its own device (cuda:<local rank> on a GPU node).

@@ -579,3 +579,31 @@ def test_relevance_negatives_are_real_conditions_out_of_place_or_cut_short():
     combined = with_relevance_negatives(train, 0.25, 0.1, seed=0)
     assert len(combined) == 270 and combined[NEGATIVE_COLUMN].sum() == 70
     assert with_relevance_negatives(train, 0.0, 0.0, seed=0) is train
+
+
+def test_vague_negatives_can_keep_the_closing_clause_without_the_object():
+    from ml.reward.negatives import cut_before_object, relevance_negatives
+
+    text = "Complete the restructuring of the government securities market, in coordination with the Central Bank"
+    assert cut_before_object(text, 3) == "Complete the restructuring"
+    assert cut_before_object(text, 4, keep_closing_clause=True) == \
+        "Complete the restructuring, in coordination with the Central Bank"
+    # No closing clause, or one word after the comma: the plain cut.
+    assert cut_before_object("Adopt the 2024 budget law", 3, keep_closing_clause=True) == "Adopt the 2024"
+    assert cut_before_object("Adopt the budget law of Kenya, 2024", 2, keep_closing_clause=True) == "Adopt the"
+
+    train = make_rows(200, seed=3, split="train")
+    clause = ", with IMF technical assistance"
+    # Long enough before the comma that every cut (2-4 words) leaves two words or more of the object out.
+    train["description"] = [f"{d} for the next fiscal year{clause}" if i % 2 else d
+                            for i, d in enumerate(train["description"])]
+    plain = relevance_negatives(train, 0.0, 0.5, seed=0)
+    kept = relevance_negatives(train, 0.0, 0.5, seed=0, keep_closing_clause=True)
+    sources = train.set_index("condition_id").loc[kept["condition_id"], "description"].to_numpy()
+    with_clause = np.array([s.endswith(clause) for s in sources])
+    assert with_clause.any() and (~with_clause).any()
+    assert (kept["description"].to_numpy()[~with_clause] == plain["description"].to_numpy()[~with_clause]).all()
+    for source, negative in zip(sources[with_clause], kept["description"].to_numpy()[with_clause]):
+        lead = negative.removesuffix(clause)
+        assert negative.endswith(clause) and source.startswith(lead)
+        assert len(source.split()) - len(negative.split()) >= 2  # the object is gone
