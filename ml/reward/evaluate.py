@@ -80,8 +80,10 @@ class RewardEvaluation:
         r = self.relevance
         parts += ["### Relevance", "",
                   f"Mean P(MET) of the test conditions under their own area {r['p_met_own_area']:.3f}, placed under "
-                  f"another area {r['p_met_other_area']:.3f}, cut before their object {r['p_met_vague']:.3f}; "
-                  f"ROC-AUC of a real condition against its cross-area copy {r['relevance_auc']:.3f}.", ""]
+                  f"another area {r['p_met_other_area']:.3f}, cut before their object {r['p_met_vague']:.3f}"
+                  + (f", cut before their object but keeping their closing clause {clause:.3f}"
+                     if math.isfinite(clause := r.get("p_met_vague_closing_clause", math.nan)) else "")
+                  + f"; ROC-AUC of a real condition against its cross-area copy {r['relevance_auc']:.3f}.", ""]
         parts += ["### Confusion matrix", "", markdown_table(confusion.reset_index(names="")), "",
                   "### By economic area", "", markdown_table(self.by_area), "",
                   "### By test year", "", markdown_table(self.by_year), ""]
@@ -112,16 +114,22 @@ def evaluate_reward_model(model: RewardModel, test: pd.DataFrame, train: pd.Data
 def relevance_check(score: Callable[[pd.DataFrame], np.ndarray], test: pd.DataFrame, seed: int = 0,
                     own_probs: np.ndarray | None = None) -> dict[str, float]:
     """What a reward model knows of relevance, on real test conditions: mean P(MET) under their own
-    area, under another area and cut before their object, and the ROC-AUC of telling a real
-    condition from its cross-area copy. `score(rows) -> P(MET)`."""
+    area, under another area, cut before their object, and cut before their object but keeping their
+    closing clause ("Complete the restructuring, in coordination with the Central Bank"; over the
+    conditions that have one, NaN if none), and the ROC-AUC of telling a real condition from its
+    cross-area copy. `score(rows) -> P(MET)`."""
     cross = relevance_negatives(test, 1.0, 0.0, seed)
     vague = relevance_negatives(test, 0.0, 1.0, seed)
+    clause = relevance_negatives(test, 0.0, 1.0, seed, keep_closing_clause=True)
+    clause = clause[clause["description"].to_numpy() != vague["description"].to_numpy()]
     own_p = score(test) if own_probs is None else own_probs
     cross_p, vague_p = score(cross), score(vague)
+    clause_p = score(clause) if len(clause) else np.array([math.nan])
     labels = np.r_[np.ones(len(own_p)), np.zeros(len(cross_p))].astype(int)
     auc = classification_metrics(labels, np.r_[own_p, cross_p])["roc_auc"]
     return {"p_met_own_area": float(np.mean(own_p)), "p_met_other_area": float(np.mean(cross_p)),
-            "p_met_vague": float(np.mean(vague_p)), "relevance_auc": float(auc)}
+            "p_met_vague": float(np.mean(vague_p)), "p_met_vague_closing_clause": float(np.mean(clause_p)),
+            "relevance_auc": float(auc)}
 
 
 def predict(probs: np.ndarray) -> np.ndarray:
