@@ -78,12 +78,14 @@ class RewardEvaluation:
                       f"an oracle that also knows the hidden latents: {self.oracle_accuracy:.3f} "
                       f"(truth found for {self.truth_coverage:.0%} of them).", ""]
         r = self.relevance
+        clause = r.get("p_met_vague_closing_clause", math.nan)  # NaN: no test condition ends in a clause
+        with_clause = (f", cut before their object but keeping their closing clause {clause:.3f}"
+                       if math.isfinite(clause) else "")
         parts += ["### Relevance", "",
                   f"Mean P(MET) of the test conditions under their own area {r['p_met_own_area']:.3f}, placed under "
-                  f"another area {r['p_met_other_area']:.3f}, cut before their object {r['p_met_vague']:.3f}"
-                  + (f", cut before their object but keeping their closing clause {clause:.3f}"
-                     if math.isfinite(clause := r.get("p_met_vague_closing_clause", math.nan)) else "")
-                  + f"; ROC-AUC of a real condition against its cross-area copy {r['relevance_auc']:.3f}.", ""]
+                  f"another area {r['p_met_other_area']:.3f}, "
+                  f"cut before their object {r['p_met_vague']:.3f}{with_clause}; "
+                  f"ROC-AUC of a real condition against its cross-area copy {r['relevance_auc']:.3f}.", ""]
         parts += ["### Confusion matrix", "", markdown_table(confusion.reset_index(names="")), "",
                   "### By economic area", "", markdown_table(self.by_area), "",
                   "### By test year", "", markdown_table(self.by_year), ""]

@@ -72,14 +72,15 @@ def cut_before_object(description: str, keep: int, keep_closing_clause: bool = F
     """The first `keep` words of a condition, never all but its last two; with `keep_closing_clause`
     and a clause after the condition's last comma (two words or more, at least two words after the
     kept ones before it), that clause too: what was to be done and how, without what to."""
-    words = description.split()
     head, comma, clause = description.rpartition(",")
-    if keep_closing_clause and comma and len(clause.split()) >= 2 and len(head.split()) >= keep + 2:
-        lead = head.split()[:keep]
+    head_words = head.split()
+    if keep_closing_clause and comma and len(clause.split()) >= 2 and len(head_words) >= keep + 2:
+        lead = head_words[:keep]
         # "Complete the restructuring of, in ..." reads as a typo, not as a condition without its object.
         while len(lead) > 1 and lead[-1].lower() in _DANGLING:
             lead.pop()
         return " ".join(lead) + "," + clause
+    words = description.split()
     return " ".join(words[:max(1, min(keep, len(words) - 2))])
 
 
