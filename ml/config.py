@@ -311,7 +311,11 @@ PROFILES: dict[str, Profile] = {
         # and a content-free condition ("Publish a report": 0.36) now scores well below real ones (~0.8).
         reward=RewardSettings(base_model="all-minilm-l6-v2", max_length=96, epochs=1, batch_size=32,
                               learning_rate=1e-4, eval_every_steps=30, min_macro_f1=0.6, dtype="auto",
-                              cross_area_negatives=0.25, vague_negatives=0.1),
+                              cross_area_negatives=0.25, vague_negatives=0.1,
+                              # A condition cut before its object but ending in a stock clause ("Submit draft
+                              # legislation to the Ministry of Finance, drawing on TA recommendations") scored
+                              # 0.81 without it, 0.60 with it (README "Vague negatives that keep the closing clause").
+                              vague_keeps_closing_clause=True),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=256, max_new_tokens=32,
                               # bfloat16 weights on a CPU with AMX or AVX512-BF16: a PPO step of the demo in 26 s
                               # against 38 s in float32 (bench_policy's throughput part, 3 steps each).
