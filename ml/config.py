@@ -314,8 +314,8 @@ PROFILES: dict[str, Profile] = {
                               cross_area_negatives=0.25, vague_negatives=0.1,
                               # A condition cut before its object but ending in a stock clause ("Submit draft
                               # legislation to the Ministry of Finance, drawing on TA recommendations") scored
-                              # 0.81 without it, 0.60 with it. PPO on it was on the area asked in 96% of its
-                              # answers by kNN in two runs (89% in the demo before; README "Vague negatives ...").
+                              # 0.81 without it, 0.60 with it. PPO on it was on the area asked in 91-96% of its
+                              # answers by kNN in three runs (89% in the demo before; README "Vague negatives ...").
                               vague_keeps_closing_clause=True),
         policy=PolicySettings(base_model="smollm2-135m-instruct", max_prompt_tokens=256, max_new_tokens=32,
                               # bfloat16 weights on a CPU with AMX or AVX512-BF16: a PPO step of the demo in 26 s
