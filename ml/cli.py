@@ -245,6 +245,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"   names a past year ({years}): learnt from old conditions; give it this program's date")
         if proposal.repeats:
             print("   repeats itself (a stuttered word or a phrase said twice): edit before use")
+        if proposal.record_opening:
+            print(f"   opens with \"{proposal.text.split()[0]}\" where the record's conditions say "
+                  f"\"{proposal.record_opening.capitalize()}\": edit before use")
         if proposal.rewords:
             print(f"   rewords proposal {proposal.rewords}: the policy gave fewer different proposals than asked")
         if proposal.action:

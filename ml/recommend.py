@@ -19,7 +19,9 @@ among each, proposals that name a year already past (the policy learnt dates fro
 after those that do not, flagged, since their deadline has to be rewritten. Proposals that the training
 reward's area classifier puts in another area (P(asked area) < 0.5) come after every on-topic one, and
 answers cut off at the token limit ("... by mid-August 200") last of all, both flagged. An answer that
-repeats itself ("in line with staff staff recommendations") comes after those that do not, flagged.
+repeats itself ("in line with staff staff recommendations") comes after those that do not, flagged, and one
+that opens with a form of the record's verb that no condition opens with ("Submits to Parliament",
+"Submitting to parliament" where the record says "Submit") after those, flagged with the record's form.
 Two flags say that a proposal is not a new condition for this country: one that restates a condition the
 country already had in the area (all but a few of its word pairs, with or without additions) comes right
 after the copies, and one that names another country of the record ("... in the framework of the Central
@@ -42,7 +44,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,7 @@ class Proposal:
     unknown_names: list[str] = field(default_factory=list)  # capitalised names no condition of the record has
     action: ActionRecord | None = None  # how often the area's conditions that open as it does were met
     slip: str | None = None  # the word the policy drew at a probability under SLIP_BELOW ("" for its end)
+    record_opening: str | None = None  # the record's form of its first word, when it opens with another
     echoes: list[str] = field(default_factory=list)  # words of the prompt no condition of the record uses
 
     @property
@@ -192,6 +195,32 @@ def past_years(text: str, current_year: int) -> list[int]:
     return sorted({int(year) for year in YEAR.findall(text) if int(year) < current_year})
 
 
+# Endings of a verb's other forms, and what may have been dropped before them: "submitting" is "submit"
+# with its last consonant doubled, "prepared" and "preparing" are "prepare" without its "e".
+_VERB_ENDINGS = (("ing", ("", "e")), ("ed", ("", "e")), ("es", ("",)), ("s", ("",)))
+
+
+def record_opening(text: str, openings: Collection[str]) -> str | None:
+    """The record's form of a proposal's first word when the proposal opens with another form of it
+    ("Submits", "Submitting" or "Submitted" for "submit") that no condition in `openings` (the record's
+    lower-cased first words) opens with: conditions are instructions, and "Submitting to parliament ..."
+    reads as a slip. None when the proposal opens as the record does, or with no form of its verbs."""
+    word = first_word(text)
+    if not word or word in openings:
+        return None
+    for ending, dropped in _VERB_ENDINGS:
+        stem = word[:-len(ending)]
+        if not word.endswith(ending) or len(stem) < 3:
+            continue
+        forms = [stem + letter for letter in dropped]
+        if stem[-1] == stem[-2]:
+            forms.append(stem[:-1])
+        found = next((form for form in forms if form in openings), None)
+        if found:
+            return found
+    return None
+
+
 def other_countries(texts: Sequence[str], countries: Sequence[str], asked: str | None) -> list[list[str]]:
     """For each text, the countries of `countries` it names, other than `asked` (whole names, the longest
     first, so that "Guinea-Bissau" is not read as "Guinea"); none when no country was asked."""
@@ -216,7 +245,7 @@ def analyst_flags(proposals: list[Proposal]) -> list[list[bool]]:
             [bool(p.other_countries) for p in proposals], [p.slip is not None for p in proposals],
             [bool(p.unknown_names) for p in proposals], [bool(p.echoes) for p in proposals],
             [bool(p.past_years) for p in proposals],
-            [p.repeats for p in proposals]]
+            [p.repeats for p in proposals], [p.record_opening is not None for p in proposals]]
 
 
 def analyst_order(reward: Sequence[float], demotions: list[Sequence[bool]]) -> np.ndarray:
@@ -401,6 +430,9 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
                           unknown_names(conditions, name_record(corpus)), slips,
                           prompt_echoes(corpus["description"]).echoes(conditions))]
+        openings = set(corpus["description"].map(first_word).dropna())
+        for candidate in candidates:
+            candidate.record_opening = record_opening(candidate.text, openings)
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],

@@ -168,6 +168,26 @@ def test_recommend_offers_different_proposals_and_actions_before_rewordings_and_
     assert not repeats_itself("Publish on the Ministry of Finance website a report on the accounts of the Treasury")
 
 
+def test_recommend_flags_a_proposal_that_opens_with_another_form_of_the_records_verb():
+    from ml.recommend import Proposal, analyst_flags, analyst_order, record_opening
+
+    openings = {"submit", "prepare", "issue", "adopt", "parliament", "process"}
+    assert record_opening("Submits to Parliament a draft law on the state savings bank", openings) == "submit"
+    assert record_opening("Submitting to parliament a draft law on the poverty strategy", openings) == "submit"
+    assert record_opening("Submitted to Fund staff a report", openings) == "submit"
+    assert record_opening("Preparing a roadmap for electricity tariffs", openings) == "prepare"
+    assert record_opening("Prepared a roadmap for electricity tariffs", openings) == "prepare"
+    assert record_opening("Issues regulations on the excise regime", openings) == "issue"
+    # Opens as the record does, or with a word that is no form of the record's verbs.
+    for text in ["Submit to Parliament a draft law", "Parliament adopts the budget", "Process the arrears",
+                 "Develops a strategy", "Focus the budget", ""]:
+        assert record_opening(text, openings) is None, text
+    # Flagged, it comes after a proposal that opens as the record does, whatever its reward.
+    proposals = [Proposal("Submits to Parliament a draft law", 0.9, 0.8, 0.9, None, record_opening="submit"),
+                 Proposal("Submit to Parliament a draft law", 0.7, 0.8, 0.9, None)]
+    assert analyst_order([0.9, 0.7], analyst_flags(proposals)).tolist() == [1, 0]
+
+
 def test_recommend_flags_a_proposal_that_restates_the_countrys_condition_or_names_another_country():
     import pandas as pd
 
