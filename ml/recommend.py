@@ -209,9 +209,9 @@ def record_opening(text: str, openings: Collection[str]) -> str | None:
     if not word or word in openings:
         return None
     for ending, dropped in _VERB_ENDINGS:
-        stem = word[:-len(ending)]
-        if not word.endswith(ending) or len(stem) < 3:
+        if not word.endswith(ending) or len(word) < len(ending) + 3:
             continue
+        stem = word[:-len(ending)]
         forms = [stem + letter for letter in dropped]
         if stem[-1] == stem[-2]:
             forms.append(stem[:-1])
@@ -420,19 +420,18 @@ def recommend(home: DataHome, country: str, arrangement: str | None, area: str, 
         parts = reward.components([request] * len(conditions), conditions)
         copies = NoveltyIndex(corpus["description"]).nearest(conditions)
         record = AreaRecord(corpus, area)
+        openings = set(corpus["description"].map(first_word).dropna())
         candidates = [Proposal(text, float(row.proxy_p_met), float(row.gold_p_met), float(row.gold_p_area),
                                copy.nearest if copy.is_copy else None, [], past_years(text, current_year), cut,
                                float(row.proxy_p_area), repeats_itself(text), restates=restated,
-                               other_countries=named, unknown_names=unknown, slip=slip, echoes=echoes)
+                               other_countries=named, unknown_names=unknown, slip=slip, echoes=echoes,
+                               record_opening=record_opening(text, openings))
                       for text, row, copy, cut, restated, named, unknown, slip, echoes in zip(
                           conditions, parts.itertuples(index=False), copies.itertuples(index=False), cut_off,
                           record.restated(country, conditions),
                           other_countries(conditions, corpus["country"].dropna().unique(), country),
                           unknown_names(conditions, name_record(corpus)), slips,
                           prompt_echoes(corpus["description"]).echoes(conditions))]
-        openings = set(corpus["description"].map(first_word).dropna())
-        for candidate in candidates:
-            candidate.record_opening = record_opening(candidate.text, openings)
         # Ranked by the training side of the reward (proxy P(MET) x P(area)) after the flags an analyst
         # cares about, the worst first; the gold judge stays a judge.
         ranked = [candidates[i] for i in analyst_order([p.proxy_p_met * p.proxy_p_area for p in candidates],
