@@ -32,8 +32,15 @@ class Grounding:
 
     def __init__(self, corpus: pd.DataFrame, n_precedents: int = 3, seed: int = 0):
         usable = corpus.dropna(subset=["description", "economic_area"])
-        self.corpus = usable.assign(_area=usable["economic_area"].map(area_key),
-                                    _country=usable["country"].fillna("").str.casefold())
+        usable = pd.DataFrame({"description": usable["description"].to_numpy(dtype=object),
+                               "country": usable["country"].to_numpy(dtype=object),
+                               "is_met": usable["is_met"].to_numpy(dtype=float),
+                               "area": usable["economic_area"].map(area_key).to_numpy(dtype=object),
+                               "who": usable["country"].fillna("").str.casefold().to_numpy(dtype=object)})
+        # Each area's columns once, as arrays in corpus order: a prompt table asks for thousands of
+        # contexts, and slicing the whole corpus frame for each took two minutes of the demo's.
+        self._by_area = {key: {column: rows[column].to_numpy() for column in rows}
+                         for key, rows in usable.groupby("area", sort=False)}
         self.n_precedents = n_precedents
         self.seed = seed
 
@@ -41,22 +48,28 @@ class Grounding:
         """The lines added under the question. `exclude` drops conditions with these descriptions (the
         targets an SFT prompt is trained on). `draw` > 0: another seeded choice of the precedents, by the
         same rule (the country's own first); draw 0 is the one every prompt was trained with."""
-        key, who = area_key(area), (country or "").casefold()
-        in_area = self.corpus[self.corpus["_area"] == key]
+        who = (country or "").casefold()
+        in_area = self._by_area.get(area_key(area), {})
+        descriptions = in_area.get("description", np.array([], dtype=object))
         excluded = set(exclude)
-        if excluded:
-            in_area = in_area[~in_area["description"].isin(excluded)]
-        own = in_area[in_area["_country"] == who]
-        lines = [RECORD_LINE.format(country=country or "the country", n=len(own), met=int(own["is_met"].sum()))]
-        rng = np.random.default_rng([self.seed, len(in_area), *([draw] if draw else [])])
-        # The country's own conditions first, then the area's others; distinct texts only.
-        ordered = pd.concat([own.iloc[rng.permutation(len(own))], in_area[in_area["_country"] != who]
-                             .iloc[rng.permutation(int((in_area["_country"] != who).sum()))]])
-        precedents = ordered.drop_duplicates("description").head(self.n_precedents)
-        if len(precedents):
+        kept = np.array([text not in excluded for text in descriptions], dtype=bool)
+        mine = kept & (in_area.get("who", descriptions) == who)
+        own, others = np.flatnonzero(mine), np.flatnonzero(kept & ~mine)
+        lines = [RECORD_LINE.format(country=country or "the country", n=len(own),
+                                    met=int(np.nansum(in_area["is_met"][own])) if len(own) else 0)]
+        rng = np.random.default_rng([self.seed, int(kept.sum()), *([draw] if draw else [])])
+        # The country's own conditions first, then the area's others, in a seeded order; distinct texts only.
+        chosen, seen = [], set()
+        for row in np.concatenate([own[rng.permutation(len(own))], others[rng.permutation(len(others))]]):
+            if descriptions[row] not in seen:
+                seen.add(descriptions[row])
+                chosen.append(row)
+                if len(chosen) == self.n_precedents:
+                    break
+        if chosen:
             lines.append(PRECEDENTS_PREFIX + " ".join(
-                f"{row.description.rstrip('.')} ({row.country}, {'met' if row.is_met == 1 else 'not met'})."
-                for row in precedents.itertuples(index=False)))
+                f"{descriptions[row].rstrip('.')} ({in_area['country'][row]}, "
+                f"{'met' if in_area['is_met'][row] == 1 else 'not met'})." for row in chosen))
         return "\n".join(lines)
 
 
