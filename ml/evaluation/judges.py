@@ -24,17 +24,23 @@ from ml.reward.topic import about_asked, area_key
 
 def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 128,
           max_length: int = 64) -> np.ndarray:
-    """Mean-pooled, L2-normalised sentence embeddings (N, H)."""
-    out = []
+    """Mean-pooled, L2-normalised sentence embeddings (N, H), in input order. Batches are formed over
+    length-sorted texts, as the reward models score, so a batch pads to a length near its own."""
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    if not texts:
+        return out
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+            out[chosen] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
 
 
 def minilm_encoder() -> tuple[torch.nn.Module, object]:

@@ -171,6 +171,22 @@ def test_an_answer_about_a_sub_area_is_about_the_area_that_holds_it_not_the_reve
     assert p["6. Financial sector"] > child > p["6.2. Restructuring and privatization of financial institutions"]
 
 
+def test_sentence_embeddings_batched_over_sorted_lengths_come_back_in_input_order():
+    # Texts of very different lengths in one call: batches are formed over the length-sorted texts, and
+    # each row must still be the embedding of the text at that position, as if embedded alone.
+    from ml.evaluation.judges import embed, minilm_encoder
+
+    model, tokenizer = minilm_encoder()
+    texts = ["Adopt a medium-term debt management strategy covering domestic and external borrowing "
+             "with annual borrowing plans", "Publish", "Submit the budget to parliament",
+             "Complete an audit of the central bank's foreign reserves by an international firm", "Enact"]
+    together = embed(texts, model, tokenizer, batch_size=2)
+    alone = np.concatenate([embed([text], model, tokenizer) for text in texts])
+    assert together.shape == (len(texts), model.config.hidden_size)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert embed([], model, tokenizer).shape == (0, model.config.hidden_size)
+
+
 def test_novelty_index_flags_an_exact_copy_only():
     corpus = synthetic_inputs(seed=0).corpus
     index = NoveltyIndex(corpus["description"])
