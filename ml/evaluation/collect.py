@@ -131,5 +131,4 @@ def attainable_ceiling(prompts: pd.DataFrame, corpus: pd.DataFrame, reward: RLRe
             owners.append(prompt.prompt_id)
     if not texts:
         return pd.Series(dtype=float)
-    judged = reward.components(records, texts)["judged_reward"].to_numpy()
-    return pd.Series(judged, index=owners).groupby(level=0).max()
+    return pd.Series(reward.judged_conditions(records, texts), index=owners).groupby(level=0).max()

@@ -209,7 +209,11 @@ class RLReward:
 
     def judged(self, records: Sequence[Mapping], answers: Sequence[str]) -> np.ndarray:
         """Gold P(MET) x gold P(asked area | answer), per answer."""
-        conditions = [answer_to_condition(a) for a in answers]
+        return self.judged_conditions(records, [answer_to_condition(a) for a in answers])
+
+    def judged_conditions(self, records: Sequence[Mapping], conditions: Sequence[str]) -> np.ndarray:
+        """The judged reward of conditions already cut out of answers (or real ones): the gold side
+        alone, without the proxy's pass that `components` also makes."""
         rows, areas = self.rows(records, conditions), [r.get("economic_area") for r in records]
         return self.gold.score(rows) * self.gold_area.asked_area_probability(conditions, areas)
 
