@@ -27,6 +27,7 @@ from ml.config import PolicySettings
 from ml.policy.pipeline import load_policy, prompt_records
 from ml.policy.prompts import KEY_COLUMNS, answer_to_condition
 from ml.policy.sampling import (
+    SampledBatch,
     answer_lengths,
     answer_logprob_sums,
     answer_logprobs,
@@ -43,21 +44,31 @@ ANSWER_COLUMNS = ["policy", "prompt_id", "country", "arrangement_type", "economi
                   "n_tokens", "least_token_logprob"]
 
 
+def sample_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
+                  settings: PolicySettings, samples: int, seed: int) -> list[SampledBatch]:
+    """`samples` answers per prompt from `model`, as token ids, with the prompt passes kept."""
+    texts = [r["prompt_text"] for r in prompt_records(prompts, tokenizer)]
+    return generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
+                            temperature=settings.temperature, n_per_prompt=samples, seed=seed,
+                            max_prompt_tokens=settings.max_prompt_tokens, keep_prefill=True)
+
+
 def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                   prompts: pd.DataFrame, settings: PolicySettings, samples: int, seed: int,
-                  reference_is_base: bool = False) -> pd.DataFrame:
+                  reference_is_base: bool = False, batches: list[SampledBatch] | None = None,
+                  base_batches: list[SampledBatch] | None = None) -> pd.DataFrame:
     """`samples` answers per prompt from `model`, with their KL to its RL reference (the same network
     with its last adapter off, when it has one; else the base) and to `base`. `reference_is_base`: that
-    network is the base (a single adapter on it, as SFT's), so its pass is the base's."""
-    texts = [r["prompt_text"] for r in prompt_records(prompts, tokenizer)]
+    network is the base (a single adapter on it, as SFT's), so its pass is the base's. `batches`: the
+    answers already sampled by `sample_policy`; `base_batches`: the base's own, whose prompt passes the
+    base's scoring of these answers reuses (the prompts are the same)."""
     temperature = settings.temperature
-    batches = generate_batches(model, tokenizer, texts, max_new_tokens=settings.max_new_tokens,
-                               temperature=temperature, n_per_prompt=samples, seed=seed,
-                               max_prompt_tokens=settings.max_prompt_tokens, keep_prefill=True)
+    batches = batches if batches is not None else sample_policy(model, tokenizer, prompts, settings, samples, seed)
     raw = decode_answers(tokenizer, batches)
     token_lp = answer_logprobs(model, batches, temperature, sampled_here=True)
     policy_lp = logprob_sums(token_lp)
-    base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature)
+    base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature,
+                                                                  prompts_sampled_by_model=base_batches)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
         reference_lp = (answer_logprob_sums(model, batches, temperature)
                         if isinstance(model, PeftModel) and not reference_is_base else base_lp)
@@ -102,10 +113,16 @@ def collect_answers(prompts: pd.DataFrame, corpus: pd.DataFrame,
     policies whose RL reference is the base model (one adapter on it)."""
     base, tokenizer = load_policy(None, settings, cache_dir)
     frames = [reference_answers(prompts, corpus, samples, seed)]
+    # The base's prompt passes, kept from its own answers: every other policy's answers to the same
+    # prompts are scored by the base too (their KL to it), and that pass over long grounded prompts is
+    # the larger part of the scoring.
+    base_batches = (sample_policy(base, tokenizer, prompts, settings, samples, seed)
+                    if any(load is None for load in policies.values()) else None)
     for name, load in policies.items():
         model = base if load is None else load()
         frames.append(model_answers(name, model, base, tokenizer, prompts, settings, samples, seed,
-                                    reference_is_base=name in base_referenced))
+                                    reference_is_base=name in base_referenced,
+                                    batches=base_batches if load is None else None, base_batches=base_batches))
         progress(f"{name}: {len(prompts) * samples} answers generated")
     answers = pd.concat(frames, ignore_index=True)
     return score_answers(answers, reward)[ANSWER_COLUMNS]

@@ -357,29 +357,43 @@ def least_likely_words(tokenizer: PreTrainedTokenizerBase, batches: list[Sampled
 
 
 def answer_logprobs(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
-                    sampled_here: bool = False) -> list[np.ndarray]:
+                    sampled_here: bool = False, prompts_sampled_by_model: list[SampledBatch] | None = None
+                    ) -> list[np.ndarray]:
     """log π(a_t | s_t) of each answer's tokens (its EOS included), at `temperature`, one array per answer.
     `sampled_here`: `model` is the network that sampled the batches (unchanged since), so the prompt
-    passes kept by sampling are reused."""
+    passes kept by sampling are reused. `prompts_sampled_by_model`: batches `model` itself sampled from
+    the same prompts, batched alike (another policy's answers to the evaluation's prompts, scored by the
+    base that answered them too): their kept prompt passes are reused."""
+    if sampled_here:
+        prompts_sampled_by_model = batches
+    if prompts_sampled_by_model is not None and len(prompts_sampled_by_model) != len(batches):
+        raise ValueError(f"{len(prompts_sampled_by_model)} sampled batches for {len(batches)} batches of answers")
     per_answer = []
     with no_grad():
-        for batch in batches:
-            answers = batch.answers
-            if sampled_here and answers.prefill is None:
-                raise ValueError("no prompt pass was kept: generate the batches with keep_prefill=True")
+        for i, batch in enumerate(batches):
+            answers, prefill = batch.answers, None
+            if prompts_sampled_by_model is not None:
+                sampled = prompts_sampled_by_model[i]
+                if sampled.answers.prefill is None:
+                    raise ValueError("no prompt pass was kept: generate the batches with keep_prefill=True")
+                if not (torch.equal(sampled.prompt_ids, batch.prompt_ids)
+                        and torch.equal(sampled.prompt_mask, batch.prompt_mask)):
+                    raise ValueError(f"batch {i} holds other prompts than the batch whose prompt pass was kept")
+                prefill = sampled.answers.prefill
             responses, response_mask = trim_answers(answers.responses, answers.response_mask)
             stats = answer_token_stats(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask,
-                                       temperature, prefill=answers.prefill if sampled_here else None)
+                                       temperature, prefill=prefill)
             logprobs, mask = stats.logprobs.float().cpu().numpy(), response_mask.bool().cpu().numpy()
             per_answer.extend(row[keep] for row, keep in zip(logprobs, mask))
     return per_answer
 
 
 def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
-                        sampled_here: bool = False) -> np.ndarray:
+                        sampled_here: bool = False, prompts_sampled_by_model: list[SampledBatch] | None = None
+                        ) -> np.ndarray:
     """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
     per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
-    return logprob_sums(answer_logprobs(model, batches, temperature, sampled_here))
+    return logprob_sums(answer_logprobs(model, batches, temperature, sampled_here, prompts_sampled_by_model))
 
 
 def logprob_sums(per_answer: list[np.ndarray]) -> np.ndarray:

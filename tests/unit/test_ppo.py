@@ -398,6 +398,28 @@ def test_resume_reads_the_previous_checkpoint_when_a_save_was_cut_between_rename
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 
 
+def test_scoring_from_the_prompt_pass_a_network_kept_when_it_sampled_equals_a_fresh_pass(tokenizer):
+    """The evaluation scores every policy's answers with the base, starting from the prompt passes the
+    base kept when it answered the same prompts: the same log-probabilities as the base's fresh pass."""
+    from ml.policy.sampling import answer_logprob_sums, generate_batches
+
+    trainer = make_trainer(tokenizer, steps=2, temperature=0.7, answers_per_prompt=2, batch_size=4,
+                           mini_batch_size=2)
+    trainer.train()  # the adapter's network and the base now differ
+    texts = [p["prompt_text"] for p in PROMPTS[:4]]
+    sampling = {"max_new_tokens": 6, "temperature": 0.7, "n_per_prompt": 2, "batch_size": 2, "keep_prefill": True}
+    tuned = generate_batches(trainer.policy, tokenizer, texts, seed=3, **sampling)
+    tuned_lp = answer_logprob_sums(trainer.policy, tuned, 0.7, sampled_here=True)
+    with trainer.policy.disable_adapter():
+        own = generate_batches(trainer.policy, tokenizer, texts, seed=4, **sampling)
+        fresh = answer_logprob_sums(trainer.policy, tuned, 0.7)
+        reused = answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own)
+        with pytest.raises(ValueError, match="other prompts"):
+            answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own[::-1])
+    np.testing.assert_allclose(reused, fresh, atol=1e-5)
+    assert abs(tuned_lp - fresh).max() > 1e-3  # the base's pass, not the tuned network's
+
+
 def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
     """One log-probability path (issue #14): the KL the evaluation reports for an answer (policy vs its
     reference, from the generated ids at the sampling temperature) is the KL PPO trained with."""
