@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from ml.reward.encoder import packaged_minilm_dir
+from ml.reward.encoder import packaged_minilm_dir, pad_batch, tokenize
 from ml.reward.topic import about_asked, area_key
 
 
@@ -27,8 +27,17 @@ def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int =
     """Mean-pooled, L2-normalised sentence embeddings (N, H), in input order. Batches are formed over
     length-sorted texts, as the reward models score, so a batch pads to a length near its own."""
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    if not texts:
-        return out
+    sequences = tokenize(tokenizer, list(texts), max_length)
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = pad_batch([sequences[i] for i in chosen], tokenizer.pad_token_id)
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out[chosen] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     with torch.inference_mode():

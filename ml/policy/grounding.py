@@ -41,6 +41,7 @@ class Grounding:
         # contexts, and slicing the whole corpus frame for each took two minutes of the demo's.
         self._by_area = {key: {column: rows[column].to_numpy() for column in rows}
                          for key, rows in usable.groupby("area", sort=False)}
+        self._no_rows = {column: usable[column].to_numpy()[:0] for column in usable}  # an area the corpus lacks
         self.n_precedents = n_precedents
         self.seed = seed
 
@@ -49,14 +50,15 @@ class Grounding:
         targets an SFT prompt is trained on). `draw` > 0: another seeded choice of the precedents, by the
         same rule (the country's own first); draw 0 is the one every prompt was trained with."""
         who = (country or "").casefold()
-        in_area = self._by_area.get(area_key(area), {})
-        descriptions = in_area.get("description", np.array([], dtype=object))
+        in_area = self._by_area.get(area_key(area), self._no_rows)
+        descriptions = in_area["description"]
         excluded = set(exclude)
-        kept = np.array([text not in excluded for text in descriptions], dtype=bool)
-        mine = kept & (in_area.get("who", descriptions) == who)
+        kept = np.array([text not in excluded for text in descriptions] if excluded else [True] * len(descriptions),
+                        dtype=bool)
+        mine = kept & (in_area["who"] == who)
         own, others = np.flatnonzero(mine), np.flatnonzero(kept & ~mine)
         lines = [RECORD_LINE.format(country=country or "the country", n=len(own),
-                                    met=int(np.nansum(in_area["is_met"][own])) if len(own) else 0)]
+                                    met=int(np.nansum(in_area["is_met"][own])))]
         rng = np.random.default_rng([self.seed, int(kept.sum()), *([draw] if draw else [])])
         # The country's own conditions first, then the area's others, in a seeded order; distinct texts only.
         chosen, seen = [], set()
