@@ -19,12 +19,16 @@ Prints, and writes to bench/results/policy.json:
    the test prompts by two gold judges (the gold model trained without and with relevance negatives,
    each times the gold area classifier's P(area)), the embedding judge's on-topic rate, and KL;
 4. the algorithm ablation: PPO, GRPO and RLOO (TRL) at equal training time on the demo's reward;
-5. the run-to-run spread of the demo's configuration over two training seeds.
+5. the run-to-run spread of the demo's configuration over two training seeds;
+6. SFT's run-to-run spread: the demo's SFT recipe trained again at other seeds (each seed draws its own
+   sample of combinations, LoRA start and order), judged on the same held-out prompts as the demo's own
+   SFT policy (target: on topic >= 70% by both judges).
 
 The reward models the ablation needs beyond the demo's (without relevance negatives, and two more proxy
 seeds for the ensemble) are trained here once and cached under <home>/models/bench.
 
     .venv/bin/python bench/bench_policy.py [--home .rlxf/demo] [--seconds 240] [--skip-ablation]
+    .venv/bin/python bench/bench_policy.py --parts sft_seeds --throughput-steps 0 --name policy_sft_seeds
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from ml.data.splits import read_split
 from ml.evaluation.judges import EmbeddingAreaJudge
 from ml.paths import DataHome
 from ml.policy.base import apply_lora
-from ml.policy.pipeline import load_policy, prompt_records
+from ml.policy.pipeline import STACK_FILE, load_policy, prompt_records, train_sft_stage
 from ml.policy.ppo import PPOConfig, PPOTrainer
 from ml.policy.prompts import prompt_echoes
 from ml.registry import Registry
@@ -154,6 +158,50 @@ def bench_reward_models(home: DataHome, profile, registry: Registry, reward: RLR
     return models
 
 
+def held_out_judges(home: DataHome, profile, reward: RLReward, extra: dict[str, RewardModel]) -> Judges:
+    """The judges of every variant: the demo's gold model; with the designs' reward models also the same
+    recipe without relevance negatives. On the held-out test prompts, 2 samples each, as the report."""
+    corpus = read_split(home.exports / "splits", "train")
+    prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
+    test = prompts[prompts["split"] == "test"].reset_index(drop=True)
+    gold_judges = {"gold": reward}
+    if extra:
+        gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
+    return Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
+                  NoveltyIndex(corpus["description"]), name_record(corpus),
+                  prompt_echoes(corpus["description"]), test, samples=2, seed=profile.data.seed)
+
+
+SPREAD_FIGURES = ("gold_judged", "gold_p_met", "gold_on_topic", "on_topic_knn", "copy_share", "words_median")
+
+
+def sft_seed_spread(home: DataHome, profile, reward: RLReward, seeds: list[int]) -> dict:
+    """Part 6: the demo's SFT recipe at other seeds beside the demo's own SFT policy (its seed is the data
+    seed), each judged as the report judges. Each seed's stack is kept under <home>/models/bench/sft-<seed>,
+    so a second run only measures."""
+    settings, judges = profile.policy, held_out_judges(home, profile, reward, {})
+    demo_sft = home.models / "policy" / "sft"
+    if not (demo_sft / STACK_FILE).exists():
+        raise SystemExit(f"{demo_sft} holds no SFT policy: the profile trains none, or `make demo` has not run")
+    stacks = {profile.data.seed: demo_sft}
+    for seed in seeds:
+        stacks[seed] = home.models / "bench" / f"sft-{seed}"
+        if not (stacks[seed] / STACK_FILE).exists():
+            print(f"=== SFT, seed {seed}")
+            train_sft_stage(home.exports / "splits", settings, home.models / "base_policy", stacks[seed], seed,
+                            progress=print)
+    rows = {}
+    for seed, stack in stacks.items():
+        rows[str(seed)] = summarise(measure("sft", home, settings, stack, judges), judges)
+        print(f"SFT seed {seed}: " + ", ".join(f"{k} {rows[str(seed)][k]:.3f}" for k in SPREAD_FIGURES))
+    figures = pd.DataFrame(rows).T[list(SPREAD_FIGURES)].astype(float)
+    on_topic = figures[["gold_on_topic", "on_topic_knn"]]
+    return {"demo_seed": profile.data.seed, "seeds": rows,
+            "mean": figures.mean().to_dict(), "sd": figures.std(ddof=1).to_dict(),
+            "seeds_at_target_by_both_judges": int((on_topic.min(axis=1) >= TARGETS["on_topic_sft"]).sum()),
+            "mean_at_target_by_both_judges": bool(on_topic.mean().min() >= TARGETS["on_topic_sft"])}
+
+
 def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, RewardModel], seconds: float,
               seeds: list[int], parts: set[str], save_partial=lambda results: None) -> dict:
     """Parts 3-5 (those in `parts`: designs, algorithms, seeds). `save_partial` gets the results after every
@@ -161,17 +209,8 @@ def ablations(home: DataHome, profile, reward: RLReward, extra: dict[str, Reward
     gold judge is left out."""
     settings = profile.policy
     corpus = read_split(home.exports / "splits", "train")
-    prompts = pd.read_parquet(home.exports / "policy_prompts.parquet")
-    test = prompts[prompts["split"] == "test"].reset_index(drop=True)
     spec = reward.spec
-    # The demo's gold model judges; with the designs' reward models also the same recipe without relevance negatives.
-    gold_judges = {"gold": reward}
-    if extra:
-        gold_judges["plain_gold"] = reward.variant(proxy=extra["proxy_plain"], gold=extra["gold_plain"])
-    judges = Judges(gold_judges, EmbeddingAreaJudge(corpus, seed=profile.data.seed),
-                    NoveltyIndex(corpus["description"]), name_record(corpus),
-                    prompt_echoes(corpus["description"]), test, samples=2,
-                    seed=profile.data.seed)
+    judges = held_out_judges(home, profile, reward, extra)
 
     def variant_reward(design: str, proxy: RewardModel, ensemble=()) -> RLReward:
         return reward.variant(proxy=proxy, members=list(ensemble), design=design,
@@ -249,11 +288,13 @@ def main() -> None:
     parser.add_argument("--home", default=str(REPO / ".rlxf" / "demo"))
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--seconds", type=float, default=240, help="training time of each ablation variant")
-    parser.add_argument("--throughput-steps", type=int, default=3)
+    parser.add_argument("--throughput-steps", type=int, default=3, help="0 skips the throughput part")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 7])
     parser.add_argument("--skip-ablation", action="store_true")
-    parser.add_argument("--parts", nargs="+", choices=["designs", "algorithms", "seeds"],
-                        default=["designs", "algorithms", "seeds"], help="which ablations to run")
+    parser.add_argument("--parts", nargs="+", choices=["designs", "algorithms", "seeds", "sft_seeds"],
+                        default=["designs", "algorithms", "seeds", "sft_seeds"], help="which ablations to run")
+    parser.add_argument("--sft-seeds", type=int, nargs="+", default=[7, 1],
+                        help="SFT seeds beside the demo's own (the data seed) for the sft_seeds part")
     parser.add_argument("--name", default="policy",
                         help="results file bench/results/NAME.json (keeps one part's run beside another's)")
     args = parser.parse_args()
@@ -266,15 +307,22 @@ def main() -> None:
     with Registry.for_home(home.root) as registry:
         reward, version = load_rl_reward(registry, None)
         result["rl_reward_version"] = version
-        result["throughput"] = throughput(home, profile.policy, reward, args.throughput_steps)
-        print(json.dumps(result["throughput"], indent=1, default=float))
-        if not args.skip_ablation:
+        if args.throughput_steps > 0:
+            result["throughput"] = throughput(home, profile.policy, reward, args.throughput_steps)
+            print(json.dumps(result["throughput"], indent=1, default=float))
+        rl_parts = set(args.parts) - {"sft_seeds"}
+        if not args.skip_ablation and rl_parts:
             extra = bench_reward_models(home, profile, registry, reward) if "designs" in args.parts else {}
-            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds, set(args.parts),
+            result["ablation"] = ablations(home, profile, reward, extra, args.seconds, args.seeds, rl_parts,
                                            lambda partial: write_result(args.name, {**result, "ablation": partial}))
             print("\nReward designs (PPO, equal training time):\n" + table(result["ablation"]["reward_designs"]))
             print("\nAlgorithms (demo reward, equal training time):\n" + table(result["ablation"]["algorithms"]))
             print("\nSeeds (demo configuration):\n" + table(result["ablation"]["seeds"]))
+        if not args.skip_ablation and "sft_seeds" in args.parts:
+            result["sft_seeds"] = sft_seed_spread(home, profile, reward, args.sft_seeds)
+            write_result(args.name, result)
+            print("\nSFT seeds (the demo's recipe; the demo's own seed first):\n" + table(result["sft_seeds"]["seeds"]))
+            print(json.dumps({k: v for k, v in result["sft_seeds"].items() if k != "seeds"}, indent=1, default=float))
     result["bench_seconds"] = time.perf_counter() - started
     write_result(args.name, result)
 
