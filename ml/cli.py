@@ -203,7 +203,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Proposals from the champion policy, each with its P(MET), topic probability, copy flag and precedents."""
-    from ml.evaluation.metrics import SLIP_BELOW
+    from ml.evaluation.metrics import SLIP_BELOW, first_word
     from ml.recommend import InputError, recommend
 
     _quiet_model_loading()
@@ -246,7 +246,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if proposal.repeats:
             print("   repeats itself (a stuttered word or a phrase said twice): edit before use")
         if proposal.record_opening:
-            print(f"   opens with \"{proposal.text.split()[0]}\" where the record's conditions say "
+            print(f"   opens with \"{first_word(proposal.text).capitalize()}\" where the record's conditions say "
                   f"\"{proposal.record_opening.capitalize()}\": edit before use")
         if proposal.rewords:
             print(f"   rewords proposal {proposal.rewords}: the policy gave fewer different proposals than asked")

@@ -365,6 +365,9 @@ def answer_logprobs(model: torch.nn.Module, batches: list[SampledBatch], tempera
     the same prompts, batched alike (another policy's answers to the evaluation's prompts, scored by the
     base that answered them too): their kept prompt passes are reused."""
     if sampled_here:
+        if prompts_sampled_by_model is not None:
+            raise ValueError("give sampled_here or prompts_sampled_by_model, not both: they name whose prompt "
+                             "passes to reuse")
         prompts_sampled_by_model = batches
     if prompts_sampled_by_model is not None and len(prompts_sampled_by_model) != len(batches):
         raise ValueError(f"{len(prompts_sampled_by_model)} sampled batches for {len(batches)} batches of answers")

@@ -416,6 +416,8 @@ def test_scoring_from_the_prompt_pass_a_network_kept_when_it_sampled_equals_a_fr
         reused = answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own)
         with pytest.raises(ValueError, match="other prompts"):
             answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own[::-1])
+        with pytest.raises(ValueError, match="not both"):
+            answer_logprob_sums(trainer.policy, tuned, 0.7, sampled_here=True, prompts_sampled_by_model=own)
     np.testing.assert_allclose(reused, fresh, atol=1e-5)
     assert abs(tuned_lp - fresh).max() > 1e-3  # the base's pass, not the tuned network's
 
