@@ -65,7 +65,7 @@ def model_answers(name: str, model: PreTrainedModel, base: PreTrainedModel, toke
     temperature = settings.temperature
     batches = batches if batches is not None else sample_policy(model, tokenizer, prompts, settings, samples, seed)
     raw = decode_answers(tokenizer, batches)
-    token_lp = answer_logprobs(model, batches, temperature, sampled_here=True)
+    token_lp = answer_logprobs(model, batches, temperature, prompts_sampled_by_model=batches)
     policy_lp = logprob_sums(token_lp)
     base_lp = policy_lp if model is base else answer_logprob_sums(base, batches, temperature,
                                                                   prompts_sampled_by_model=base_batches)

@@ -38,18 +38,6 @@ def embed(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int =
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out[chosen] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
     return out
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out[chosen] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
 
 
 def minilm_encoder() -> tuple[torch.nn.Module, object]:

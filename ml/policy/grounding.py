@@ -53,8 +53,8 @@ class Grounding:
         in_area = self._by_area.get(area_key(area), self._no_rows)
         descriptions = in_area["description"]
         excluded = set(exclude)
-        kept = np.array([text not in excluded for text in descriptions] if excluded else [True] * len(descriptions),
-                        dtype=bool)
+        kept = (np.array([text not in excluded for text in descriptions], dtype=bool) if excluded
+                else np.ones(len(descriptions), dtype=bool))
         mine = kept & (in_area["who"] == who)
         own, others = np.flatnonzero(mine), np.flatnonzero(kept & ~mine)
         lines = [RECORD_LINE.format(country=country or "the country", n=len(own),

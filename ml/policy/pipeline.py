@@ -88,7 +88,7 @@ def validation_evaluator(reward: RLReward, records: list[dict], tokenizer: PreTr
                                    temperature=temperature, max_prompt_tokens=settings.max_prompt_tokens, seed=seed,
                                    keep_prefill=True)
         answers = decode_answers(tokenizer, batches)
-        policy_logprob = answer_logprob_sums(model, batches, temperature, sampled_here=True)
+        policy_logprob = answer_logprob_sums(model, batches, temperature, prompts_sampled_by_model=batches)
         with model.disable_adapter():
             reference_logprob = answer_logprob_sums(model, batches, temperature)
         conditions = [answer_to_condition(a) for a in answers]

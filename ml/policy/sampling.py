@@ -303,7 +303,7 @@ def generate_batches(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                      keep_prefill: bool = False) -> list[SampledBatch]:
     """Answers to already-rendered prompts (`ml.policy.prompts.chat_text`), `batch_size` prompts at a
     time; `seed` makes sampling reproducible without touching the caller's RNG. `keep_prefill`: keep
-    each batch's prompt pass, for `answer_logprob_sums(..., sampled_here=True)`."""
+    each batch's prompt pass, for `answer_logprob_sums(..., prompts_sampled_by_model=batches)`."""
     device = next(model.parameters()).device
     eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     generator = None
@@ -357,18 +357,11 @@ def least_likely_words(tokenizer: PreTrainedTokenizerBase, batches: list[Sampled
 
 
 def answer_logprobs(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
-                    sampled_here: bool = False, prompts_sampled_by_model: list[SampledBatch] | None = None
-                    ) -> list[np.ndarray]:
+                    prompts_sampled_by_model: list[SampledBatch] | None = None) -> list[np.ndarray]:
     """log π(a_t | s_t) of each answer's tokens (its EOS included), at `temperature`, one array per answer.
-    `sampled_here`: `model` is the network that sampled the batches (unchanged since), so the prompt
-    passes kept by sampling are reused. `prompts_sampled_by_model`: batches `model` itself sampled from
-    the same prompts, batched alike (another policy's answers to the evaluation's prompts, scored by the
-    base that answered them too): their kept prompt passes are reused."""
-    if sampled_here:
-        if prompts_sampled_by_model is not None:
-            raise ValueError("give sampled_here or prompts_sampled_by_model, not both: they name whose prompt "
-                             "passes to reuse")
-        prompts_sampled_by_model = batches
+    `prompts_sampled_by_model`: batches `model` itself sampled (unchanged since) from the same prompts,
+    batched alike, whose kept prompt passes are reused: `batches` themselves when `model` sampled them, or
+    the base's own answers when the base scores another policy's answers to the evaluation's prompts."""
     if prompts_sampled_by_model is not None and len(prompts_sampled_by_model) != len(batches):
         raise ValueError(f"{len(prompts_sampled_by_model)} sampled batches for {len(batches)} batches of answers")
     per_answer = []
@@ -392,11 +385,10 @@ def answer_logprobs(model: torch.nn.Module, batches: list[SampledBatch], tempera
 
 
 def answer_logprob_sums(model: torch.nn.Module, batches: list[SampledBatch], temperature: float,
-                        sampled_here: bool = False, prompts_sampled_by_model: list[SampledBatch] | None = None
-                        ) -> np.ndarray:
+                        prompts_sampled_by_model: list[SampledBatch] | None = None) -> np.ndarray:
     """Σ_t log π(a_t | s_t) over each answer's tokens (its EOS included), at `temperature`: the
     per-answer log-likelihood whose difference between two policies is the KL estimate PPO uses."""
-    return logprob_sums(answer_logprobs(model, batches, temperature, sampled_here, prompts_sampled_by_model))
+    return logprob_sums(answer_logprobs(model, batches, temperature, prompts_sampled_by_model))
 
 
 def logprob_sums(per_answer: list[np.ndarray]) -> np.ndarray:

@@ -113,8 +113,8 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
                                        max_prompt_tokens=self.settings.max_prompt_tokens, keep_prefill=True)
             answers = decode_answers(self.tokenizer, batches)
             # Each answer's least likely token, at the temperature it was drawn at: a slip of sampling.
-            least = least_likely_words(self.tokenizer, batches,
-                                       answer_logprobs(self.model, batches, temperature, sampled_here=True))
+            token_logprobs = answer_logprobs(self.model, batches, temperature, prompts_sampled_by_model=batches)
+            least = least_likely_words(self.tokenizer, batches, token_logprobs)
             complete = (np.concatenate([b.answers.has_eos.cpu().numpy() for b in batches]) if batches
                         else np.zeros(0, bool))
             frames.append(pd.DataFrame({"input_row": np.repeat(np.arange(len(texts)), len(samples)),

@@ -409,15 +409,13 @@ def test_scoring_from_the_prompt_pass_a_network_kept_when_it_sampled_equals_a_fr
     texts = [p["prompt_text"] for p in PROMPTS[:4]]
     sampling = {"max_new_tokens": 6, "temperature": 0.7, "n_per_prompt": 2, "batch_size": 2, "keep_prefill": True}
     tuned = generate_batches(trainer.policy, tokenizer, texts, seed=3, **sampling)
-    tuned_lp = answer_logprob_sums(trainer.policy, tuned, 0.7, sampled_here=True)
+    tuned_lp = answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=tuned)
     with trainer.policy.disable_adapter():
         own = generate_batches(trainer.policy, tokenizer, texts, seed=4, **sampling)
         fresh = answer_logprob_sums(trainer.policy, tuned, 0.7)
         reused = answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own)
         with pytest.raises(ValueError, match="other prompts"):
             answer_logprob_sums(trainer.policy, tuned, 0.7, prompts_sampled_by_model=own[::-1])
-        with pytest.raises(ValueError, match="not both"):
-            answer_logprob_sums(trainer.policy, tuned, 0.7, sampled_here=True, prompts_sampled_by_model=own)
     np.testing.assert_allclose(reused, fresh, atol=1e-5)
     assert abs(tuned_lp - fresh).max() > 1e-3  # the base's pass, not the tuned network's
 
@@ -433,7 +431,7 @@ def test_evaluation_kl_equals_the_trainers_kl_on_the_same_samples(tokenizer):
     texts = [p["prompt_text"] for p in PROMPTS[:4]]
     [batch] = generate_batches(trainer.policy, tokenizer, texts, max_new_tokens=6, temperature=0.7,
                                n_per_prompt=2, seed=3, batch_size=4, keep_prefill=True)
-    policy_lp = answer_logprob_sums(trainer.policy, [batch], 0.7, sampled_here=True)
+    policy_lp = answer_logprob_sums(trainer.policy, [batch], 0.7, prompts_sampled_by_model=[batch])
     # Starting from the prompt pass sampling kept is running the prompts again, without the cost.
     np.testing.assert_allclose(policy_lp, answer_logprob_sums(trainer.policy, [batch], 0.7), atol=1e-5)
     with trainer.policy.disable_adapter():
